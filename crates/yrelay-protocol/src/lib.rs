@@ -1,0 +1,13 @@
+//! The pure part of yrelay: everything that turns bytes into meaning and back,
+//! with no IO, so it can be tested (and property-tested) without sockets.
+//!
+//! - [`address`]: `{space}/{doc}` ids, validated once at the edge.
+//! - [`sync`]: the y-protocols messages spoken by y-websocket clients.
+//! - [`update`]: checking, merging and diffing Yjs v1 updates.
+
+pub mod address;
+pub mod sync;
+pub mod update;
+
+pub use address::{AddressError, DocAddress};
+pub use yrs::StateVector;

@@ -1,0 +1,237 @@
+//! The y-protocols messages spoken by y-websocket clients (sync, awareness,
+//! auth, queryAwareness), on top of `yrs::sync`'s tags and lib0 encoding.
+//!
+//! Incoming frames are decoded into [`ClientMessage`]s that keep the raw bytes
+//! the server relays (awareness updates are validated, then relayed unchanged).
+//! Outgoing messages are encoded one per frame (y-websocket decodes only the
+//! first message of a frame).
+
+use yrs::StateVector;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
+use yrs::sync::protocol::{
+    MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
+    MSG_SYNC_UPDATE, PERMISSION_DENIED,
+};
+use yrs::sync::AwarenessUpdate;
+use yrs::updates::decoder::Decode;
+
+/// Why an incoming frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("empty frame")]
+    Empty,
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("unknown message type {0}")]
+    UnknownType(u64),
+    #[error("unknown sync message type {0}")]
+    UnknownSyncType(u64),
+}
+
+/// One y-protocols message received from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// "Here is my state vector, send me what I miss."
+    SyncStep1(StateVector),
+    /// The answer to our SyncStep1: an update (v1) with what we miss.
+    SyncStep2(Vec<u8>),
+    /// An incremental update (v1).
+    Update(Vec<u8>),
+    /// An awareness update, validated; `raw` is relayed unchanged.
+    Awareness { raw: Vec<u8>, update: AwarenessUpdate },
+    /// "Send me every awareness state you know."
+    QueryAwareness,
+    /// Auth messages from a client carry nothing the server acts on.
+    Auth,
+}
+
+/// Decodes every message of one frame (stock clients send one per frame; a
+/// frame with several is accepted too).
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<ClientMessage>, FrameError> {
+    if frame.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    let mut cursor = Cursor::new(frame);
+    let mut messages = Vec::with_capacity(1);
+    while cursor.has_content() {
+        messages.push(decode_message(&mut cursor)?);
+    }
+    Ok(messages)
+}
+
+fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> {
+    let tag: u64 = cursor.read_var().map_err(|_| FrameError::Malformed("y-protocols"))?;
+    match tag {
+        t if t == MSG_SYNC as u64 => {
+            let kind: u64 = cursor.read_var().map_err(|_| FrameError::Malformed("sync"))?;
+            let buf = cursor.read_buf().map_err(|_| FrameError::Malformed("sync"))?;
+            match kind {
+                k if k == MSG_SYNC_STEP_1 as u64 => StateVector::decode_v1(buf)
+                    .map(ClientMessage::SyncStep1)
+                    .map_err(|_| FrameError::Malformed("sync step 1 state vector")),
+                k if k == MSG_SYNC_STEP_2 as u64 => Ok(ClientMessage::SyncStep2(buf.to_vec())),
+                k if k == MSG_SYNC_UPDATE as u64 => Ok(ClientMessage::Update(buf.to_vec())),
+                k => Err(FrameError::UnknownSyncType(k)),
+            }
+        }
+        t if t == MSG_AWARENESS as u64 => {
+            let raw = cursor.read_buf().map_err(|_| FrameError::Malformed("awareness"))?;
+            let update = decode_awareness(raw)?;
+            Ok(ClientMessage::Awareness { raw: raw.to_vec(), update })
+        }
+        t if t == MSG_AUTH as u64 => {
+            // permission flag + optional reason; nothing to act on.
+            let flag: u8 = cursor.read_var().map_err(|_| FrameError::Malformed("auth"))?;
+            if flag == PERMISSION_DENIED {
+                cursor.read_string().map_err(|_| FrameError::Malformed("auth"))?;
+            }
+            Ok(ClientMessage::Auth)
+        }
+        t if t == MSG_QUERY_AWARENESS as u64 => Ok(ClientMessage::QueryAwareness),
+        t => Err(FrameError::UnknownType(t)),
+    }
+}
+
+/// Decodes an awareness update (the payload of an awareness message), checking
+/// that every state is JSON so that what is relayed can be read by clients.
+pub fn decode_awareness(raw: &[u8]) -> Result<AwarenessUpdate, FrameError> {
+    // yrs asserts (in debug builds) that client ids fit in 53 bits.
+    let decoded = std::panic::catch_unwind(|| AwarenessUpdate::decode_v1(raw));
+    let update = match decoded {
+        Ok(Ok(update)) => update,
+        _ => return Err(FrameError::Malformed("awareness")),
+    };
+    for entry in update.clients.values() {
+        if serde_json_is_invalid(&entry.json) {
+            return Err(FrameError::Malformed("awareness state JSON"));
+        }
+    }
+    Ok(update)
+}
+
+fn serde_json_is_invalid(json: &str) -> bool {
+    yrs::Any::from_json(json).is_err()
+}
+
+fn sync_message(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(payload.len() + 8);
+    buf.write_var(MSG_SYNC);
+    buf.write_var(kind);
+    buf.write_buf(payload);
+    buf
+}
+
+/// SyncStep1 carrying the server's state vector (v1).
+pub fn encode_sync_step1(state_vector: &[u8]) -> Vec<u8> {
+    sync_message(MSG_SYNC_STEP_1, state_vector)
+}
+
+/// SyncStep2 carrying the diff the client misses.
+pub fn encode_sync_step2(update: &[u8]) -> Vec<u8> {
+    sync_message(MSG_SYNC_STEP_2, update)
+}
+
+/// An incremental update relayed to a client.
+pub fn encode_update(update: &[u8]) -> Vec<u8> {
+    sync_message(MSG_SYNC_UPDATE, update)
+}
+
+/// An awareness message around an (already encoded) awareness update.
+pub fn encode_awareness(raw: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(raw.len() + 6);
+    buf.write_var(MSG_AWARENESS);
+    buf.write_buf(raw);
+    buf
+}
+
+/// The auth message telling a client that it may not write.
+pub fn encode_permission_denied(reason: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(reason.len() + 4);
+    buf.write_var(MSG_AUTH);
+    buf.write_var(PERMISSION_DENIED);
+    buf.write_string(reason);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode;
+    use yrs::{Doc, ReadTxn, Text, Transact};
+
+    fn sample_update() -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "hello");
+        doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+
+    #[test]
+    fn encodes_like_yrs() {
+        let update = sample_update();
+        assert_eq!(
+            encode_update(&update),
+            Message::Sync(SyncMessage::Update(update.clone())).encode_v1()
+        );
+        assert_eq!(
+            encode_sync_step2(&update),
+            Message::Sync(SyncMessage::SyncStep2(update.clone())).encode_v1()
+        );
+        let sv = StateVector::default();
+        assert_eq!(
+            encode_sync_step1(&sv.encode_v1()),
+            Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()
+        );
+        assert_eq!(
+            encode_permission_denied("read-only"),
+            Message::Auth(Some("read-only".into())).encode_v1()
+        );
+    }
+
+    #[test]
+    fn decodes_what_clients_send() {
+        let update = sample_update();
+        let frame = Message::Sync(SyncMessage::Update(update.clone())).encode_v1();
+        assert_eq!(decode_frame(&frame).unwrap(), vec![ClientMessage::Update(update)]);
+        let mut awareness = yrs::sync::Awareness::new(Doc::new());
+        awareness.set_local_state(serde_json::json!({"user": "ann"})).unwrap();
+        let au = awareness.update().unwrap();
+        let frame = Message::Awareness(au.clone()).encode_v1();
+        match &decode_frame(&frame).unwrap()[..] {
+            [ClientMessage::Awareness { raw, update }] => {
+                assert_eq!(raw, &au.encode_v1());
+                assert_eq!(update, &au);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(decode_frame(&[3]).unwrap(), vec![ClientMessage::QueryAwareness]);
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        assert_eq!(decode_frame(&[]), Err(FrameError::Empty));
+        assert_eq!(decode_frame(&[9, 0]), Err(FrameError::UnknownType(9)));
+        assert_eq!(decode_frame(&[0, 7, 0]), Err(FrameError::UnknownSyncType(7)));
+        assert!(matches!(decode_frame(&[0, 2, 50, 1]), Err(FrameError::Malformed(_))));
+        // awareness whose state is not JSON
+        let mut raw = Vec::new();
+        raw.write_var(1u32);
+        raw.write_var(7u64);
+        raw.write_var(1u32);
+        raw.write_string("{not json");
+        assert!(matches!(
+            decode_frame(&encode_awareness(&raw)),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_frame(&bytes);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One live document: replica, cursor, subscribers, and its tail task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::update::apply_update;
+use yrs::Doc;
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+
+use super::{DocHub, HubError};
+use crate::log::{EntryKind, Log, LogCursor, LogEntry, Subscription};
+use crate::metrics;
+use crate::store::Store;
+
+/// An event for a subscriber.
+#[derive(Debug, Clone)]
+pub enum DocEvent {
+    /// A document update (v1), with its log cursor.
+    Update { payload: Arc<[u8]>, cursor: Option<LogCursor>, timestamp_ms: i64 },
+    /// An awareness update, relayed as received.
+    Awareness { payload: Arc<[u8]> },
+}
+
+/// Why the hub ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue was full: it could not keep up. It may reconnect and resync.
+    SlowConsumer,
+    /// The document's log feed broke and could not be resumed: resync.
+    Resync,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+pub(super) struct Subscriber {
+    pub tx: mpsc::Sender<DocEvent>,
+    pub closed: Arc<OnceLock<CloseReason>>,
+}
+
+pub(super) struct DocState {
+    /// The replica lives inside the awareness state (`awareness.doc()`).
+    pub awareness: Awareness,
+    pub cursor: Option<LogCursor>,
+    pub subscribers: HashMap<u64, Subscriber>,
+    pub idle_since: Option<Instant>,
+    /// Set once the document is unloaded: nobody may attach any more.
+    pub closed: bool,
+}
+
+pub struct LiveDoc {
+    addr: DocAddress,
+    state: Mutex<DocState>,
+}
+
+impl LiveDoc {
+    /// Loads a document: subscribe to its log first, then read the store and
+    /// the log after the store's cursor, so no update falls in between.
+    pub(super) async fn load(
+        store: &Arc<dyn Store>,
+        log: &Arc<dyn Log>,
+        addr: &DocAddress,
+    ) -> Result<(Arc<LiveDoc>, Subscription), HubError> {
+        let subscription = log.subscribe(addr).await?;
+        let stored = store.load(addr).await?;
+        let doc = Doc::new();
+        let mut cursor = None;
+        if let Some(stored) = &stored {
+            cursor = stored.log_cursor;
+            let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
+            for update in parts {
+                if let Err(e) = apply_update(&doc, update) {
+                    tracing::error!(doc = %addr, error = %e, "stored update does not apply; skipped");
+                }
+            }
+        }
+        let tail = match log.read(addr, cursor).await? {
+            Some(tail) => tail,
+            // The log was trimmed past the store's cursor; read what it holds.
+            None => log.read(addr, None).await?.unwrap_or_default(),
+        };
+        let live = Arc::new(LiveDoc {
+            addr: addr.clone(),
+            state: Mutex::new(DocState {
+                awareness: Awareness::new(doc),
+                cursor,
+                subscribers: HashMap::new(),
+                idle_since: Some(Instant::now()),
+                closed: false,
+            }),
+        });
+        {
+            let mut state = live.lock();
+            for entry in &tail {
+                state.apply(addr, entry);
+            }
+        }
+        Ok((live, subscription))
+    }
+
+    pub fn addr(&self) -> &DocAddress {
+        &self.addr
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, DocState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a log entry and fans it out to the subscribers.
+    fn deliver(&self, entry: &LogEntry) {
+        let mut state = self.lock();
+        if !state.apply(&self.addr, entry) {
+            return;
+        }
+        let (event, skip, mode) = match entry.kind {
+            EntryKind::Update => (
+                DocEvent::Update {
+                    payload: entry.payload.clone(),
+                    cursor: entry.cursor,
+                    timestamp_ms: entry.timestamp_ms,
+                },
+                entry.origin,
+                "update",
+            ),
+            // Awareness goes back to its sender too: y-websocket clients count
+            // it as the sign of a live connection.
+            EntryKind::Awareness => (DocEvent::Awareness { payload: entry.payload.clone() }, None, "awareness"),
+        };
+        let mut sent = 0;
+        state.subscribers.retain(|id, sub| {
+            if skip.is_some_and(|o| o.connection == *id) {
+                return true;
+            }
+            match sub.tx.try_send(event.clone()) {
+                Ok(()) => {
+                    sent += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let _ = sub.closed.set(CloseReason::SlowConsumer);
+                    metrics::slow_consumer_closed();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        metrics::broadcast(mode, sent);
+        if state.subscribers.is_empty() && state.idle_since.is_none() {
+            state.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Ends every subscription with `reason`.
+    pub(super) fn close_subscribers(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        for (_, sub) in state.subscribers.drain() {
+            let _ = sub.closed.set(reason);
+        }
+        state.idle_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Marks the document closed if it has had no subscriber for `idle`.
+    pub(super) fn close_if_idle(&self, idle: Duration) -> bool {
+        let mut state = self.lock();
+        let idle_enough = state.subscribers.is_empty()
+            && state.idle_since.is_some_and(|since| since.elapsed() >= idle);
+        if idle_enough {
+            state.closed = true;
+        }
+        idle_enough
+    }
+}
+
+impl DocState {
+    /// Applies an entry to the replica; false when it was already applied
+    /// (de-duplication by cursor).
+    fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {
+        match entry.kind {
+            EntryKind::Update => {
+                if let (Some(have), Some(c)) = (self.cursor, entry.cursor) {
+                    if c <= have {
+                        return false;
+                    }
+                }
+                if let Err(e) = apply_update(self.awareness.doc(), &entry.payload) {
+                    tracing::error!(doc = %addr, error = %e, "logged update does not apply; skipped");
+                }
+                if entry.cursor.is_some() {
+                    self.cursor = entry.cursor;
+                }
+            }
+            EntryKind::Awareness => {
+                if let Ok(update) = AwarenessUpdate::decode_v1(&entry.payload) {
+                    let _ = self.awareness.apply_update(update);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The tail task of a live document: applies its log entries in order,
+/// resumes the feed by cursor when it breaks, and unloads the document once
+/// it is idle.
+pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription) {
+    let period = (hub.inner.config.idle_unload / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut idle_check = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            entry = feed.recv() => match entry {
+                Some(entry) => doc.deliver(&entry),
+                None => match resume(&hub, &doc).await {
+                    Some(resumed) => feed = resumed,
+                    None => {
+                        tracing::warn!(doc = %doc.addr, "log feed lost and not resumable; clients will resync");
+                        doc.lock().closed = true;
+                        doc.close_subscribers(CloseReason::Resync);
+                        hub.forget(&doc);
+                        return;
+                    }
+                },
+            },
+            _ = idle_check.tick() => {
+                if hub.unload_if_idle(&doc) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes again and replays what the log holds after the replica's
+/// cursor. `None` when the log no longer holds that cursor (or is down).
+async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
+    let log = hub.log();
+    let feed = log.subscribe(&doc.addr).await.ok()?;
+    let cursor = doc.lock().cursor;
+    let missed = log.read(&doc.addr, cursor).await.ok()??;
+    for entry in &missed {
+        doc.deliver(entry);
+    }
+    Some(feed)
+}
+
+/// Builds the awareness update that removes `clients` (as y-websocket's
+/// server does when a connection closes).
+pub(super) fn removal_update(awareness: &Awareness, clients: &[u64]) -> Option<AwarenessUpdate> {
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    let entries: HashMap<_, _> = clients
+        .iter()
+        .filter_map(|&c| {
+            let id = yrs::ClientID::new(c);
+            let (clock, _) = awareness.meta(id)?;
+            Some((id, AwarenessUpdateEntry { clock: clock + 1, json: Arc::from("null") }))
+        })
+        .collect();
+    (!entries.is_empty()).then_some(AwarenessUpdate { clients: entries })
+}

@@ -1,0 +1,238 @@
+//! The DocHub: this instance's live documents.
+//!
+//! For each live document it holds a replica (a yrs `Doc` inside an
+//! awareness state), the log cursor the replica has applied, and the local
+//! subscribers. It answers sync requests from memory, checks incoming
+//! updates, makes them durable (store and/or log), and fans log entries out
+//! to subscribers. Transports talk to the hub only; the hub talks to the
+//! store and the log and knows nothing of transports.
+//!
+//! Concurrency per document: one `std::sync::Mutex` around its [`live`]
+//! state, held only for in-memory work (apply, diff, enqueue to bounded
+//! subscriber queues), never across an await. One tail task per live
+//! document applies log entries in cursor order and unloads the document once
+//! it has been idle.
+
+mod live;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::update::CheckedUpdate;
+
+use crate::clock::now_ms;
+use crate::log::{Log, LogCursor, LogError, Origin};
+use crate::metrics;
+use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
+pub use live::{CloseReason, DocEvent};
+use live::LiveDoc;
+pub use session::Session;
+
+/// When an update counts as accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once the log holds it (with an in-process log, the store commit).
+    Log,
+    /// Once the store has committed it.
+    Store,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub durability: Durability,
+    /// A live document with no subscriber is unloaded after this long.
+    pub idle_unload: Duration,
+    /// Bound of each subscriber's outbound queue (a full queue closes it).
+    pub subscriber_queue: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// What the writer of an accepted update is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    /// The update's log cursor (`None` for an empty update, which is neither
+    /// stored nor relayed).
+    pub cursor: Option<LogCursor>,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct DocHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    store: Arc<dyn Store>,
+    log: Arc<dyn Log>,
+    commit: GroupCommit,
+    config: HubConfig,
+    /// Ack after the store commit (durability = store, or a non-durable log).
+    store_first: bool,
+    instance: u64,
+    next_connection: AtomicU64,
+    docs: Mutex<HashMap<DocAddress, Arc<Slot>>>,
+}
+
+/// A document's place in the map: loaded at most once, however many
+/// connections ask for it at the same time.
+#[derive(Default)]
+struct Slot {
+    doc: OnceCell<Arc<LiveDoc>>,
+}
+
+impl DocHub {
+    pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, config: HubConfig) -> Self {
+        let store_first = config.durability == Durability::Store || !log.is_durable();
+        let commit = GroupCommit::start(store.clone(), 512, 64 * 1024);
+        let instance = (now_ms() as u64) << 16 ^ u64::from(std::process::id());
+        Self {
+            inner: Arc::new(HubInner {
+                store,
+                log,
+                commit,
+                config,
+                store_first,
+                instance,
+                next_connection: AtomicU64::new(1),
+                docs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.inner.log
+    }
+
+    /// Number of documents live on this instance.
+    pub fn live_docs(&self) -> usize {
+        self.inner.lock_docs().len()
+    }
+
+    /// Joins a document: loads it if needed and subscribes to its events.
+    pub async fn join(&self, addr: &DocAddress) -> Result<Session, HubError> {
+        let origin = Origin {
+            instance: self.inner.instance,
+            connection: self.inner.next_connection.fetch_add(1, Ordering::Relaxed),
+        };
+        loop {
+            let doc = self.live(addr).await?;
+            if let Some(session) = Session::attach(self.clone(), doc, origin) {
+                return Ok(session);
+            }
+            // The document was unloaded between lookup and attach: load again.
+        }
+    }
+
+    /// Checks nothing (the caller passes a [`CheckedUpdate`]), makes the
+    /// update durable and returns once it is accepted. Fan-out, including to
+    /// this instance's subscribers, happens through the log.
+    pub async fn submit_update(
+        &self,
+        addr: &DocAddress,
+        update: CheckedUpdate,
+        origin: Option<Origin>,
+        transport: &'static str,
+    ) -> Result<Ack, HubError> {
+        if update.is_empty() {
+            return Ok(Ack { cursor: None, timestamp_ms: now_ms() });
+        }
+        let started = Instant::now();
+        let payload: Arc<[u8]> = update.into_bytes().into();
+        if self.inner.store_first {
+            self.inner
+                .commit
+                .append(NewUpdate {
+                    addr: addr.clone(),
+                    data: payload.clone(),
+                    log_cursor: None,
+                    timestamp_ms: now_ms(),
+                })
+                .await?;
+        }
+        let bytes = payload.len();
+        let entry = self.inner.log.append_update(addr, payload, origin).await?;
+        metrics::update_accepted(transport, bytes, started.elapsed().as_secs_f64());
+        Ok(Ack { cursor: entry.cursor, timestamp_ms: entry.timestamp_ms })
+    }
+
+    /// Closes every session (server shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let docs: Vec<_> = self.inner.lock_docs().values().cloned().collect();
+        for slot in docs {
+            if let Some(doc) = slot.doc.get() {
+                doc.close_subscribers(reason);
+            }
+        }
+    }
+
+    async fn live(&self, addr: &DocAddress) -> Result<Arc<LiveDoc>, HubError> {
+        let slot = self.inner.lock_docs().entry(addr.clone()).or_default().clone();
+        let loaded = slot
+            .doc
+            .get_or_try_init(|| async {
+                let doc = LiveDoc::load(&self.inner.store, &self.inner.log, addr).await?;
+                metrics::doc_loaded();
+                tracing::debug!(doc = %addr, "document loaded");
+                tokio::spawn(live::tail(self.clone(), doc.0.clone(), doc.1));
+                Ok::<_, HubError>(doc.0)
+            })
+            .await;
+        if loaded.is_err() {
+            let mut docs = self.inner.lock_docs();
+            if docs.get(addr).is_some_and(|s| Arc::ptr_eq(s, &slot) && s.doc.get().is_none()) {
+                docs.remove(addr);
+            }
+        }
+        loaded.cloned()
+    }
+
+    /// Removes `doc` from the map if it is still idle; true when it did.
+    fn unload_if_idle(&self, doc: &Arc<LiveDoc>) -> bool {
+        let mut docs = self.inner.lock_docs();
+        if !doc.close_if_idle(self.inner.config.idle_unload) {
+            return false;
+        }
+        let addr = doc.addr();
+        if docs.get(addr).and_then(|s| s.doc.get()).is_some_and(|d| Arc::ptr_eq(d, doc)) {
+            docs.remove(addr);
+        }
+        metrics::doc_unloaded();
+        tracing::debug!(doc = %addr, "document unloaded (idle)");
+        true
+    }
+
+    /// Drops `doc` from the map at once (its log feed could not be resumed).
+    fn forget(&self, doc: &Arc<LiveDoc>) {
+        let mut docs = self.inner.lock_docs();
+        let addr = doc.addr();
+        if docs.get(addr).and_then(|s| s.doc.get()).is_some_and(|d| Arc::ptr_eq(d, doc)) {
+            docs.remove(addr);
+            metrics::doc_unloaded();
+        }
+    }
+}
+
+impl HubInner {
+    fn lock_docs(&self) -> std::sync::MutexGuard<'_, HashMap<DocAddress, Arc<Slot>>> {
+        self.docs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

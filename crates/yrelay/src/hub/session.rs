@@ -1,0 +1,146 @@
+//! A subscriber's handle on a live document, owned by one connection (or one
+//! event stream). Dropping it unsubscribes and announces the removal of the
+//! awareness clients it introduced.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::update::CheckedUpdate;
+use yrs::sync::AwarenessUpdate;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use super::live::{LiveDoc, Subscriber, removal_update};
+use super::{Ack, CloseReason, DocEvent, DocHub, HubError};
+use crate::clock::now_ms;
+use crate::log::Origin;
+
+/// Awareness states not renewed for this long are not sent to new joiners
+/// (clients renew every 15 s; y-protocols drops states after 30 s).
+const AWARENESS_STALE_MS: u64 = 30_000;
+
+pub struct Session {
+    hub: DocHub,
+    doc: Arc<LiveDoc>,
+    origin: Origin,
+    events: mpsc::Receiver<DocEvent>,
+    closed: Arc<OnceLock<CloseReason>>,
+    /// Awareness client ids this session introduced and has not removed.
+    awareness_clients: HashSet<u64>,
+}
+
+impl Session {
+    /// Registers a subscriber; `None` if the document was unloaded meanwhile.
+    pub(super) fn attach(hub: DocHub, doc: Arc<LiveDoc>, origin: Origin) -> Option<Self> {
+        let (tx, events) = mpsc::channel(hub.inner.config.subscriber_queue);
+        let closed = Arc::new(OnceLock::new());
+        {
+            let mut state = doc.lock();
+            if state.closed {
+                return None;
+            }
+            state.subscribers.insert(origin.connection, Subscriber { tx, closed: closed.clone() });
+            state.idle_since = None;
+        }
+        Some(Self { hub, doc, origin, events, closed, awareness_clients: HashSet::new() })
+    }
+
+    pub fn addr(&self) -> &DocAddress {
+        self.doc.addr()
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The replica's state vector (v1).
+    pub fn state_vector(&self) -> Vec<u8> {
+        let state = self.doc.lock();
+        let sv = state.awareness.doc().transact().state_vector();
+        sv.encode_v1()
+    }
+
+    /// What a peer with state vector `sv` misses (v1 update).
+    pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
+        let state = self.doc.lock();
+        let diff = state.awareness.doc().transact().encode_diff_v1(sv);
+        diff
+    }
+
+    /// The current awareness states (an encoded awareness update), if any.
+    pub fn awareness(&self) -> Option<Vec<u8>> {
+        let state = self.doc.lock();
+        let fresh_after = (now_ms() as u64).saturating_sub(AWARENESS_STALE_MS);
+        let clients: Vec<_> = state
+            .awareness
+            .iter()
+            .filter(|(_, s)| s.data.is_some() && s.last_updated >= fresh_after)
+            .map(|(id, _)| id)
+            .collect();
+        if clients.is_empty() {
+            return None;
+        }
+        state.awareness.update_with_clients(clients).ok().map(|u| u.encode_v1())
+    }
+
+    /// The next event for this subscriber, or why the hub ended it.
+    pub async fn next_event(&mut self) -> Result<DocEvent, CloseReason> {
+        match self.events.recv().await {
+            Some(event) => Ok(event),
+            None => Err(self.closed.get().copied().unwrap_or(CloseReason::Resync)),
+        }
+    }
+
+    /// Makes `update` durable; the returned future owns what it needs, so a
+    /// connection can keep several in flight while it goes on reading.
+    pub fn submit_update(
+        &self,
+        update: CheckedUpdate,
+        transport: &'static str,
+    ) -> impl Future<Output = Result<Ack, HubError>> + Send + 'static {
+        let hub = self.hub.clone();
+        let addr = self.addr().clone();
+        let origin = self.origin;
+        async move { hub.submit_update(&addr, update, Some(origin), transport).await }
+    }
+
+    /// Relays an (already validated) awareness update to every subscriber of
+    /// the document, on every instance.
+    pub async fn submit_awareness(&mut self, raw: Vec<u8>, update: &AwarenessUpdate) -> Result<(), HubError> {
+        for (client, entry) in &update.clients {
+            if &*entry.json == "null" {
+                self.awareness_clients.remove(&client.get());
+            } else {
+                self.awareness_clients.insert(client.get());
+            }
+        }
+        self.hub.log().publish_awareness(self.addr(), raw.into(), Some(self.origin)).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let removal = {
+            let mut state = self.doc.lock();
+            state.subscribers.remove(&self.origin.connection);
+            if state.subscribers.is_empty() {
+                state.idle_since = Some(Instant::now());
+            }
+            let clients: Vec<u64> = self.awareness_clients.iter().copied().collect();
+            removal_update(&state.awareness, &clients)
+        };
+        if let Some(update) = removal {
+            let log = self.hub.log().clone();
+            let addr = self.addr().clone();
+            let origin = self.origin;
+            tokio::spawn(async move {
+                let _ = log.publish_awareness(&addr, update.encode_v1().into(), Some(origin)).await;
+            });
+        }
+    }
+}

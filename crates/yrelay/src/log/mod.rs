@@ -1,0 +1,166 @@
+//! The log: an ordered append log per document, with cursors.
+//!
+//! Instances learn about each other's updates only through the log. The
+//! in-process [`LocalLog`] serves the embedded single-node mode; a Redis
+//! Streams log (`XADD`/`XREAD` ids as cursors) serves scaled-out deployments.
+//!
+//! The contract every implementation keeps:
+//! - **Cursors are global and ordered.** A cursor names one entry of one
+//!   document's log; entries are totally ordered by cursor, and the same
+//!   cursor means the same entry on every instance (so a client may resume on
+//!   another instance by cursor).
+//! - **Subscribe before load.** [`Log::subscribe`] starts delivering every
+//!   entry appended after the call returns; a loader subscribes first, then
+//!   reads store and [`Log::read`], and drops delivered entries whose cursor is
+//!   not newer than what it has (de-duplication by cursor).
+//! - **Trim after persist.** [`Log::trim`] is called only up to a cursor the
+//!   store has durably covered.
+//! - **Awareness is relayed, never persisted.** Awareness entries go through
+//!   the same subscription (so every instance sees presence) but are not
+//!   returned by [`Log::read`] and carry no cursor.
+
+mod local;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use yrelay_protocol::DocAddress;
+
+pub use local::LocalLog;
+
+/// A position in one document's log, ordered like Redis stream ids
+/// (`{ms}-{seq}`), which is also how it is written on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogCursor {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a log cursor (expected {{ms}}-{{seq}})")]
+pub struct CursorParseError;
+
+impl FromStr for LogCursor {
+    type Err = CursorParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').ok_or(CursorParseError)?;
+        Ok(Self {
+            ms: ms.parse().map_err(|_| CursorParseError)?,
+            seq: seq.parse().map_err(|_| CursorParseError)?,
+        })
+    }
+}
+
+/// Who sent an entry, so the sending connection is not echoed its own update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub instance: u64,
+    pub connection: u64,
+}
+
+/// What a log entry carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A checked, non-empty Yjs v1 update.
+    Update,
+    /// An awareness update (relayed, never persisted).
+    Awareness,
+}
+
+/// One entry of a document's log as delivered to subscribers.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// `None` for awareness entries.
+    pub cursor: Option<LogCursor>,
+    pub kind: EntryKind,
+    pub origin: Option<Origin>,
+    pub payload: Arc<[u8]>,
+    /// Milliseconds since the epoch when the entry was appended.
+    pub timestamp_ms: i64,
+}
+
+/// A live feed of one document's new entries. Dropping it unsubscribes.
+///
+/// The feed is bounded: a subscriber that falls behind, or whose connection
+/// to the log breaks, sees the feed end (`recv` returns `None`). It then
+/// subscribes again and catches up by cursor with [`Log::read`] (or reloads
+/// from the store when the log no longer holds its cursor). Entries are never
+/// dropped silently.
+pub struct Subscription {
+    rx: mpsc::Receiver<LogEntry>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Subscription {
+    /// `guard` is dropped with the subscription (to unregister it).
+    pub fn new(rx: mpsc::Receiver<LogEntry>, guard: Box<dyn Send + Sync>) -> Self {
+        Self { rx, _guard: guard }
+    }
+
+    pub async fn recv(&mut self) -> Option<LogEntry> {
+        self.rx.recv().await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The shared, ordered log of every document.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` ("local", "redis").
+    fn name(&self) -> &'static str;
+
+    /// Whether an appended entry survives the crash of this process. When it
+    /// does not, the store commit is the acknowledgement.
+    fn is_durable(&self) -> bool;
+
+    /// Appends an update and returns its cursor once the log holds it.
+    async fn append_update(
+        &self,
+        addr: &DocAddress,
+        update: Arc<[u8]>,
+        origin: Option<Origin>,
+    ) -> Result<LogEntry, LogError>;
+
+    /// Relays an awareness update to every subscriber of the document.
+    async fn publish_awareness(
+        &self,
+        addr: &DocAddress,
+        update: Arc<[u8]>,
+        origin: Option<Origin>,
+    ) -> Result<(), LogError>;
+
+    /// Starts delivering entries appended from now on (see the module docs).
+    async fn subscribe(&self, addr: &DocAddress) -> Result<Subscription, LogError>;
+
+    /// The update entries the log holds after `after` (all it holds for
+    /// `None`), in order. `Ok(None)` when `after` is older than what the log
+    /// still holds (trimmed): the caller must fall back to the store.
+    async fn read(
+        &self,
+        addr: &DocAddress,
+        after: Option<LogCursor>,
+    ) -> Result<Option<Vec<LogEntry>>, LogError>;
+
+    /// Drops the entries up to and including `upto` (the store has them).
+    async fn trim(&self, addr: &DocAddress, upto: LogCursor) -> Result<(), LogError>;
+
+    /// Removes a document's log entirely (document deletion).
+    async fn delete(&self, addr: &DocAddress) -> Result<(), LogError>;
+
+    /// Checks that the log is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), LogError>;
+}

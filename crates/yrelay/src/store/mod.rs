@@ -1,0 +1,121 @@
+//! The store: durable history of every document.
+//!
+//! A document is a compacted snapshot (one v1 update) plus the updates
+//! appended since, plus metadata. SQLite is the embedded default; PostgreSQL
+//! serves scaled-out deployments behind the same trait.
+//!
+//! How the rest of the server uses a store:
+//! - Writers call [`Store::append`] with a batch of updates from many
+//!   documents (the [`GroupCommit`] batches concurrent writers into one
+//!   transaction). When the log is the source of truth (scaled out), each
+//!   update carries the log cursor it came from and the store records the
+//!   highest one per document, so the log can be trimmed up to it.
+//! - Loaders call [`Store::load`] after subscribing to the log (subscribe
+//!   before load) and then read the log after [`StoredDoc::log_cursor`].
+//! - The compactor replaces snapshot + appended updates by a merged snapshot
+//!   with [`Store::compact`]; appends that race with it are kept.
+
+mod group_commit;
+mod sqlite;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use yrelay_protocol::DocAddress;
+
+use crate::log::LogCursor;
+pub use group_commit::GroupCommit;
+pub use sqlite::SqliteStore;
+
+/// What a listing or a metadata request shows of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub doc: String,
+    pub title: Option<String>,
+    pub blocked: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub size: i64,
+}
+
+/// Everything the store holds for one document.
+#[derive(Debug, Clone)]
+pub struct StoredDoc {
+    pub snapshot: Option<Vec<u8>>,
+    /// Appended updates as `(id, bytes)`, in commit order.
+    pub updates: Vec<(i64, Vec<u8>)>,
+    /// Up to where the store holds the log (`None`: the store is not fed
+    /// from the log, or holds nothing of it).
+    pub log_cursor: Option<LogCursor>,
+    pub meta: DocMeta,
+}
+
+/// One update to append.
+#[derive(Debug, Clone)]
+pub struct NewUpdate {
+    pub addr: DocAddress,
+    pub data: Arc<[u8]>,
+    pub log_cursor: Option<LogCursor>,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Durable history of documents (see the module docs for how it is used).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` ("sqlite", "postgres").
+    fn name(&self) -> &'static str;
+
+    /// Everything stored for `addr`, or `None` if it was never written.
+    async fn load(&self, addr: &DocAddress) -> Result<Option<StoredDoc>, StoreError>;
+
+    /// Appends a batch of updates in one transaction, creating documents as
+    /// needed and keeping their metadata current.
+    async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError>;
+
+    /// Replaces the snapshot of `addr` and removes the appended updates with
+    /// id up to `upto_update` (which `snapshot` includes).
+    async fn compact(
+        &self,
+        addr: &DocAddress,
+        snapshot: &[u8],
+        upto_update: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Metadata of one document.
+    async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, StoreError>;
+
+    /// Documents of a space, optionally only those changed after `after` (ms).
+    async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, StoreError>;
+
+    /// Documents worth compacting: at least `min_pending` appended updates,
+    /// or any appended update and no change since `idle_before` (ms).
+    async fn compaction_candidates(
+        &self,
+        min_pending: i64,
+        idle_before: i64,
+        limit: i64,
+    ) -> Result<Vec<DocAddress>, StoreError>;
+
+    /// Removes a document and its history. `false` if it did not exist.
+    async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError>;
+
+    /// Checks that the store is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by a URL (`sqlite://path`).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    Err(StoreError::Unavailable(format!(
+        "unsupported store URL {url:?} (expected sqlite://PATH)"
+    )))
+}
