@@ -23,7 +23,10 @@ pub struct DocAddress {
 
 fn check_id(what: &'static str, id: &str) -> Result<(), AddressError> {
     if id.is_empty() || id.len() > 255 {
-        return Err(AddressError::Length { what, len: id.len() });
+        return Err(AddressError::Length {
+            what,
+            len: id.len(),
+        });
     }
     match id
         .chars()
@@ -79,19 +82,28 @@ mod tests {
     fn accepts_the_documented_alphabet() {
         let a = DocAddress::parse("team-1", "a.b_c~d:e@f$g-h").unwrap();
         assert_eq!(a.to_string(), "team-1/a.b_c~d:e@f$g-h");
-        assert_eq!(DocAddress::parse_path("s/d").unwrap(), DocAddress::parse("s", "d").unwrap());
+        assert_eq!(
+            DocAddress::parse_path("s/d").unwrap(),
+            DocAddress::parse("s", "d").unwrap()
+        );
     }
 
     #[test]
     fn rejects_bad_ids() {
-        assert!(matches!(DocAddress::parse("", "d"), Err(AddressError::Length { .. })));
+        assert!(matches!(
+            DocAddress::parse("", "d"),
+            Err(AddressError::Length { .. })
+        ));
         assert!(matches!(
             DocAddress::parse("s", &"x".repeat(256)),
             Err(AddressError::Length { len: 256, .. })
         ));
         assert_eq!(
             DocAddress::parse("s", "a b"),
-            Err(AddressError::Character { what: "doc", found: ' ' })
+            Err(AddressError::Character {
+                what: "doc",
+                found: ' '
+            })
         );
         assert!(DocAddress::parse("s", "é").is_err());
         assert_eq!(DocAddress::parse_path("nodoc"), Err(AddressError::Shape));

@@ -9,11 +9,11 @@
 use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
+use yrs::sync::AwarenessUpdate;
 use yrs::sync::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
     MSG_SYNC_UPDATE, PERMISSION_DENIED,
 };
-use yrs::sync::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 
 /// Why an incoming frame was refused.
@@ -39,11 +39,14 @@ pub enum ClientMessage {
     /// An incremental update (v1).
     Update(Vec<u8>),
     /// An awareness update, validated; `raw` is relayed unchanged.
-    Awareness { raw: Vec<u8>, update: AwarenessUpdate },
+    Awareness {
+        raw: Vec<u8>,
+        update: AwarenessUpdate,
+    },
     /// "Send me every awareness state you know."
     QueryAwareness,
-    /// Auth messages from a client carry nothing the server acts on.
-    Auth,
+    /// An auth message: `Some(reason)` when permission is denied.
+    Auth(Option<String>),
 }
 
 /// Decodes every message of one frame (stock clients send one per frame; a
@@ -61,11 +64,17 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<ClientMessage>, FrameError> {
 }
 
 fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> {
-    let tag: u64 = cursor.read_var().map_err(|_| FrameError::Malformed("y-protocols"))?;
+    let tag: u64 = cursor
+        .read_var()
+        .map_err(|_| FrameError::Malformed("y-protocols"))?;
     match tag {
         t if t == MSG_SYNC as u64 => {
-            let kind: u64 = cursor.read_var().map_err(|_| FrameError::Malformed("sync"))?;
-            let buf = cursor.read_buf().map_err(|_| FrameError::Malformed("sync"))?;
+            let kind: u64 = cursor
+                .read_var()
+                .map_err(|_| FrameError::Malformed("sync"))?;
+            let buf = cursor
+                .read_buf()
+                .map_err(|_| FrameError::Malformed("sync"))?;
             match kind {
                 k if k == MSG_SYNC_STEP_1 as u64 => StateVector::decode_v1(buf)
                     .map(ClientMessage::SyncStep1)
@@ -76,17 +85,26 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> 
             }
         }
         t if t == MSG_AWARENESS as u64 => {
-            let raw = cursor.read_buf().map_err(|_| FrameError::Malformed("awareness"))?;
+            let raw = cursor
+                .read_buf()
+                .map_err(|_| FrameError::Malformed("awareness"))?;
             let update = decode_awareness(raw)?;
-            Ok(ClientMessage::Awareness { raw: raw.to_vec(), update })
+            Ok(ClientMessage::Awareness {
+                raw: raw.to_vec(),
+                update,
+            })
         }
         t if t == MSG_AUTH as u64 => {
-            // permission flag + optional reason; nothing to act on.
-            let flag: u8 = cursor.read_var().map_err(|_| FrameError::Malformed("auth"))?;
-            if flag == PERMISSION_DENIED {
-                cursor.read_string().map_err(|_| FrameError::Malformed("auth"))?;
+            let flag: u8 = cursor
+                .read_var()
+                .map_err(|_| FrameError::Malformed("auth"))?;
+            if flag != PERMISSION_DENIED {
+                return Ok(ClientMessage::Auth(None));
             }
-            Ok(ClientMessage::Auth)
+            let reason = cursor
+                .read_string()
+                .map_err(|_| FrameError::Malformed("auth"))?;
+            Ok(ClientMessage::Auth(Some(reason.to_owned())))
         }
         t if t == MSG_QUERY_AWARENESS as u64 => Ok(ClientMessage::QueryAwareness),
         t => Err(FrameError::UnknownType(t)),
@@ -166,7 +184,8 @@ mod tests {
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
         text.insert(&mut doc.transact_mut(), 0, "hello");
-        doc.transact().encode_state_as_update_v1(&StateVector::default())
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     #[test]
@@ -195,9 +214,14 @@ mod tests {
     fn decodes_what_clients_send() {
         let update = sample_update();
         let frame = Message::Sync(SyncMessage::Update(update.clone())).encode_v1();
-        assert_eq!(decode_frame(&frame).unwrap(), vec![ClientMessage::Update(update)]);
+        assert_eq!(
+            decode_frame(&frame).unwrap(),
+            vec![ClientMessage::Update(update)]
+        );
         let mut awareness = yrs::sync::Awareness::new(Doc::new());
-        awareness.set_local_state(serde_json::json!({"user": "ann"})).unwrap();
+        awareness
+            .set_local_state(serde_json::json!({"user": "ann"}))
+            .unwrap();
         let au = awareness.update().unwrap();
         let frame = Message::Awareness(au.clone()).encode_v1();
         match &decode_frame(&frame).unwrap()[..] {
@@ -207,15 +231,28 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(decode_frame(&[3]).unwrap(), vec![ClientMessage::QueryAwareness]);
+        assert_eq!(
+            decode_frame(&[3]).unwrap(),
+            vec![ClientMessage::QueryAwareness]
+        );
+        assert_eq!(
+            decode_frame(&encode_permission_denied("read-only")).unwrap(),
+            vec![ClientMessage::Auth(Some("read-only".into()))]
+        );
     }
 
     #[test]
     fn rejects_bad_frames() {
         assert_eq!(decode_frame(&[]), Err(FrameError::Empty));
         assert_eq!(decode_frame(&[9, 0]), Err(FrameError::UnknownType(9)));
-        assert_eq!(decode_frame(&[0, 7, 0]), Err(FrameError::UnknownSyncType(7)));
-        assert!(matches!(decode_frame(&[0, 2, 50, 1]), Err(FrameError::Malformed(_))));
+        assert_eq!(
+            decode_frame(&[0, 7, 0]),
+            Err(FrameError::UnknownSyncType(7))
+        );
+        assert!(matches!(
+            decode_frame(&[0, 2, 50, 1]),
+            Err(FrameError::Malformed(_))
+        ));
         // awareness whose state is not JSON
         let mut raw = Vec::new();
         raw.write_var(1u32);

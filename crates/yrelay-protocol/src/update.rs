@@ -75,12 +75,16 @@ pub fn apply_update(doc: &Doc, bytes: &[u8]) -> Result<(), UpdateError> {
 
 /// Merges updates into one by applying them to a fresh document (with GC)
 /// and re-encoding its whole state. This is what compaction stores.
-pub fn merge_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, UpdateError> {
+pub fn merge_updates<'a>(
+    updates: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, UpdateError> {
     let doc = Doc::new();
     for update in updates {
         apply_update(&doc, update)?;
     }
-    Ok(doc.transact().encode_state_as_update_v1(&StateVector::default()))
+    Ok(doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default()))
 }
 
 /// Decodes a v1 state vector (an empty input means "nothing", as in y-protocols).
@@ -194,7 +198,10 @@ mod tests {
     fn empty_update_is_recognised() {
         assert!(check_update(vec![0, 0]).unwrap().is_empty());
         assert!(check_update(vec![0, 0]).is_ok());
-        assert_eq!(check_update(vec![5, 200, 1]).unwrap_err(), UpdateError::Undecodable);
+        assert_eq!(
+            check_update(vec![5, 200, 1]).unwrap_err(),
+            UpdateError::Undecodable
+        );
         let sv = StateVector::default().encode_v1();
         assert_eq!(decode_state_vector(&sv).unwrap(), StateVector::default());
         assert!(decode_state_vector(&[]).unwrap().is_empty());

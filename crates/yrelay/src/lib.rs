@@ -1,0 +1,16 @@
+//! yrelay: a real-time sync server for Yjs documents.
+//!
+//! Dependencies point one way: `transport` → `hub` → (`store`, `log`).
+//! `yrelay_protocol` holds the pure codecs every layer may use.
+
+pub mod api;
+pub mod clock;
+pub mod compactor;
+pub mod config;
+pub mod http_error;
+pub mod hub;
+pub mod log;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod transport;

@@ -20,7 +20,11 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub enum DocEvent {
     /// A document update (v1), with its log cursor.
-    Update { payload: Arc<[u8]>, cursor: Option<LogCursor>, timestamp_ms: i64 },
+    Update {
+        payload: Arc<[u8]>,
+        cursor: Option<LogCursor>,
+        timestamp_ms: i64,
+    },
     /// An awareness update, relayed as received.
     Awareness { payload: Arc<[u8]> },
 }
@@ -70,7 +74,10 @@ impl LiveDoc {
         let mut cursor = None;
         if let Some(stored) = &stored {
             cursor = stored.log_cursor;
-            let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
+            let parts = stored
+                .snapshot
+                .iter()
+                .chain(stored.updates.iter().map(|(_, u)| u));
             for update in parts {
                 if let Err(e) = apply_update(&doc, update) {
                     tracing::error!(doc = %addr, error = %e, "stored update does not apply; skipped");
@@ -127,7 +134,13 @@ impl LiveDoc {
             ),
             // Awareness goes back to its sender too: y-websocket clients count
             // it as the sign of a live connection.
-            EntryKind::Awareness => (DocEvent::Awareness { payload: entry.payload.clone() }, None, "awareness"),
+            EntryKind::Awareness => (
+                DocEvent::Awareness {
+                    payload: entry.payload.clone(),
+                },
+                None,
+                "awareness",
+            ),
         };
         let mut sent = 0;
         state.subscribers.retain(|id, sub| {
@@ -166,7 +179,9 @@ impl LiveDoc {
     pub(super) fn close_if_idle(&self, idle: Duration) -> bool {
         let mut state = self.lock();
         let idle_enough = state.subscribers.is_empty()
-            && state.idle_since.is_some_and(|since| since.elapsed() >= idle);
+            && state
+                .idle_since
+                .is_some_and(|since| since.elapsed() >= idle);
         if idle_enough {
             state.closed = true;
         }
@@ -206,7 +221,8 @@ impl DocState {
 /// resumes the feed by cursor when it breaks, and unloads the document once
 /// it is idle.
 pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription) {
-    let period = (hub.inner.config.idle_unload / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let period =
+        (hub.inner.config.idle_unload / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut idle_check = tokio::time::interval(period);
     loop {
         tokio::select! {
@@ -254,7 +270,13 @@ pub(super) fn removal_update(awareness: &Awareness, clients: &[u64]) -> Option<A
         .filter_map(|&c| {
             let id = yrs::ClientID::new(c);
             let (clock, _) = awareness.meta(id)?;
-            Some((id, AwarenessUpdateEntry { clock: clock + 1, json: Arc::from("null") }))
+            Some((
+                id,
+                AwarenessUpdateEntry {
+                    clock: clock + 1,
+                    json: Arc::from("null"),
+                },
+            ))
         })
         .collect();
     (!entries.is_empty()).then_some(AwarenessUpdate { clients: entries })

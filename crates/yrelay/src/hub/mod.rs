@@ -29,8 +29,8 @@ use crate::clock::now_ms;
 use crate::log::{Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
-pub use live::{CloseReason, DocEvent};
 use live::LiveDoc;
+pub use live::{CloseReason, DocEvent};
 pub use session::Session;
 
 /// When an update counts as accepted.
@@ -41,6 +41,15 @@ pub enum Durability {
     Log,
     /// Once the store has committed it.
     Store,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Log => "log",
+            Durability::Store => "store",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -153,7 +162,10 @@ impl DocHub {
         transport: &'static str,
     ) -> Result<Ack, HubError> {
         if update.is_empty() {
-            return Ok(Ack { cursor: None, timestamp_ms: now_ms() });
+            return Ok(Ack {
+                cursor: None,
+                timestamp_ms: now_ms(),
+            });
         }
         let started = Instant::now();
         let payload: Arc<[u8]> = update.into_bytes().into();
@@ -171,7 +183,10 @@ impl DocHub {
         let bytes = payload.len();
         let entry = self.inner.log.append_update(addr, payload, origin).await?;
         metrics::update_accepted(transport, bytes, started.elapsed().as_secs_f64());
-        Ok(Ack { cursor: entry.cursor, timestamp_ms: entry.timestamp_ms })
+        Ok(Ack {
+            cursor: entry.cursor,
+            timestamp_ms: entry.timestamp_ms,
+        })
     }
 
     /// Closes every session (server shutdown).
@@ -185,20 +200,28 @@ impl DocHub {
     }
 
     async fn live(&self, addr: &DocAddress) -> Result<Arc<LiveDoc>, HubError> {
-        let slot = self.inner.lock_docs().entry(addr.clone()).or_default().clone();
+        let slot = self
+            .inner
+            .lock_docs()
+            .entry(addr.clone())
+            .or_default()
+            .clone();
         let loaded = slot
             .doc
             .get_or_try_init(|| async {
                 let doc = LiveDoc::load(&self.inner.store, &self.inner.log, addr).await?;
                 metrics::doc_loaded();
-                tracing::debug!(doc = %addr, "document loaded");
+                tracing::info!(doc = %addr, "document loaded");
                 tokio::spawn(live::tail(self.clone(), doc.0.clone(), doc.1));
                 Ok::<_, HubError>(doc.0)
             })
             .await;
         if loaded.is_err() {
             let mut docs = self.inner.lock_docs();
-            if docs.get(addr).is_some_and(|s| Arc::ptr_eq(s, &slot) && s.doc.get().is_none()) {
+            if docs
+                .get(addr)
+                .is_some_and(|s| Arc::ptr_eq(s, &slot) && s.doc.get().is_none())
+            {
                 docs.remove(addr);
             }
         }
@@ -212,11 +235,15 @@ impl DocHub {
             return false;
         }
         let addr = doc.addr();
-        if docs.get(addr).and_then(|s| s.doc.get()).is_some_and(|d| Arc::ptr_eq(d, doc)) {
+        if docs
+            .get(addr)
+            .and_then(|s| s.doc.get())
+            .is_some_and(|d| Arc::ptr_eq(d, doc))
+        {
             docs.remove(addr);
         }
         metrics::doc_unloaded();
-        tracing::debug!(doc = %addr, "document unloaded (idle)");
+        tracing::info!(doc = %addr, "document unloaded (idle)");
         true
     }
 
@@ -224,7 +251,11 @@ impl DocHub {
     fn forget(&self, doc: &Arc<LiveDoc>) {
         let mut docs = self.inner.lock_docs();
         let addr = doc.addr();
-        if docs.get(addr).and_then(|s| s.doc.get()).is_some_and(|d| Arc::ptr_eq(d, doc)) {
+        if docs
+            .get(addr)
+            .and_then(|s| s.doc.get())
+            .is_some_and(|d| Arc::ptr_eq(d, doc))
+        {
             docs.remove(addr);
             metrics::doc_unloaded();
         }

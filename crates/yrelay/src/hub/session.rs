@@ -43,10 +43,23 @@ impl Session {
             if state.closed {
                 return None;
             }
-            state.subscribers.insert(origin.connection, Subscriber { tx, closed: closed.clone() });
+            state.subscribers.insert(
+                origin.connection,
+                Subscriber {
+                    tx,
+                    closed: closed.clone(),
+                },
+            );
             state.idle_since = None;
         }
-        Some(Self { hub, doc, origin, events, closed, awareness_clients: HashSet::new() })
+        Some(Self {
+            hub,
+            doc,
+            origin,
+            events,
+            closed,
+            awareness_clients: HashSet::new(),
+        })
     }
 
     pub fn addr(&self) -> &DocAddress {
@@ -84,7 +97,11 @@ impl Session {
         if clients.is_empty() {
             return None;
         }
-        state.awareness.update_with_clients(clients).ok().map(|u| u.encode_v1())
+        state
+            .awareness
+            .update_with_clients(clients)
+            .ok()
+            .map(|u| u.encode_v1())
     }
 
     /// The next event for this subscriber, or why the hub ended it.
@@ -105,12 +122,19 @@ impl Session {
         let hub = self.hub.clone();
         let addr = self.addr().clone();
         let origin = self.origin;
-        async move { hub.submit_update(&addr, update, Some(origin), transport).await }
+        async move {
+            hub.submit_update(&addr, update, Some(origin), transport)
+                .await
+        }
     }
 
     /// Relays an (already validated) awareness update to every subscriber of
     /// the document, on every instance.
-    pub async fn submit_awareness(&mut self, raw: Vec<u8>, update: &AwarenessUpdate) -> Result<(), HubError> {
+    pub async fn submit_awareness(
+        &mut self,
+        raw: Vec<u8>,
+        update: &AwarenessUpdate,
+    ) -> Result<(), HubError> {
         for (client, entry) in &update.clients {
             if &*entry.json == "null" {
                 self.awareness_clients.remove(&client.get());
@@ -118,7 +142,10 @@ impl Session {
                 self.awareness_clients.insert(client.get());
             }
         }
-        self.hub.log().publish_awareness(self.addr(), raw.into(), Some(self.origin)).await?;
+        self.hub
+            .log()
+            .publish_awareness(self.addr(), raw.into(), Some(self.origin))
+            .await?;
         Ok(())
     }
 }
@@ -139,7 +166,9 @@ impl Drop for Session {
             let addr = self.addr().clone();
             let origin = self.origin;
             tokio::spawn(async move {
-                let _ = log.publish_awareness(&addr, update.encode_v1().into(), Some(origin)).await;
+                let _ = log
+                    .publish_awareness(&addr, update.encode_v1().into(), Some(origin))
+                    .await;
             });
         }
     }

@@ -41,7 +41,10 @@ impl Inner {
         self.last = if now > self.last.ms {
             LogCursor { ms: now, seq: 0 }
         } else {
-            LogCursor { ms: self.last.ms, seq: self.last.seq + 1 }
+            LogCursor {
+                ms: self.last.ms,
+                seq: self.last.seq + 1,
+            }
         };
         self.last
     }
@@ -49,7 +52,9 @@ impl Inner {
     fn fan_out(&mut self, addr: &DocAddress, entry: &LogEntry) {
         if let Some(stream) = self.streams.get_mut(addr) {
             // A full or closed feed is dropped: its owner sees the end and catches up.
-            stream.subscribers.retain(|(_, tx)| tx.try_send(entry.clone()).is_ok());
+            stream
+                .subscribers
+                .retain(|(_, tx)| tx.try_send(entry.clone()).is_ok());
         }
     }
 }
@@ -67,7 +72,9 @@ impl LocalLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -80,7 +87,9 @@ struct Unsubscribe {
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
         let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(stream) = inner.streams.get_mut(&self.addr) {
             stream.subscribers.retain(|(id, _)| *id != self.id);
@@ -154,10 +163,18 @@ impl Log for LocalLog {
         inner
             .streams
             .entry(addr.clone())
-            .or_insert_with(|| Stream { floor, entries: VecDeque::new(), subscribers: Vec::new() })
+            .or_insert_with(|| Stream {
+                floor,
+                entries: VecDeque::new(),
+                subscribers: Vec::new(),
+            })
             .subscribers
             .push((id, tx));
-        let guard = Unsubscribe { inner: Arc::downgrade(&self.inner), addr: addr.clone(), id };
+        let guard = Unsubscribe {
+            inner: Arc::downgrade(&self.inner),
+            addr: addr.clone(),
+            id,
+        };
         Ok(Subscription::new(rx, Box::new(guard)))
     }
 
@@ -187,7 +204,11 @@ impl Log for LocalLog {
     async fn trim(&self, addr: &DocAddress, upto: LogCursor) -> Result<(), LogError> {
         let mut inner = self.lock();
         if let Some(stream) = inner.streams.get_mut(addr) {
-            while stream.entries.front().is_some_and(|e| e.cursor.is_some_and(|c| c <= upto)) {
+            while stream
+                .entries
+                .front()
+                .is_some_and(|e| e.cursor.is_some_and(|c| c <= upto))
+            {
                 stream.entries.pop_front();
             }
             stream.floor = stream.floor.max(upto);
@@ -224,7 +245,10 @@ mod tests {
         let mut sub = log.subscribe(&addr()).await.unwrap();
         let mut cursors = Vec::new();
         for i in 0..3u8 {
-            let e = log.append_update(&addr(), Arc::from(vec![i]), None).await.unwrap();
+            let e = log
+                .append_update(&addr(), Arc::from(vec![i]), None)
+                .await
+                .unwrap();
             cursors.push(e.cursor.unwrap());
         }
         for (i, c) in cursors.iter().enumerate() {
@@ -236,10 +260,22 @@ mod tests {
         // retains the last two: resuming after the first works, before it does not
         let tail = log.read(&addr(), Some(cursors[0])).await.unwrap().unwrap();
         assert_eq!(tail.len(), 2);
-        assert!(log.read(&addr(), Some(LogCursor { ms: 0, seq: 0 })).await.unwrap().is_none());
+        assert!(
+            log.read(&addr(), Some(LogCursor { ms: 0, seq: 0 }))
+                .await
+                .unwrap()
+                .is_none()
+        );
         log.trim(&addr(), cursors[1]).await.unwrap();
         assert!(log.read(&addr(), Some(cursors[0])).await.unwrap().is_none());
-        assert_eq!(log.read(&addr(), Some(cursors[1])).await.unwrap().unwrap().len(), 1);
+        assert_eq!(
+            log.read(&addr(), Some(cursors[1]))
+                .await
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -247,7 +283,9 @@ mod tests {
         let log = LocalLog::new(10);
         let mut sub = log.subscribe(&addr()).await.unwrap();
         for _ in 0..FEED_BOUND + 1 {
-            log.append_update(&addr(), Arc::from(vec![1u8]), None).await.unwrap();
+            log.append_update(&addr(), Arc::from(vec![1u8]), None)
+                .await
+                .unwrap();
         }
         let mut received = 0;
         while sub.recv().await.is_some() {
@@ -258,7 +296,10 @@ mod tests {
 
     #[test]
     fn cursor_text_round_trips() {
-        let c = LogCursor { ms: 1700000000000, seq: 7 };
+        let c = LogCursor {
+            ms: 1700000000000,
+            seq: 7,
+        };
         assert_eq!(c.to_string().parse::<LogCursor>().unwrap(), c);
         assert!("x-1".parse::<LogCursor>().is_err());
     }

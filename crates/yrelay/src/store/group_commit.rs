@@ -32,12 +32,19 @@ impl GroupCommit {
     pub async fn append(&self, update: NewUpdate) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
         let stopped = || StoreError::Unavailable("store writer stopped".into());
-        self.queue.send((update, done)).await.map_err(|_| stopped())?;
+        self.queue
+            .send((update, done))
+            .await
+            .map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
     }
 }
 
-async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewUpdate, Waiter)>, max_batch: usize) {
+async fn writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(NewUpdate, Waiter)>,
+    max_batch: usize,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::with_capacity(max_batch);
     while let Some((update, waiter)) = rx.recv().await {

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use yrelay_protocol::DocAddress;
 
@@ -37,9 +39,13 @@ const META_COLUMNS: &str = "doc, title, blocked, created_at, updated_at, size";
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub async fn open(path: &str) -> Result<Self, StoreError> {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(unavailable)?
@@ -102,7 +108,12 @@ impl Store for SqliteStore {
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Some(StoredDoc { snapshot, updates, log_cursor, meta }))
+        Ok(Some(StoredDoc {
+            snapshot,
+            updates,
+            log_cursor,
+            meta,
+        }))
     }
 
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
@@ -186,7 +197,10 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.as_ref().map(meta_from_row).transpose().map_err(unavailable)
+        row.as_ref()
+            .map(meta_from_row)
+            .transpose()
+            .map_err(unavailable)
     }
 
     async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, StoreError> {
@@ -199,7 +213,10 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-        rows.iter().map(meta_from_row).collect::<Result<_, _>>().map_err(unavailable)
+        rows.iter()
+            .map(meta_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
     }
 
     async fn compaction_candidates(
@@ -247,7 +264,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

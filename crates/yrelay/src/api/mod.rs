@@ -1,0 +1,51 @@
+//! Operational endpoints: liveness, readiness, metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::http_error::ApiError;
+use crate::server::AppState;
+
+/// `GET /healthz`: the process runs.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: store and log are reachable.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let hub = &app.hub;
+    if let Err(e) = hub.store().ping().await {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            e.to_string(),
+        )
+        .into_response();
+    }
+    if let Err(e) = hub.log().ping().await {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "LOG_UNAVAILABLE",
+            e.to_string(),
+        )
+        .into_response();
+    }
+    Json(serde_json::json!({ "status": "ready", "store": hub.store().name(), "log": hub.log().name() }))
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}

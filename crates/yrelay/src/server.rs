@@ -1,0 +1,190 @@
+//! Wires the parts together and serves them: store, log, hub, compactor,
+//! and the HTTP router with every transport.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compactor::{self, CompactorConfig};
+use crate::config::ServerConfig;
+use crate::hub::{CloseReason, DocHub, HubConfig};
+use crate::log::{LocalLog, Log};
+use crate::store::{self, StoreError};
+use crate::{api, metrics, transport};
+
+/// Entries the in-process log keeps per live document for resuming by cursor.
+const LOCAL_LOG_RETAIN: usize = 10_000;
+
+/// Limits applied at the transport edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_size: usize,
+}
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: DocHub,
+    pub limits: Limits,
+    pub metrics: PrometheusHandle,
+    /// Changes once when the server begins to shut down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    listener: TcpListener,
+    app: AppState,
+    shutdown: watch::Sender<bool>,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Opens the store (migrating it), the log, and binds the listener.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let store = store::open(&config.store).await?;
+        let log: Arc<dyn Log> = Arc::new(LocalLog::new(LOCAL_LOG_RETAIN));
+        let hub = DocHub::new(
+            store,
+            log,
+            HubConfig {
+                durability: config.durability,
+                idle_unload: config.idle_unload,
+                subscriber_queue: config.queue_bound,
+            },
+        );
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let app = AppState {
+            hub,
+            limits: Limits {
+                max_message_size: config.max_message_size,
+            },
+            metrics: metrics::install(),
+            shutdown: shutdown_rx,
+        };
+        Ok(Self {
+            listener,
+            app,
+            shutdown,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `signal` resolves, then closes every connection (1001).
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            app,
+            shutdown,
+            config,
+        } = self;
+        let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let hub = app.hub.clone();
+        let log = hub.log().clone();
+        tracing::info!(
+            "yrelay listening on http://{addr} (store: {}, log: {}, durability: {})",
+            config.store,
+            log.name(),
+            config.durability
+        );
+        if !log.is_durable() {
+            tracing::info!(
+                "the {} log is not durable: updates are acknowledged once the store has committed them",
+                log.name()
+            );
+        }
+        tracing::warn!("auth is off: every request is allowed (development setup)");
+        if config.compactor {
+            let compactor_config = CompactorConfig {
+                min_updates: config.compact_min_updates,
+                idle: config.compact_idle,
+                poll: Duration::from_secs(1)
+                    .min(config.compact_idle.max(Duration::from_millis(100))),
+            };
+            tokio::spawn(compactor::run(
+                hub.store().clone(),
+                compactor_config,
+                app.shutdown.clone(),
+            ));
+        }
+        let router = router(app);
+        let stopping = async move {
+            signal.await;
+            tracing::info!("shutting down: closing connections");
+            let _ = shutdown.send(true);
+            hub.close_all(CloseReason::ShuttingDown);
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopping)
+            .await
+            .map_err(ServerError::Serve)?;
+        tracing::info!("yrelay stopped");
+        Ok(())
+    }
+}
+
+fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
+        .fallback(api::not_found)
+        .with_state(app)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,162 @@
+//! Test kit: runs the real `yrelay` binary on a free port with a private
+//! store, and talks to it over real sockets.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    store: PathBuf,
+    args: Vec<String>,
+    lines: Arc<Mutex<Vec<String>>>,
+    line_count: watch::Receiver<usize>,
+}
+
+impl TestServer {
+    /// Starts `yrelay serve` with its SQLite file in `dir`.
+    pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_on(dir, "127.0.0.1:0", args).await
+    }
+
+    async fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Self {
+        let store = dir.join("yrelay.db");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_yrelay"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--store")
+            .arg(format!("sqlite://{}", store.display()))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn yrelay");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, line_count) = watch::channel(0usize);
+        let (addr_tx, mut addr_rx) = watch::channel(None::<SocketAddr>);
+        let collected = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    addr_tx.send_replace(addr);
+                }
+                eprintln!("[yrelay] {line}");
+                let mut all = collected.lock().unwrap();
+                all.push(line);
+                count_tx.send_replace(all.len());
+            }
+        });
+        let addr = tokio::time::timeout(WAIT, addr_rx.wait_for(Option::is_some))
+            .await
+            .expect("server did not start in time")
+            .expect("server exited before listening")
+            .expect("address");
+        Self {
+            child,
+            addr,
+            store,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            lines,
+            line_count,
+        }
+    }
+
+    pub fn ws_url(&self, doc: &str) -> String {
+        format!("ws://{}/v1/ws/{doc}", self.addr)
+    }
+
+    /// Waits for a log line containing `needle` (after the first `skip` lines).
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
+        let lines = self.lines.clone();
+        let found = |_: &usize| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+        tokio::time::timeout(WAIT, self.line_count.wait_for(found))
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+            .expect("log reader ended");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("stop in time")
+            .expect("wait");
+        assert!(status.success(), "yrelay exited with {status}");
+    }
+
+    /// Starts again on the same port and store.
+    pub async fn restart(&mut self) {
+        let dir = self.store.parent().unwrap().to_path_buf();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let listen = self.addr.to_string();
+        let _ = self.child.kill().await;
+        *self = Self::start_on(&dir, &listen, &args).await;
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// The value of one Prometheus sample (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A minimal HTTP/1.1 GET.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
