@@ -195,10 +195,10 @@ impl DocState {
     fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {
         match entry.kind {
             EntryKind::Update => {
-                if let (Some(have), Some(c)) = (self.cursor, entry.cursor) {
-                    if c <= have {
-                        return false;
-                    }
+                if let (Some(have), Some(c)) = (self.cursor, entry.cursor)
+                    && c <= have
+                {
+                    return false;
                 }
                 if let Err(e) = apply_update(self.awareness.doc(), &entry.payload) {
                     tracing::error!(doc = %addr, error = %e, "logged update does not apply; skipped");

@@ -80,8 +80,7 @@ impl Session {
     /// What a peer with state vector `sv` misses (v1 update).
     pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
         let state = self.doc.lock();
-        let diff = state.awareness.doc().transact().encode_diff_v1(sv);
-        diff
+        state.awareness.doc().transact().encode_diff_v1(sv)
     }
 
     /// The current awareness states (an encoded awareness update), if any.

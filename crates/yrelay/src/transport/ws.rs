@@ -143,13 +143,12 @@ async fn serve(app: &AppState, mut session: Session, socket: &mut WebSocket) -> 
     {
         return Close::Peer;
     }
-    if let Some(awareness) = session.awareness() {
-        if send(socket, sync::encode_awareness(&awareness))
+    if let Some(awareness) = session.awareness()
+        && send(socket, sync::encode_awareness(&awareness))
             .await
             .is_err()
-        {
-            return Close::Peer;
-        }
+    {
+        return Close::Peer;
     }
     let mut in_flight = FuturesOrdered::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);

@@ -142,6 +142,23 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Waits (polling `/metrics`) until a sample satisfies `ok`.
+    pub async fn wait_for_metric(&self, sample: &str, ok: impl Fn(f64) -> bool) {
+        let poll = async {
+            loop {
+                if ok(self.metric(sample).await) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, poll)
+            .await
+            .unwrap_or_else(|_| panic!("metric {sample} never satisfied"));
+    }
+}
+
 /// A minimal HTTP/1.1 GET.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

