@@ -10,6 +10,14 @@ function provider (server, room, doc = new Y.Doc()) {
   return new WebsocketProvider(server.wsUrl, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true })
 }
 
+/** Destroys providers and their docs (a doc's awareness timer would keep Node alive). */
+function close (...providers) {
+  for (const p of providers) {
+    p.destroy()
+    p.doc.destroy()
+  }
+}
+
 const synced = (p) => waitFor('sync', () => p.synced, [[p, 'sync']])
 
 /** The state in normal form (re-encoded through a fresh doc). */
@@ -31,7 +39,7 @@ test('two providers converge on Y.Map, Y.Text and Y.Array; a late joiner gets ev
   t.after(() => server.dispose())
   const a = provider(server, 'team/board')
   const b = provider(server, 'team/board')
-  t.after(() => { a.destroy(); b.destroy() })
+  t.after(() => close(a, b))
   await Promise.all([synced(a), synced(b)])
 
   for (let i = 0; i < 30; i++) {
@@ -46,7 +54,7 @@ test('two providers converge on Y.Map, Y.Text and Y.Array; a late joiner gets ev
   assert.equal(a.doc.getArray('layers').length, 30)
 
   const late = provider(server, 'team/board')
-  t.after(() => late.destroy())
+  t.after(() => close(late))
   await synced(late)
   await converged(a.doc, late.doc)
 })
@@ -56,7 +64,7 @@ test('awareness travels between providers and is removed when one leaves', async
   t.after(() => server.dispose())
   const a = provider(server, 'team/presence')
   const b = provider(server, 'team/presence')
-  t.after(() => { a.destroy(); b.destroy() })
+  t.after(() => close(a, b))
   await Promise.all([synced(a), synced(b)])
 
   a.awareness.setLocalStateField('user', { name: 'ann', color: '#f00' })
@@ -64,7 +72,7 @@ test('awareness travels between providers and is removed when one leaves', async
   await waitFor('ann on b', seesAnn, [[b.awareness, 'change']])
 
   const c = provider(server, 'team/presence')
-  t.after(() => c.destroy())
+  t.after(() => close(c))
   await waitFor('ann on a joiner', () => c.awareness.getStates().get(a.doc.clientID)?.user?.name === 'ann', [[c.awareness, 'change']])
 
   a.destroy()
@@ -76,7 +84,7 @@ test('edits survive a server restart; providers reconnect and converge', async (
   t.after(() => server.dispose())
   const a = provider(server, 'team/restart')
   const b = provider(server, 'team/restart')
-  t.after(() => { a.destroy(); b.destroy() })
+  t.after(() => close(a, b))
   await Promise.all([synced(a), synced(b)])
 
   a.doc.getText('t').insert(0, 'before ')
@@ -91,7 +99,7 @@ test('edits survive a server restart; providers reconnect and converge', async (
   await converged(a.doc, b.doc)
   assert.match(b.doc.getText('t').toString(), /before offline-a/)
   const c = provider(server, 'team/restart')
-  t.after(() => c.destroy())
+  t.after(() => close(c))
   await synced(c)
   await converged(a.doc, c.doc)
   assert.equal(c.doc.getMap('m').get('offline-b'), true)

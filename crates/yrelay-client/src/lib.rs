@@ -59,7 +59,7 @@ impl WsClient {
     /// Connects `doc` to `url` (e.g. `ws://127.0.0.1:4040/v1/ws/space/doc`)
     /// and starts the sync handshake.
     pub async fn connect(url: &str, doc: Doc) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let shared = Arc::new(Shared {

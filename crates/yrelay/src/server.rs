@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -148,6 +149,10 @@ impl Server {
             let _ = shutdown.send(true);
             hub.close_all(CloseReason::ShuttingDown);
         };
+        // Small frames must leave at once: no Nagle delay on any connection.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(stopping)
             .await
