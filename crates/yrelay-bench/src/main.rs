@@ -73,7 +73,7 @@ struct SendTimes {
 }
 
 async fn fanout(args: FanoutArgs) -> Result<(), String> {
-    let room = format!("fanout-{}", std::process::id() as u64 * 1_000_003 ^ nanos());
+    let room = format!("fanout-{}-{}", std::process::id(), nanos());
     let url = args.url.replace("{room}", &room);
     let times = Arc::new(SendTimes {
         start: Instant::now(),
