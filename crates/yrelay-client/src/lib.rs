@@ -146,6 +146,11 @@ impl WsClient {
         lock(&self.shared.permission_denied).clone()
     }
 
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.borrow().is_some()
+    }
+
     /// Waits until the server's SyncStep2 has been applied.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<(), ClientError> {
         let mut synced = self.shared.synced.subscribe();

@@ -1,8 +1,11 @@
-//! The compactor: merges a document's appended updates into its snapshot
-//! (yrs apply with GC, re-encode) so loads stay fast and the store small.
+//! The compactor: moves what the log holds into the store, then merges a
+//! document's appended updates into its snapshot (yrs apply with GC,
+//! re-encode) so loads stay fast and the store small.
 //!
-//! In the embedded mode one compactor task runs inside `serve`, so at most
-//! one compaction per document runs at a time.
+//! Each document is worked on under a lease taken from the log, so at most
+//! one compactor (of any number of `serve` and `worker` processes) works on
+//! it at a time; a crashed holder's lease runs out after [`LEASE`] and
+//! another takes over. The log is trimmed only up to what the store has.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +15,14 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::merge_updates;
 
 use crate::clock::now_ms;
+use crate::log::Log;
 use crate::metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{NewUpdate, Store, StoreError};
+
+/// How long a compactor may hold a document before another may take over.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// Updates written to the store per transaction when draining the log.
+const PERSIST_BATCH: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct CompactorConfig {
@@ -22,47 +31,105 @@ pub struct CompactorConfig {
     pub poll: Duration,
 }
 
-/// Runs until `shutdown` changes.
-pub async fn run(
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+}
+
+pub struct Compactor {
     store: Arc<dyn Store>,
+    log: Arc<dyn Log>,
     config: CompactorConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(config.poll);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let idle_before = now_ms() - config.idle.as_millis() as i64;
-        let candidates = match store
-            .compaction_candidates(config.min_updates, idle_before, 32)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                metrics::store_error();
-                tracing::warn!(error = %e, "compactor cannot list documents");
-                continue;
+    holder: String,
+}
+
+impl Compactor {
+    pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, config: CompactorConfig) -> Self {
+        let holder = format!("{}-{}", std::process::id(), now_ms());
+        Self { store, log, config, holder }
+    }
+
+    /// Runs until `shutdown` changes.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.poll);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
             }
+            if let Err(e) = self.round().await {
+                metrics::store_error();
+                tracing::warn!(error = %e, "compactor round failed; retrying");
+            }
+        }
+    }
+
+    /// One pass: drain the log's backlog into the store, then compact.
+    pub async fn round(&self) -> Result<(), CompactError> {
+        let mut owed = 0;
+        for addr in self.log.backlog(64).await? {
+            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
+                let outcome = self.persist(&addr).await;
+                self.log.release_lease(&addr, &self.holder).await?;
+                owed += outcome?;
+            }
+        }
+        metrics::store_backlog(owed as f64);
+        let idle_before = now_ms() - self.config.idle.as_millis() as i64;
+        for addr in self.store.compaction_candidates(self.config.min_updates, idle_before, 32).await? {
+            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
+                let outcome = compact(&*self.store, &addr).await;
+                self.log.release_lease(&addr, &self.holder).await?;
+                outcome?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends to the store what the log holds beyond the store's cursor,
+    /// then trims the log up to it. Returns how many updates it moved.
+    async fn persist(&self, addr: &DocAddress) -> Result<usize, CompactError> {
+        let cursor = self.store.log_cursor(addr).await?;
+        let entries = match self.log.read(addr, cursor).await? {
+            Some(entries) => entries,
+            None => self.log.read(addr, None).await?.unwrap_or_default(),
         };
-        for addr in candidates {
-            if let Err(e) = compact(&*store, &addr).await {
-                metrics::store_error();
-                tracing::warn!(doc = %addr, error = %e, "compaction failed");
+        for chunk in entries.chunks(PERSIST_BATCH) {
+            let batch: Vec<NewUpdate> = chunk
+                .iter()
+                .map(|e| NewUpdate {
+                    addr: addr.clone(),
+                    data: e.payload.clone(),
+                    log_cursor: e.cursor,
+                    timestamp_ms: e.timestamp_ms,
+                })
+                .collect();
+            self.store.append(&batch).await?;
+            if let Some(last) = chunk.last().and_then(|e| e.cursor) {
+                self.log.trim(addr, last).await?;
             }
         }
+        if entries.is_empty()
+            && let Some(cursor) = cursor
+        {
+            // A crash between append and trim leaves persisted entries behind.
+            self.log.trim(addr, cursor).await?;
+        }
+        self.log.clear_backlog(addr).await?;
+        if !entries.is_empty() {
+            tracing::debug!(doc = %addr, updates = entries.len(), "log persisted to store");
+        }
+        Ok(entries.len())
     }
 }
 
 /// Compacts one document: everything appended so far goes into the snapshot.
 pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreError> {
-    let Some(stored) = store.load(addr).await? else {
-        return Ok(());
-    };
-    let Some(&(upto, _)) = stored.updates.last() else {
-        return Ok(());
-    };
+    let Some(stored) = store.load(addr).await? else { return Ok(()) };
+    let Some(&(upto, _)) = stored.updates.last() else { return Ok(()) };
     let started = Instant::now();
     let count = stored.updates.len();
     let before: usize = stored.snapshot.as_ref().map_or(0, Vec::len)
@@ -71,10 +138,7 @@ pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreEr
         tracing::info!(doc = %addr, updates = count, bytes = before, "compacting a large document");
     }
     let snapshot = tokio::task::spawn_blocking(move || {
-        let parts = stored
-            .snapshot
-            .iter()
-            .chain(stored.updates.iter().map(|(_, u)| u));
+        let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
         merge_updates(parts.map(Vec::as_slice))
     })
     .await

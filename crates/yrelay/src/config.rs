@@ -29,13 +29,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve the sync protocols (and compact in the background).
     Serve(ServeArgs),
+    /// Compact only: move the log into the store and compact snapshots (scaled-out deployments).
+    Worker(ServeArgs),
     /// Create or upgrade the store schema, then exit.
     Migrate(StoreArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// Store URL: sqlite://PATH.
+    /// Store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "YRELAY_STORE")]
     pub store: Option<String>,
 }
@@ -45,10 +47,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "YRELAY_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Store URL: sqlite://PATH.
+    /// Store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "YRELAY_STORE")]
     pub store: Option<String>,
-    /// Log: "local" (in-process, embedded mode).
+    /// Log: "local" (in-process, embedded mode) or redis://HOST:PORT (shared by every instance).
     #[arg(long, env = "YRELAY_LOG")]
     pub log: Option<String>,
     /// When an update counts as accepted: once the log has it, or once the store has committed it.
@@ -182,12 +184,6 @@ impl ServeArgs {
                     .unwrap_or(10.0),
             )?,
         };
-        if config.log != "local" {
-            return Err(ConfigError::Invalid(format!(
-                "unsupported log {:?} (expected \"local\")",
-                config.log
-            )));
-        }
         if config.queue_bound == 0 || config.max_message_size == 0 {
             return Err(ConfigError::Invalid(
                 "queue_bound and max_message_size must be positive".into(),

@@ -25,6 +25,11 @@ async fn main() -> ExitCode {
             }
             .await
         }
+        Command::Worker(args) => async {
+            yrelay::server::run_worker(args.resolve()?, shutdown_signal()).await?;
+            Ok(())
+        }
+        .await,
         Command::Migrate(args) => {
             async {
                 let url = args.store.unwrap_or_else(|| DEFAULT_STORE.into());

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,10 +12,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::compactor::{self, CompactorConfig};
+use crate::compactor::{Compactor, CompactorConfig};
 use crate::config::ServerConfig;
 use crate::hub::{CloseReason, DocHub, HubConfig};
-use crate::log::{LocalLog, Log};
+use crate::log::{self, LogError};
 use crate::store::{self, StoreError};
 use crate::{api, metrics, transport};
 
@@ -43,6 +42,8 @@ pub struct AppState {
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -64,7 +65,7 @@ impl Server {
     /// Opens the store (migrating it), the log, and binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         let store = store::open(&config.store).await?;
-        let log: Arc<dyn Log> = Arc::new(LocalLog::new(LOCAL_LOG_RETAIN));
+        let log = log::open(&config.log, LOCAL_LOG_RETAIN).await?;
         let hub = DocHub::new(
             store,
             log,
@@ -130,17 +131,8 @@ impl Server {
         }
         tracing::warn!("auth is off: every request is allowed (development setup)");
         if config.compactor {
-            let compactor_config = CompactorConfig {
-                min_updates: config.compact_min_updates,
-                idle: config.compact_idle,
-                poll: Duration::from_secs(1)
-                    .min(config.compact_idle.max(Duration::from_millis(100))),
-            };
-            tokio::spawn(compactor::run(
-                hub.store().clone(),
-                compactor_config,
-                app.shutdown.clone(),
-            ));
+            let compactor = Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
+            tokio::spawn(compactor.run(app.shutdown.clone()));
         }
         let router = router(app);
         let stopping = async move {
@@ -160,6 +152,30 @@ impl Server {
         tracing::info!("yrelay stopped");
         Ok(())
     }
+}
+
+/// How often the compactor looks for work: at most every second, more often
+/// when documents are to be compacted sooner.
+pub fn compactor_config(config: &ServerConfig) -> CompactorConfig {
+    CompactorConfig {
+        min_updates: config.compact_min_updates,
+        idle: config.compact_idle,
+        poll: Duration::from_secs(1).min(config.compact_idle.max(Duration::from_millis(100))),
+    }
+}
+
+/// `yrelay worker`: the compactor alone, until `signal` resolves.
+pub async fn run_worker(config: ServerConfig, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let store = store::open(&config.store).await?;
+    let log = log::open(&config.log, LOCAL_LOG_RETAIN).await?;
+    tracing::info!("yrelay worker compacting (store: {}, log: {})", config.store, log.name());
+    let (stop, stopped) = watch::channel(false);
+    let compactor = tokio::spawn(Compactor::new(store, log, compactor_config(&config)).run(stopped));
+    signal.await;
+    let _ = stop.send(true);
+    let _ = compactor.await;
+    tracing::info!("yrelay worker stopped");
+    Ok(())
 }
 
 fn router(app: AppState) -> Router {

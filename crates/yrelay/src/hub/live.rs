@@ -57,6 +57,9 @@ pub(super) struct DocState {
 
 pub struct LiveDoc {
     addr: DocAddress,
+    /// This instance's id: an entry's origin connection is one of ours
+    /// only when its instance matches.
+    instance: u64,
     state: Mutex<DocState>,
 }
 
@@ -67,6 +70,7 @@ impl LiveDoc {
         store: &Arc<dyn Store>,
         log: &Arc<dyn Log>,
         addr: &DocAddress,
+        instance: u64,
     ) -> Result<(Arc<LiveDoc>, Subscription), HubError> {
         let subscription = log.subscribe(addr).await?;
         let stored = store.load(addr).await?;
@@ -91,6 +95,7 @@ impl LiveDoc {
         };
         let live = Arc::new(LiveDoc {
             addr: addr.clone(),
+            instance,
             state: Mutex::new(DocState {
                 awareness: Awareness::new(doc),
                 cursor,
@@ -129,7 +134,7 @@ impl LiveDoc {
                     cursor: entry.cursor,
                     timestamp_ms: entry.timestamp_ms,
                 },
-                entry.origin,
+                entry.origin.filter(|o| o.instance == self.instance),
                 "update",
             ),
             // Awareness goes back to its sender too: y-websocket clients count
@@ -249,16 +254,36 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
 }
 
 /// Subscribes again and replays what the log holds after the replica's
-/// cursor. `None` when the log no longer holds that cursor (or is down).
+/// cursor, retrying while the log is unreachable (a restarting Redis).
+/// `None` when the log no longer holds that cursor, or stays down.
 async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
+    const ATTEMPTS: u32 = 60;
     let log = hub.log();
-    let feed = log.subscribe(&doc.addr).await.ok()?;
-    let cursor = doc.lock().cursor;
-    let missed = log.read(&doc.addr, cursor).await.ok()??;
-    for entry in &missed {
-        doc.deliver(entry);
+    for attempt in 1..=ATTEMPTS {
+        let resumed = async {
+            let feed = log.subscribe(&doc.addr).await?;
+            let cursor = doc.lock().cursor;
+            Ok::<_, crate::log::LogError>(log.read(&doc.addr, cursor).await?.map(|missed| (feed, missed)))
+        };
+        match resumed.await {
+            Ok(Some((feed, missed))) => {
+                for entry in &missed {
+                    doc.deliver(entry);
+                }
+                if attempt > 1 {
+                    tracing::info!(doc = %doc.addr, attempt, "log feed resumed");
+                }
+                return Some(feed);
+            }
+            Ok(None) => return None,
+            Err(e) if attempt == ATTEMPTS => {
+                tracing::warn!(doc = %doc.addr, error = %e, "log feed not resumable");
+                return None;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
     }
-    Some(feed)
+    None
 }
 
 /// Builds the awareness update that removes `clients` (as y-websocket's

@@ -20,6 +20,7 @@
 //!   returned by [`Log::read`] and carry no cursor.
 
 mod local;
+mod redis;
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use yrelay_protocol::DocAddress;
 
 pub use local::LocalLog;
+pub use self::redis::RedisLog;
 
 /// A position in one document's log, ordered like Redis stream ids
 /// (`{ms}-{seq}`), which is also how it is written on the wire.
@@ -163,4 +165,30 @@ pub trait Log: Send + Sync + 'static {
 
     /// Checks that the log is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), LogError>;
+
+    /// Documents whose log may hold updates the store does not have yet,
+    /// oldest first (the compactor's work list). Empty for a log that the
+    /// store always precedes.
+    async fn backlog(&self, limit: usize) -> Result<Vec<DocAddress>, LogError>;
+
+    /// Takes the document off the backlog if its log is empty (after a trim).
+    async fn clear_backlog(&self, addr: &DocAddress) -> Result<(), LogError>;
+
+    /// Takes (or renews) the exclusive right to compact `addr` for `ttl`.
+    /// A holder that dies loses it when `ttl` runs out.
+    async fn try_lease(&self, addr: &DocAddress, holder: &str, ttl: std::time::Duration) -> Result<bool, LogError>;
+
+    /// Gives a lease back early.
+    async fn release_lease(&self, addr: &DocAddress, holder: &str) -> Result<(), LogError>;
+}
+
+/// Opens the log named by a setting: `local`, or `redis://...`.
+pub async fn open(setting: &str, local_retain: usize) -> Result<Arc<dyn Log>, LogError> {
+    if setting == "local" {
+        return Ok(Arc::new(LocalLog::new(local_retain)));
+    }
+    if setting.starts_with("redis://") || setting.starts_with("rediss://") {
+        return Ok(Arc::new(RedisLog::connect(setting).await?));
+    }
+    Err(LogError::Unavailable(format!("unsupported log {setting:?} (expected local or redis://HOST:PORT)")))
 }

@@ -16,6 +16,7 @@
 //!   with [`Store::compact`]; appends that race with it are kept.
 
 mod group_commit;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use yrelay_protocol::DocAddress;
 
 use crate::log::LogCursor;
 pub use group_commit::GroupCommit;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// What a listing or a metadata request shows of a document.
@@ -88,6 +90,9 @@ pub trait Store: Send + Sync + 'static {
         upto_update: i64,
     ) -> Result<(), StoreError>;
 
+    /// Up to where the store holds the log of `addr`.
+    async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError>;
+
     /// Metadata of one document.
     async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, StoreError>;
 
@@ -110,12 +115,15 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by a URL (`sqlite://path`).
+/// Opens the store named by a URL (`sqlite://PATH` or `postgres://...`).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(SqliteStore::open(path).await?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::open(url).await?));
+    }
     Err(StoreError::Unavailable(format!(
-        "unsupported store URL {url:?} (expected sqlite://PATH)"
+        "unsupported store URL {url:?} (expected sqlite://PATH or postgres://...)"
     )))
 }

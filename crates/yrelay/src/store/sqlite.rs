@@ -189,6 +189,20 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(unavailable)
     }
 
+    async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError> {
+        let cursor: Option<Option<String>> = sqlx::query_scalar("SELECT log_cursor FROM docs WHERE space = ? AND doc = ?")
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        cursor
+            .flatten()
+            .map(|c| LogCursor::from_str(&c))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
     async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, StoreError> {
         let sql = format!("SELECT {META_COLUMNS} FROM docs WHERE space = ? AND doc = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,12 +34,12 @@ impl TestServer {
 
     async fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Self {
         let store = dir.join("yrelay.db");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_yrelay"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(listen)
-            .arg("--store")
-            .arg(format!("sqlite://{}", store.display()))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_yrelay"));
+        command.arg("serve").arg("--listen").arg(listen);
+        if !args.contains(&"--store") {
+            command.arg("--store").arg(format!("sqlite://{}", store.display()));
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

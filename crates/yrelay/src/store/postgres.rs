@@ -1,0 +1,269 @@
+//! The PostgreSQL store of scaled-out deployments (same schema as SQLite).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use yrelay_protocol::DocAddress;
+
+use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc};
+use crate::log::LogCursor;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn meta_from_row(row: &PgRow) -> Result<DocMeta, sqlx::Error> {
+    Ok(DocMeta {
+        doc: row.try_get("doc")?,
+        title: row.try_get("title")?,
+        blocked: row.try_get("blocked")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        size: row.try_get("size")?,
+    })
+}
+
+const META_COLUMNS: &str = "doc, title, blocked, created_at, updated_at, size";
+
+impl PostgresStore {
+    /// Connects to `url` and migrates the schema.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn load(&self, addr: &DocAddress) -> Result<Option<StoredDoc>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(
+            "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
+             FROM docs WHERE space = $1 AND doc = $2",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let meta = meta_from_row(&row).map_err(unavailable)?;
+        let log_cursor = row
+            .try_get::<Option<String>, _>("log_cursor")
+            .map_err(unavailable)?
+            .map(|c| LogCursor::from_str(&c))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let snapshot: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE space = $1 AND doc = $2")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let updates = sqlx::query_as::<_, (i64, Vec<u8>)>(
+            "SELECT id, data FROM doc_updates WHERE space = $1 AND doc = $2 ORDER BY id",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(StoredDoc {
+            snapshot,
+            updates,
+            log_cursor,
+            meta,
+        }))
+    }
+
+    async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for u in batch {
+            sqlx::query(
+                "INSERT INTO doc_updates (space, doc, data, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(u.addr.space())
+            .bind(u.addr.doc())
+            .bind(&*u.data)
+            .bind(u.timestamp_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
+                 VALUES ($1, $2, $3, $3, $4, 1, $5)
+                 ON CONFLICT (space, doc) DO UPDATE SET
+                   updated_at = GREATEST(docs.updated_at, excluded.updated_at),
+                   size = docs.size + excluded.size,
+                   pending_updates = docs.pending_updates + 1,
+                   log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)",
+            )
+            .bind(u.addr.space())
+            .bind(u.addr.doc())
+            .bind(u.timestamp_ms)
+            .bind(u.data.len() as i64)
+            .bind(u.log_cursor.map(|c| c.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn compact(
+        &self,
+        addr: &DocAddress,
+        snapshot: &[u8],
+        upto_update: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id <= $3")
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(upto_update)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)
+             ON CONFLICT (space, doc) DO UPDATE SET data = excluded.data",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE docs SET
+               pending_updates = (SELECT count(*) FROM doc_updates WHERE space = $1 AND doc = $2),
+               size = $3 + (SELECT coalesce(sum(octet_length(data)), 0)::BIGINT FROM doc_updates WHERE space = $1 AND doc = $2)
+             WHERE space = $1 AND doc = $2",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(snapshot.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError> {
+        let cursor: Option<Option<String>> = sqlx::query_scalar("SELECT log_cursor FROM docs WHERE space = $1 AND doc = $2")
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        cursor
+            .flatten()
+            .map(|c| LogCursor::from_str(&c))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, StoreError> {
+        let sql = format!("SELECT {META_COLUMNS} FROM docs WHERE space = $1 AND doc = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref()
+            .map(meta_from_row)
+            .transpose()
+            .map_err(unavailable)
+    }
+
+    async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, StoreError> {
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM docs WHERE space = $1 AND updated_at > $2 ORDER BY updated_at, doc"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(space)
+            .bind(after.unwrap_or(i64::MIN))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(meta_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn compaction_candidates(
+        &self,
+        min_pending: i64,
+        idle_before: i64,
+        limit: i64,
+    ) -> Result<Vec<DocAddress>, StoreError> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT space, doc FROM docs
+             WHERE pending_updates > 0 AND (pending_updates >= $1 OR updated_at < $2)
+             ORDER BY pending_updates DESC LIMIT $3",
+        )
+        .bind(min_pending)
+        .bind(idle_before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(s, d)| DocAddress::parse(&s, &d).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for table in ["doc_updates", "doc_snapshots"] {
+            let sql = format!("DELETE FROM {table} WHERE space = $1 AND doc = $2");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(addr.space())
+                .bind(addr.doc())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        let deleted = sqlx::query("DELETE FROM docs WHERE space = $1 AND doc = $2")
+            .bind(addr.space())
+            .bind(addr.doc())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(deleted > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! Scaled out: several instances on one Redis log and one PostgreSQL store,
+//! all real processes, with faults injected by killing and restarting them.
+
+mod common;
+
+use common::services::{PostgresServer, RedisServer};
+use common::{TestServer, WAIT};
+use yrelay_client::WsClient;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::update::merge_updates;
+use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact};
+
+const DOC: &str = "team/shared";
+
+struct Cluster {
+    redis: RedisServer,
+    pg: PostgresServer,
+    instances: Vec<TestServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start(n: usize, extra: &[&str]) -> Self {
+        let redis = RedisServer::start().await;
+        let pg = PostgresServer::start().await;
+        let mut instances = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, log) = (pg.url(), redis.url());
+            let mut args = vec!["--store", &store, "--log", &log, "--compact-idle-secs", "0.2"];
+            args.extend_from_slice(extra);
+            instances.push(TestServer::start(dir.path(), &args).await);
+            dirs.push(dir);
+        }
+        Self { redis, pg, instances, _dirs: dirs }
+    }
+
+    /// The document as the store alone holds it (normal form).
+    async fn stored_state(&self) -> Option<Vec<u8>> {
+        let store = yrelay::store::open(&self.pg.url()).await.ok()?;
+        let stored = store.load(&DocAddress::parse_path(DOC).unwrap()).await.ok()??;
+        let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
+        merge_updates(parts.map(Vec::as_slice)).ok()
+    }
+
+    /// Waits until the store alone holds exactly `expected`.
+    async fn store_catches_up(&self, expected: &[u8]) {
+        let poll = async {
+            loop {
+                if self.stored_state().await.as_deref() == Some(expected) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, poll).await.expect("the store caught up with the clients");
+    }
+}
+
+async fn connect(server: &TestServer, doc: Doc) -> WsClient {
+    let client = WsClient::connect(&server.ws_url(DOC), doc).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client
+}
+
+/// A client whose connection ended (e.g. `1013` during a fault) reconnects
+/// with the same document, as y-websocket clients do.
+async fn reconnect_if_closed(client: WsClient, server: &TestServer) -> WsClient {
+    if !client.is_closed() {
+        return client;
+    }
+    let doc = client.doc().clone();
+    drop(client);
+    connect(server, doc).await
+}
+
+/// Deterministic pseudo-random edits on Y.Text, Y.Map and Y.Array.
+fn edit(client: &WsClient, seed: &mut u64, rounds: usize) {
+    let text = client.doc().get_or_insert_text("text");
+    let map = client.doc().get_or_insert_map("map");
+    let array = client.doc().get_or_insert_array("array");
+    for _ in 0..rounds {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let n = *seed;
+        client.edit(|txn| match n % 3 {
+            0 => {
+                let len = text.len(txn);
+                text.insert(txn, (n / 3) as u32 % (len + 1), &format!("{} ", n % 1000));
+            }
+            1 => {
+                map.insert(txn, format!("k{}", n % 7), (n % 10_000) as i64);
+            }
+            _ => {
+                array.push_back(txn, (n % 10_000) as i64);
+            }
+        });
+    }
+}
+
+fn covers(sv: &StateVector, target: &StateVector) -> bool {
+    target.iter().all(|(client, clock)| sv.get(client) >= *clock)
+}
+
+/// Waits until every client has everything any client has; returns the
+/// common state in normal form (byte-identical on every client).
+async fn converge(clients: &[&WsClient]) -> Vec<u8> {
+    let mut union = StateVector::default();
+    for c in clients {
+        union.merge(c.doc().transact().state_vector());
+    }
+    for c in clients {
+        c.wait_for("convergence", WAIT, |c| covers(&c.doc().transact().state_vector(), &union)).await.unwrap();
+    }
+    let states: Vec<Vec<u8>> = clients.iter().map(|c| merge_updates([c.state().as_slice()]).unwrap()).collect();
+    for s in &states[1..] {
+        assert_eq!(s, &states[0], "byte-identical state on every client");
+    }
+    states[0].clone()
+}
+
+#[tokio::test]
+async fn three_instances_converge_and_the_store_holds_everything() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(connect(&cluster.instances[i % 3], Doc::new()).await);
+    }
+    let mut seed = 0x9e3779b97f4a7c15;
+    for round in 0..5 {
+        for c in &clients {
+            edit(c, &mut seed, 10 + round);
+        }
+    }
+    // awareness crosses instances too
+    clients[0].set_awareness(&serde_json::json!({"user": "ann"}));
+    clients[2].wait_for("presence", WAIT, |c| c.peers().iter().any(|(_, s)| s.contains("ann"))).await.unwrap();
+
+    let refs: Vec<&WsClient> = clients.iter().collect();
+    let state = converge(&refs).await;
+    cluster.store_catches_up(&state).await;
+    // a new instance starts cold and serves the document at once
+    let dir = tempfile::tempdir().unwrap();
+    let (store, log) = (cluster.pg.url(), cluster.redis.url());
+    let cold = TestServer::start(dir.path(), &["--store", &store, "--log", &log]).await;
+    let late = connect(&cold, Doc::new()).await;
+    assert_eq!(merge_updates([late.state().as_slice()]).unwrap(), state);
+}
+
+#[tokio::test]
+async fn postgres_outage_does_not_stop_editing_and_the_backlog_drains() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 42;
+    edit(&a, &mut seed, 20);
+    edit(&b, &mut seed, 20);
+    converge(&[&a, &b]).await;
+
+    cluster.pg.stop().await;
+    for _ in 0..5 {
+        edit(&a, &mut seed, 10);
+        edit(&b, &mut seed, 10);
+    }
+    let during = converge(&[&a, &b]).await;
+    // joining a live document during the outage gets the full current doc
+    let c = connect(&cluster.instances[0], Doc::new()).await;
+    assert_eq!(converge(&[&a, &b, &c]).await, during);
+    let (status, body) = cluster.instances[0].get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+
+    cluster.pg.start_again().await;
+    cluster.store_catches_up(&during).await;
+}
+
+#[tokio::test]
+async fn a_killed_instance_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 7;
+    edit(&a, &mut seed, 30);
+    edit(&b, &mut seed, 30);
+    // what b has seen of a was acknowledged (relayed only once in the log)
+    converge(&[&a, &b]).await;
+    edit(&a, &mut seed, 30);
+    cluster.instances[0].kill().await;
+
+    a.closed(WAIT).await.unwrap();
+    let a = reconnect_if_closed(a, &cluster.instances[1]).await;
+    edit(&a, &mut seed, 5);
+    let state = converge(&[&a, &b]).await;
+    cluster.store_catches_up(&state).await;
+}
+
+#[tokio::test]
+async fn redis_restarted_with_its_data_is_resumed_without_restarting_instances() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 99;
+    edit(&a, &mut seed, 20);
+    edit(&b, &mut seed, 20);
+    converge(&[&a, &b]).await;
+
+    cluster.redis.restart(true).await;
+    let a = reconnect_if_closed(a, &cluster.instances[0]).await;
+    let b = reconnect_if_closed(b, &cluster.instances[1]).await;
+    edit(&a, &mut seed, 20);
+    edit(&b, &mut seed, 20);
+    let state = converge(&[&a, &b]).await;
+    cluster.store_catches_up(&state).await;
+}
+
+#[tokio::test]
+async fn durability_store_keeps_every_acknowledged_update_when_redis_loses_everything() {
+    let mut cluster = Cluster::start(2, &["--durability", "store"]).await;
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 1234;
+    edit(&a, &mut seed, 40);
+    edit(&b, &mut seed, 40);
+    let acknowledged = converge(&[&a, &b]).await;
+
+    cluster.redis.restart(false).await;
+    let stored = cluster.stored_state().await.expect("the store holds the document");
+    assert_eq!(stored, acknowledged);
+}
