@@ -39,7 +39,9 @@ enum Scenario {
 
 #[derive(clap::Args)]
 struct FanoutArgs {
-    /// WebSocket URL of the document; `{room}` is replaced by a fresh room name.
+    /// WebSocket URL of the document; `{room}` is replaced by a fresh room
+    /// name. Several comma-separated URLs (one per instance): the writer uses
+    /// the first, readers are spread over all of them.
     #[arg(long, default_value = "ws://127.0.0.1:4040/v1/ws/bench/{room}")]
     url: String,
     #[arg(long, default_value_t = 50)]
@@ -74,19 +76,25 @@ struct SendTimes {
 
 async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let room = format!("fanout-{}-{}", std::process::id(), nanos());
-    let url = args.url.replace("{room}", &room);
+    let urls: Vec<String> = args
+        .url
+        .split(',')
+        .map(|u| u.trim().replace("{room}", &room))
+        .collect();
+    let url = urls[0].clone();
     let times = Arc::new(SendTimes {
         start: Instant::now(),
         sent: (0..args.updates).map(|_| AtomicU64::new(0)).collect(),
     });
 
-    eprintln!("connecting {} readers to {url}", args.readers);
+    eprintln!("connecting {} readers to {}", args.readers, urls.join(", "));
     let mut readers = Vec::with_capacity(args.readers);
     let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(args.readers.max(1));
-    for _ in 0..args.readers {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
-            .await
-            .map_err(|e| format!("reader connect: {e}"))?;
+    for i in 0..args.readers {
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(&urls[i % urls.len()], None, true)
+                .await
+                .map_err(|e| format!("reader connect: {e}"))?;
         readers.push(tokio::spawn(read(
             socket,
             times.clone(),
@@ -143,6 +151,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let result = serde_json::json!({
         "scenario": "fanout",
+        "instances": urls.len(),
         "readers": args.readers,
         "updates": args.updates,
         "rate": args.rate,

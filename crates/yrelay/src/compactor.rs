@@ -49,7 +49,12 @@ pub struct Compactor {
 impl Compactor {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, config: CompactorConfig) -> Self {
         let holder = format!("{}-{}", std::process::id(), now_ms());
-        Self { store, log, config, holder }
+        Self {
+            store,
+            log,
+            config,
+            holder,
+        }
     }
 
     /// Runs until `shutdown` changes.
@@ -79,7 +84,11 @@ impl Compactor {
         }
         metrics::store_backlog(owed as f64);
         let idle_before = now_ms() - self.config.idle.as_millis() as i64;
-        for addr in self.store.compaction_candidates(self.config.min_updates, idle_before, 32).await? {
+        for addr in self
+            .store
+            .compaction_candidates(self.config.min_updates, idle_before, 32)
+            .await?
+        {
             if self.log.try_lease(&addr, &self.holder, LEASE).await? {
                 let outcome = compact(&*self.store, &addr).await;
                 self.log.release_lease(&addr, &self.holder).await?;
@@ -128,8 +137,12 @@ impl Compactor {
 
 /// Compacts one document: everything appended so far goes into the snapshot.
 pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreError> {
-    let Some(stored) = store.load(addr).await? else { return Ok(()) };
-    let Some(&(upto, _)) = stored.updates.last() else { return Ok(()) };
+    let Some(stored) = store.load(addr).await? else {
+        return Ok(());
+    };
+    let Some(&(upto, _)) = stored.updates.last() else {
+        return Ok(());
+    };
     let started = Instant::now();
     let count = stored.updates.len();
     let before: usize = stored.snapshot.as_ref().map_or(0, Vec::len)
@@ -138,7 +151,10 @@ pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreEr
         tracing::info!(doc = %addr, updates = count, bytes = before, "compacting a large document");
     }
     let snapshot = tokio::task::spawn_blocking(move || {
-        let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
+        let parts = stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter().map(|(_, u)| u));
         merge_updates(parts.map(Vec::as_slice))
     })
     .await

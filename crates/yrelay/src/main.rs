@@ -25,11 +25,13 @@ async fn main() -> ExitCode {
             }
             .await
         }
-        Command::Worker(args) => async {
-            yrelay::server::run_worker(args.resolve()?, shutdown_signal()).await?;
-            Ok(())
+        Command::Worker(args) => {
+            async {
+                yrelay::server::run_worker(args.resolve()?, shutdown_signal()).await?;
+                Ok(())
+            }
+            .await
         }
-        .await,
         Command::Migrate(args) => {
             async {
                 let url = args.store.unwrap_or_else(|| DEFAULT_STORE.into());

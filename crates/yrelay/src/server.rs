@@ -131,7 +131,8 @@ impl Server {
         }
         tracing::warn!("auth is off: every request is allowed (development setup)");
         if config.compactor {
-            let compactor = Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
+            let compactor =
+                Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
         let router = router(app);
@@ -165,12 +166,20 @@ pub fn compactor_config(config: &ServerConfig) -> CompactorConfig {
 }
 
 /// `yrelay worker`: the compactor alone, until `signal` resolves.
-pub async fn run_worker(config: ServerConfig, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run_worker(
+    config: ServerConfig,
+    signal: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let store = store::open(&config.store).await?;
     let log = log::open(&config.log, LOCAL_LOG_RETAIN).await?;
-    tracing::info!("yrelay worker compacting (store: {}, log: {})", config.store, log.name());
+    tracing::info!(
+        "yrelay worker compacting (store: {}, log: {})",
+        config.store,
+        log.name()
+    );
     let (stop, stopped) = watch::channel(false);
-    let compactor = tokio::spawn(Compactor::new(store, log, compactor_config(&config)).run(stopped));
+    let compactor =
+        tokio::spawn(Compactor::new(store, log, compactor_config(&config)).run(stopped));
     signal.await;
     let _ = stop.send(true);
     let _ = compactor.await;

@@ -28,19 +28,37 @@ impl Cluster {
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let (store, log) = (pg.url(), redis.url());
-            let mut args = vec!["--store", &store, "--log", &log, "--compact-idle-secs", "0.2"];
+            let mut args = vec![
+                "--store",
+                &store,
+                "--log",
+                &log,
+                "--compact-idle-secs",
+                "0.2",
+            ];
             args.extend_from_slice(extra);
             instances.push(TestServer::start(dir.path(), &args).await);
             dirs.push(dir);
         }
-        Self { redis, pg, instances, _dirs: dirs }
+        Self {
+            redis,
+            pg,
+            instances,
+            _dirs: dirs,
+        }
     }
 
     /// The document as the store alone holds it (normal form).
     async fn stored_state(&self) -> Option<Vec<u8>> {
         let store = yrelay::store::open(&self.pg.url()).await.ok()?;
-        let stored = store.load(&DocAddress::parse_path(DOC).unwrap()).await.ok()??;
-        let parts = stored.snapshot.iter().chain(stored.updates.iter().map(|(_, u)| u));
+        let stored = store
+            .load(&DocAddress::parse_path(DOC).unwrap())
+            .await
+            .ok()??;
+        let parts = stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter().map(|(_, u)| u));
         merge_updates(parts.map(Vec::as_slice)).ok()
     }
 
@@ -54,7 +72,9 @@ impl Cluster {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
-        tokio::time::timeout(WAIT, poll).await.expect("the store caught up with the clients");
+        tokio::time::timeout(WAIT, poll)
+            .await
+            .expect("the store caught up with the clients");
     }
 }
 
@@ -101,7 +121,9 @@ fn edit(client: &WsClient, seed: &mut u64, rounds: usize) {
 }
 
 fn covers(sv: &StateVector, target: &StateVector) -> bool {
-    target.iter().all(|(client, clock)| sv.get(client) >= *clock)
+    target
+        .iter()
+        .all(|(client, clock)| sv.get(client) >= *clock)
 }
 
 /// Waits until every client has everything any client has; returns the
@@ -112,9 +134,16 @@ async fn converge(clients: &[&WsClient]) -> Vec<u8> {
         union.merge(c.doc().transact().state_vector());
     }
     for c in clients {
-        c.wait_for("convergence", WAIT, |c| covers(&c.doc().transact().state_vector(), &union)).await.unwrap();
+        c.wait_for("convergence", WAIT, |c| {
+            covers(&c.doc().transact().state_vector(), &union)
+        })
+        .await
+        .unwrap();
     }
-    let states: Vec<Vec<u8>> = clients.iter().map(|c| merge_updates([c.state().as_slice()]).unwrap()).collect();
+    let states: Vec<Vec<u8>> = clients
+        .iter()
+        .map(|c| merge_updates([c.state().as_slice()]).unwrap())
+        .collect();
     for s in &states[1..] {
         assert_eq!(s, &states[0], "byte-identical state on every client");
     }
@@ -136,7 +165,12 @@ async fn three_instances_converge_and_the_store_holds_everything() {
     }
     // awareness crosses instances too
     clients[0].set_awareness(&serde_json::json!({"user": "ann"}));
-    clients[2].wait_for("presence", WAIT, |c| c.peers().iter().any(|(_, s)| s.contains("ann"))).await.unwrap();
+    clients[2]
+        .wait_for("presence", WAIT, |c| {
+            c.peers().iter().any(|(_, s)| s.contains("ann"))
+        })
+        .await
+        .unwrap();
 
     let refs: Vec<&WsClient> = clients.iter().collect();
     let state = converge(&refs).await;
@@ -225,6 +259,9 @@ async fn durability_store_keeps_every_acknowledged_update_when_redis_loses_every
     let acknowledged = converge(&[&a, &b]).await;
 
     cluster.redis.restart(false).await;
-    let stored = cluster.stored_state().await.expect("the store holds the document");
+    let stored = cluster
+        .stored_state()
+        .await
+        .expect("the store holds the document");
     assert_eq!(stored, acknowledged);
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::apply_update;
-use yrs::Doc;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, Transact};
 
 use super::{DocHub, HubError};
 use crate::log::{EntryKind, Log, LogCursor, LogEntry, Subscription};
@@ -73,43 +73,19 @@ impl LiveDoc {
         instance: u64,
     ) -> Result<(Arc<LiveDoc>, Subscription), HubError> {
         let subscription = log.subscribe(addr).await?;
-        let stored = store.load(addr).await?;
-        let doc = Doc::new();
-        let mut cursor = None;
-        if let Some(stored) = &stored {
-            cursor = stored.log_cursor;
-            let parts = stored
-                .snapshot
-                .iter()
-                .chain(stored.updates.iter().map(|(_, u)| u));
-            for update in parts {
-                if let Err(e) = apply_update(&doc, update) {
-                    tracing::error!(doc = %addr, error = %e, "stored update does not apply; skipped");
-                }
-            }
-        }
-        let tail = match log.read(addr, cursor).await? {
-            Some(tail) => tail,
-            // The log was trimmed past the store's cursor; read what it holds.
-            None => log.read(addr, None).await?.unwrap_or_default(),
-        };
+        let history = History::read(store, log, addr).await?;
         let live = Arc::new(LiveDoc {
             addr: addr.clone(),
             instance,
             state: Mutex::new(DocState {
-                awareness: Awareness::new(doc),
-                cursor,
+                awareness: Awareness::new(Doc::new()),
+                cursor: None,
                 subscribers: HashMap::new(),
                 idle_since: Some(Instant::now()),
                 closed: false,
             }),
         });
-        {
-            let mut state = live.lock();
-            for entry in &tail {
-                state.apply(addr, entry);
-            }
-        }
+        history.apply_to(&mut live.lock(), addr);
         Ok((live, subscription))
     }
 
@@ -123,10 +99,14 @@ impl LiveDoc {
 
     /// Applies a log entry and fans it out to the subscribers.
     fn deliver(&self, entry: &LogEntry) {
-        let mut state = self.lock();
-        if !state.apply(&self.addr, entry) {
-            return;
+        if self.lock().apply(&self.addr, entry) {
+            self.fan_out(entry);
         }
+    }
+
+    /// Sends an (applied) entry to the subscribers.
+    fn fan_out(&self, entry: &LogEntry) {
+        let mut state = self.lock();
         let (event, skip, mode) = match entry.kind {
             EntryKind::Update => (
                 DocEvent::Update {
@@ -169,6 +149,30 @@ impl LiveDoc {
         if state.subscribers.is_empty() && state.idle_since.is_none() {
             state.idle_since = Some(Instant::now());
         }
+    }
+
+    /// Merges `history` and sends subscribers what it added, as one update.
+    fn catch_up(&self, history: &History) {
+        let (missed, cursor) = {
+            let mut state = self.lock();
+            let before = state.awareness.doc().transact().state_vector();
+            history.apply_to(&mut state, &self.addr);
+            (
+                state.awareness.doc().transact().encode_diff_v1(&before),
+                state.cursor,
+            )
+        };
+        if missed.as_slice() == yrs::Update::EMPTY_V1 {
+            return;
+        }
+        let entry = LogEntry {
+            cursor,
+            kind: EntryKind::Update,
+            origin: None,
+            payload: missed.into(),
+            timestamp_ms: crate::clock::now_ms(),
+        };
+        self.fan_out(&entry);
     }
 
     /// Ends every subscription with `reason`.
@@ -222,6 +226,62 @@ impl DocState {
     }
 }
 
+/// A document's durable history: what the store holds, then the log after
+/// the store's cursor.
+struct History {
+    stored: Vec<Vec<u8>>,
+    cursor: Option<LogCursor>,
+    tail: Vec<LogEntry>,
+}
+
+impl History {
+    async fn read(
+        store: &Arc<dyn Store>,
+        log: &Arc<dyn Log>,
+        addr: &DocAddress,
+    ) -> Result<Self, HubError> {
+        // The compactor may move entries into the store and trim them from
+        // the log between our two reads: then read the store again.
+        for _ in 0..5 {
+            let stored = store.load(addr).await?;
+            let cursor = stored.as_ref().and_then(|s| s.log_cursor);
+            if let Some(tail) = log.read(addr, cursor).await? {
+                let stored = stored
+                    .map(|s| {
+                        s.snapshot
+                            .into_iter()
+                            .chain(s.updates.into_iter().map(|(_, u)| u))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Ok(Self {
+                    stored,
+                    cursor,
+                    tail,
+                });
+            }
+        }
+        Err(HubError::Log(crate::log::LogError::Unavailable(
+            "the log keeps moving past the store; try again".into(),
+        )))
+    }
+
+    /// Merges the history into a replica (idempotent: CRDT merge).
+    fn apply_to(&self, state: &mut DocState, addr: &DocAddress) {
+        for update in &self.stored {
+            if let Err(e) = apply_update(state.awareness.doc(), update) {
+                tracing::error!(doc = %addr, error = %e, "stored update does not apply; skipped");
+            }
+        }
+        if state.cursor < self.cursor {
+            state.cursor = self.cursor;
+        }
+        for entry in &self.tail {
+            state.apply(addr, entry);
+        }
+    }
+}
+
 /// The tail task of a live document: applies its log entries in order,
 /// resumes the feed by cursor when it breaks, and unloads the document once
 /// it is idle.
@@ -254,8 +314,10 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
 }
 
 /// Subscribes again and replays what the log holds after the replica's
-/// cursor, retrying while the log is unreachable (a restarting Redis).
-/// `None` when the log no longer holds that cursor, or stays down.
+/// cursor, retrying while the log is unreachable (a restarting Redis). When
+/// the log no longer holds that cursor (the compactor moved it to the
+/// store), catches up from the store instead and sends subscribers what they
+/// missed as one update. `None` when neither works for long.
 async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
     const ATTEMPTS: u32 = 60;
     let log = hub.log();
@@ -263,7 +325,11 @@ async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
         let resumed = async {
             let feed = log.subscribe(&doc.addr).await?;
             let cursor = doc.lock().cursor;
-            Ok::<_, crate::log::LogError>(log.read(&doc.addr, cursor).await?.map(|missed| (feed, missed)))
+            Ok::<_, crate::log::LogError>(
+                log.read(&doc.addr, cursor)
+                    .await?
+                    .map(|missed| (feed, missed)),
+            )
         };
         match resumed.await {
             Ok(Some((feed, missed))) => {
@@ -275,7 +341,14 @@ async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
                 }
                 return Some(feed);
             }
-            Ok(None) => return None,
+            Ok(None) => match History::read(hub.store(), log, &doc.addr).await {
+                Ok(history) => {
+                    let feed = log.subscribe(&doc.addr).await.ok()?;
+                    doc.catch_up(&history);
+                    return Some(feed);
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            },
             Err(e) if attempt == ATTEMPTS => {
                 tracing::warn!(doc = %doc.addr, error = %e, "log feed not resumable");
                 return None;

@@ -209,7 +209,13 @@ impl DocHub {
         let loaded = slot
             .doc
             .get_or_try_init(|| async {
-                let doc = LiveDoc::load(&self.inner.store, &self.inner.log, addr, self.inner.instance).await?;
+                let doc = LiveDoc::load(
+                    &self.inner.store,
+                    &self.inner.log,
+                    addr,
+                    self.inner.instance,
+                )
+                .await?;
                 metrics::doc_loaded();
                 tracing::info!(doc = %addr, "document loaded");
                 tokio::spawn(live::tail(self.clone(), doc.0.clone(), doc.1));

@@ -239,7 +239,12 @@ impl Log for LocalLog {
         Ok(())
     }
 
-    async fn try_lease(&self, _addr: &DocAddress, _holder: &str, _ttl: std::time::Duration) -> Result<bool, LogError> {
+    async fn try_lease(
+        &self,
+        _addr: &DocAddress,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, LogError> {
         // One process, one compactor task.
         Ok(true)
     }

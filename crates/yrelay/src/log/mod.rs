@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use yrelay_protocol::DocAddress;
 
-pub use local::LocalLog;
 pub use self::redis::RedisLog;
+pub use local::LocalLog;
 
 /// A position in one document's log, ordered like Redis stream ids
 /// (`{ms}-{seq}`), which is also how it is written on the wire.
@@ -176,7 +176,12 @@ pub trait Log: Send + Sync + 'static {
 
     /// Takes (or renews) the exclusive right to compact `addr` for `ttl`.
     /// A holder that dies loses it when `ttl` runs out.
-    async fn try_lease(&self, addr: &DocAddress, holder: &str, ttl: std::time::Duration) -> Result<bool, LogError>;
+    async fn try_lease(
+        &self,
+        addr: &DocAddress,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, LogError>;
 
     /// Gives a lease back early.
     async fn release_lease(&self, addr: &DocAddress, holder: &str) -> Result<(), LogError>;
@@ -190,5 +195,7 @@ pub async fn open(setting: &str, local_retain: usize) -> Result<Arc<dyn Log>, Lo
     if setting.starts_with("redis://") || setting.starts_with("rediss://") {
         return Ok(Arc::new(RedisLog::connect(setting).await?));
     }
-    Err(LogError::Unavailable(format!("unsupported log {setting:?} (expected local or redis://HOST:PORT)")))
+    Err(LogError::Unavailable(format!(
+        "unsupported log {setting:?} (expected local or redis://HOST:PORT)"
+    )))
 }

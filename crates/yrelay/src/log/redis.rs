@@ -69,11 +69,18 @@ impl RedisLog {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
         let wake_key = format!("yrelay:wake:{}:{}", std::process::id(), now_ms());
         let feeds = Arc::new(Mutex::new(Feeds::default()));
         tokio::spawn(reader(client, feeds.clone(), wake_key.clone()));
-        Ok(Self { conn, feeds, wake_key })
+        Ok(Self {
+            conn,
+            feeds,
+            wake_key,
+        })
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -86,12 +93,17 @@ fn lock(feeds: &Mutex<Feeds>) -> std::sync::MutexGuard<'_, Feeds> {
 }
 
 fn origin_text(origin: Option<Origin>) -> String {
-    origin.map(|o| format!("{}:{}", o.instance, o.connection)).unwrap_or_default()
+    origin
+        .map(|o| format!("{}:{}", o.instance, o.connection))
+        .unwrap_or_default()
 }
 
 fn parse_origin(text: &str) -> Option<Origin> {
     let (instance, connection) = text.split_once(':')?;
-    Some(Origin { instance: instance.parse().ok()?, connection: connection.parse().ok()? })
+    Some(Origin {
+        instance: instance.parse().ok()?,
+        connection: connection.parse().ok()?,
+    })
 }
 
 fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
@@ -104,7 +116,9 @@ fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
 fn entry_from(id: &str, map: &HashMap<String, Value>, kind: EntryKind) -> Option<LogEntry> {
     let cursor = LogCursor::from_str(id).ok()?;
     let payload: Arc<[u8]> = field(map, "p")?.into();
-    let origin = field(map, "o").and_then(|o| std::str::from_utf8(o).ok()).and_then(parse_origin);
+    let origin = field(map, "o")
+        .and_then(|o| std::str::from_utf8(o).ok())
+        .and_then(parse_origin);
     Some(LogEntry {
         cursor: (kind == EntryKind::Update).then_some(cursor),
         kind,
@@ -116,9 +130,20 @@ fn entry_from(id: &str, map: &HashMap<String, Value>, kind: EntryKind) -> Option
 
 /// The id of a stream's newest entry (`0-0` when empty).
 async fn last_id(conn: &mut ConnectionManager, stream: &str) -> Result<String, LogError> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1).query_async(conn).await.map_err(unavailable)?;
-    Ok(reply.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(reply
+        .ids
+        .first()
+        .map(|e| e.id.clone())
+        .unwrap_or_else(|| "0-0".into()))
 }
 
 #[async_trait]
@@ -131,7 +156,12 @@ impl Log for RedisLog {
         true
     }
 
-    async fn append_update(&self, addr: &DocAddress, update: Arc<[u8]>, origin: Option<Origin>) -> Result<LogEntry, LogError> {
+    async fn append_update(
+        &self,
+        addr: &DocAddress,
+        update: Arc<[u8]>,
+        origin: Option<Origin>,
+    ) -> Result<LogEntry, LogError> {
         let mut conn = self.conn();
         let id: String = redis::cmd("XADD")
             .arg(key(addr, "log"))
@@ -153,10 +183,21 @@ impl Log for RedisLog {
             .await
             .map_err(unavailable)?;
         let cursor = LogCursor::from_str(&id).map_err(|e| LogError::Unavailable(e.to_string()))?;
-        Ok(LogEntry { cursor: Some(cursor), kind: EntryKind::Update, origin, payload: update, timestamp_ms: cursor.ms as i64 })
+        Ok(LogEntry {
+            cursor: Some(cursor),
+            kind: EntryKind::Update,
+            origin,
+            payload: update,
+            timestamp_ms: cursor.ms as i64,
+        })
     }
 
-    async fn publish_awareness(&self, addr: &DocAddress, update: Arc<[u8]>, origin: Option<Origin>) -> Result<(), LogError> {
+    async fn publish_awareness(
+        &self,
+        addr: &DocAddress,
+        update: Arc<[u8]>,
+        origin: Option<Origin>,
+    ) -> Result<(), LogError> {
         let _: String = redis::cmd("XADD")
             .arg(key(addr, "aw"))
             .arg("MAXLEN")
@@ -182,7 +223,15 @@ impl Log for RedisLog {
             let mut feeds = lock(&self.feeds);
             let id = feeds.next_id;
             feeds.next_id += 1;
-            feeds.subs.insert(id, Feed { addr: addr.clone(), log_last, aw_last, tx });
+            feeds.subs.insert(
+                id,
+                Feed {
+                    addr: addr.clone(),
+                    log_last,
+                    aw_last,
+                    tx,
+                },
+            );
             id
         };
         let _: Result<String, _> = redis::cmd("XADD")
@@ -194,29 +243,60 @@ impl Log for RedisLog {
             .arg(1)
             .query_async(&mut conn)
             .await;
-        let guard = Unsubscribe { feeds: Arc::downgrade(&self.feeds), id };
+        let guard = Unsubscribe {
+            feeds: Arc::downgrade(&self.feeds),
+            id,
+        };
         Ok(Subscription::new(rx, Box::new(guard)))
     }
 
-    async fn read(&self, addr: &DocAddress, after: Option<LogCursor>) -> Result<Option<Vec<LogEntry>>, LogError> {
+    async fn read(
+        &self,
+        addr: &DocAddress,
+        after: Option<LogCursor>,
+    ) -> Result<Option<Vec<LogEntry>>, LogError> {
         let mut conn = self.conn();
         if let Some(after) = after {
-            let trimmed: Option<String> = redis::cmd("GET").arg(key(addr, "trimmed")).query_async(&mut conn).await.map_err(unavailable)?;
+            let trimmed: Option<String> = redis::cmd("GET")
+                .arg(key(addr, "trimmed"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
             let trimmed = trimmed.and_then(|t| LogCursor::from_str(&t).ok());
             if trimmed.is_some_and(|t| after < t) {
                 return Ok(None);
             }
         }
         let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
-        let reply: redis::streams::StreamRangeReply =
-            redis::cmd("XRANGE").arg(key(addr, "log")).arg(start).arg("+").query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(Some(reply.ids.iter().filter_map(|e| entry_from(&e.id, &e.map, EntryKind::Update)).collect()))
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key(addr, "log"))
+            .arg(start)
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(
+            reply
+                .ids
+                .iter()
+                .filter_map(|e| entry_from(&e.id, &e.map, EntryKind::Update))
+                .collect(),
+        ))
     }
 
     async fn trim(&self, addr: &DocAddress, upto: LogCursor) -> Result<(), LogError> {
         let mut conn = self.conn();
-        let min_id = LogCursor { ms: upto.ms, seq: upto.seq + 1 };
-        let _: i64 = redis::cmd("XTRIM").arg(key(addr, "log")).arg("MINID").arg(min_id.to_string()).query_async(&mut conn).await.map_err(unavailable)?;
+        let min_id = LogCursor {
+            ms: upto.ms,
+            seq: upto.seq + 1,
+        };
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(key(addr, "log"))
+            .arg("MINID")
+            .arg(min_id.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         // Remember how far we trimmed (never lower it).
         let script = "local c = redis.call('GET', KEYS[1])
             if not c then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
@@ -225,7 +305,14 @@ impl Log for RedisLog {
             if tonumber(nm) > tonumber(cm) or (tonumber(nm) == tonumber(cm) and tonumber(ns) > tonumber(cs)) then
               redis.call('SET', KEYS[1], ARGV[1]) end
             return 1";
-        let _: i64 = redis::cmd("EVAL").arg(script).arg(1).arg(key(addr, "trimmed")).arg(upto.to_string()).query_async(&mut conn).await.map_err(unavailable)?;
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(key(addr, "trimmed"))
+            .arg(upto.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -238,12 +325,20 @@ impl Log for RedisLog {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let _: i64 = redis::cmd("ZREM").arg(BACKLOG_KEY).arg(addr.to_string()).query_async(&mut conn).await.map_err(unavailable)?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(BACKLOG_KEY)
+            .arg(addr.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -255,7 +350,10 @@ impl Log for RedisLog {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(members.iter().filter_map(|m| DocAddress::parse_path(m).ok()).collect())
+        Ok(members
+            .iter()
+            .filter_map(|m| DocAddress::parse_path(m).ok())
+            .collect())
     }
 
     async fn clear_backlog(&self, addr: &DocAddress) -> Result<(), LogError> {
@@ -273,7 +371,12 @@ impl Log for RedisLog {
         Ok(())
     }
 
-    async fn try_lease(&self, addr: &DocAddress, holder: &str, ttl: Duration) -> Result<bool, LogError> {
+    async fn try_lease(
+        &self,
+        addr: &DocAddress,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, LogError> {
         let script = "local h = redis.call('GET', KEYS[1])
             if h == ARGV[1] or not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
             return 0";
@@ -291,7 +394,14 @@ impl Log for RedisLog {
 
     async fn release_lease(&self, addr: &DocAddress, holder: &str) -> Result<(), LogError> {
         let script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-        let _: i64 = redis::cmd("EVAL").arg(script).arg(1).arg(key(addr, "lease")).arg(holder).query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(key(addr, "lease"))
+            .arg(holder)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
@@ -323,7 +433,10 @@ async fn reader(client: redis::Client, feeds: Arc<Mutex<Feeds>>, wake_key: Strin
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(5)))
                     .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-                match client.get_multiplexed_async_connection_with_config(&config).await {
+                match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "redis log reader cannot connect; retrying");
@@ -340,7 +453,10 @@ async fn reader(client: redis::Client, feeds: Arc<Mutex<Feeds>>, wake_key: Strin
             let f = lock(&feeds);
             let mut positions: HashMap<String, String> = HashMap::new();
             for feed in f.subs.values() {
-                for (k, last) in [(key(&feed.addr, "log"), &feed.log_last), (key(&feed.addr, "aw"), &feed.aw_last)] {
+                for (k, last) in [
+                    (key(&feed.addr, "log"), &feed.log_last),
+                    (key(&feed.addr, "aw"), &feed.aw_last),
+                ] {
                     let slot = positions.entry(k).or_insert_with(|| last.clone());
                     if cursor_lt(last, slot) {
                         *slot = last.clone();
@@ -350,7 +466,11 @@ async fn reader(client: redis::Client, feeds: Arc<Mutex<Feeds>>, wake_key: Strin
             streams.extend(positions);
         }
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(1024).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS");
+        cmd.arg("COUNT")
+            .arg(1024)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS");
         for (k, _) in &streams {
             cmd.arg(k);
         }
@@ -377,14 +497,22 @@ async fn reader(client: redis::Client, feeds: Arc<Mutex<Feeds>>, wake_key: Strin
                 continue;
             }
             let is_log = stream.key.ends_with(":log");
-            let kind = if is_log { EntryKind::Update } else { EntryKind::Awareness };
+            let kind = if is_log {
+                EntryKind::Update
+            } else {
+                EntryKind::Awareness
+            };
             let mut dead = Vec::new();
             for (sub_id, feed) in f.subs.iter_mut() {
                 let feed_key = key(&feed.addr, if is_log { "log" } else { "aw" });
                 if feed_key != stream.key {
                     continue;
                 }
-                let last = if is_log { &mut feed.log_last } else { &mut feed.aw_last };
+                let last = if is_log {
+                    &mut feed.log_last
+                } else {
+                    &mut feed.aw_last
+                };
                 for e in &stream.ids {
                     if !cursor_lt(last, &e.id) {
                         continue;

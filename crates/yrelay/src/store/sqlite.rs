@@ -190,12 +190,13 @@ impl Store for SqliteStore {
     }
 
     async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError> {
-        let cursor: Option<Option<String>> = sqlx::query_scalar("SELECT log_cursor FROM docs WHERE space = ? AND doc = ?")
-            .bind(addr.space())
-            .bind(addr.doc())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let cursor: Option<Option<String>> =
+            sqlx::query_scalar("SELECT log_cursor FROM docs WHERE space = ? AND doc = ?")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         cursor
             .flatten()
             .map(|c| LogCursor::from_str(&c))

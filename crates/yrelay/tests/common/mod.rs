@@ -37,7 +37,9 @@ impl TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_yrelay"));
         command.arg("serve").arg("--listen").arg(listen);
         if !args.contains(&"--store") {
-            command.arg("--store").arg(format!("sqlite://{}", store.display()));
+            command
+                .arg("--store")
+                .arg(format!("sqlite://{}", store.display()));
         }
         let mut child = command
             .args(args)

@@ -11,7 +11,11 @@ use tokio::process::{Child, Command};
 use super::WAIT;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Retries `ready` until it holds (services take a moment to accept).
@@ -25,7 +29,9 @@ where
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(WAIT, attempt).await.unwrap_or_else(|_| panic!("{what} did not become ready"));
+    tokio::time::timeout(WAIT, attempt)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not become ready"));
 }
 
 pub struct RedisServer {
@@ -37,7 +43,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server with an append-only file (fsync always).
     pub async fn start() -> Self {
-        let mut server = Self { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
         server.spawn().await;
         server
     }
@@ -48,7 +58,14 @@ impl RedisServer {
 
     async fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -59,9 +76,16 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         wait_ready("redis", || async move {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { return false };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
-            redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                return false;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
         })
         .await;
     }
@@ -97,7 +121,10 @@ pub struct PostgresServer {
 }
 
 fn postgres_bin() -> PathBuf {
-    if let Ok(out) = std::process::Command::new("sh").args(["-c", "command -v initdb"]).output() {
+    if let Ok(out) = std::process::Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+    {
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !path.is_empty() {
             let resolved = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
@@ -115,7 +142,11 @@ fn postgres_bin() -> PathBuf {
 
 /// PostgreSQL refuses to run as root: run its programs as `postgres` then.
 fn as_postgres(program: &Path) -> Command {
-    let is_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     if is_root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -129,7 +160,10 @@ impl PostgresServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bin = postgres_bin();
-        let _ = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
         let status = as_postgres(&bin.join("initdb"))
             .args(["-U", "postgres", "--auth=trust", "-D"])
             .arg(dir.path().join("data"))
@@ -138,7 +172,12 @@ impl PostgresServer {
             .await
             .expect("initdb");
         assert!(status.success(), "initdb failed");
-        let mut server = Self { child: None, port: free_port(), dir, bin };
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            bin,
+        };
         server.spawn().await;
         server
     }
@@ -151,7 +190,13 @@ impl PostgresServer {
         let child = as_postgres(&self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
             .arg(self.dir.path())
             .args(["-c", "fsync=off"])
             .stdout(Stdio::null())
@@ -189,7 +234,9 @@ impl PostgresServer {
         if let Ok(text) = std::fs::read_to_string(pidfile)
             && let Some(pid) = text.lines().next()
         {
-            let _ = std::process::Command::new("kill").args([signal, pid.trim()]).status();
+            let _ = std::process::Command::new("kill")
+                .args([signal, pid.trim()])
+                .status();
         }
     }
 }
