@@ -60,6 +60,42 @@ pub struct NewUpdate {
     pub timestamp_ms: i64,
 }
 
+/// What one appended batch changes in one document's metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct DocDelta {
+    pub addr: DocAddress,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub bytes: i64,
+    pub updates: i64,
+    pub log_cursor: Option<LogCursor>,
+}
+
+/// Sums a batch per document, so metadata is written once per document.
+pub(crate) fn doc_deltas(batch: &[NewUpdate]) -> Vec<DocDelta> {
+    let mut deltas: Vec<DocDelta> = Vec::new();
+    for u in batch {
+        match deltas.iter_mut().find(|d| d.addr == u.addr) {
+            Some(d) => {
+                d.first_ms = d.first_ms.min(u.timestamp_ms);
+                d.last_ms = d.last_ms.max(u.timestamp_ms);
+                d.bytes += u.data.len() as i64;
+                d.updates += 1;
+                d.log_cursor = d.log_cursor.max(u.log_cursor);
+            }
+            None => deltas.push(DocDelta {
+                addr: u.addr.clone(),
+                first_ms: u.timestamp_ms,
+                last_ms: u.timestamp_ms,
+                bytes: u.data.len() as i64,
+                updates: 1,
+                log_cursor: u.log_cursor,
+            }),
+        }
+    }
+    deltas
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use yrelay_protocol::DocAddress;
 
-use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc};
+use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas};
 use crate::log::LogCursor;
 
 pub struct PostgresStore {
@@ -99,36 +99,44 @@ impl Store for PostgresStore {
     }
 
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
+        // One statement per table for the whole batch (arrays + UNNEST):
+        // round trips, not rows, are what a commit costs.
+        let spaces: Vec<&str> = batch.iter().map(|u| u.addr.space()).collect();
+        let docs: Vec<&str> = batch.iter().map(|u| u.addr.doc()).collect();
+        let data: Vec<&[u8]> = batch.iter().map(|u| &*u.data).collect();
+        let times: Vec<i64> = batch.iter().map(|u| u.timestamp_ms).collect();
+        let deltas = doc_deltas(batch);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        for u in batch {
-            sqlx::query(
-                "INSERT INTO doc_updates (space, doc, data, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(u.addr.space())
-            .bind(u.addr.doc())
-            .bind(&*u.data)
-            .bind(u.timestamp_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
-                 VALUES ($1, $2, $3, $3, $4, 1, $5)
-                 ON CONFLICT (space, doc) DO UPDATE SET
-                   updated_at = GREATEST(docs.updated_at, excluded.updated_at),
-                   size = docs.size + excluded.size,
-                   pending_updates = docs.pending_updates + 1,
-                   log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)",
-            )
-            .bind(u.addr.space())
-            .bind(u.addr.doc())
-            .bind(u.timestamp_ms)
-            .bind(u.data.len() as i64)
-            .bind(u.log_cursor.map(|c| c.to_string()))
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
+        sqlx::query(
+            "INSERT INTO doc_updates (space, doc, data, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])",
+        )
+        .bind(&spaces)
+        .bind(&docs)
+        .bind(&data)
+        .bind(&times)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
+             ON CONFLICT (space, doc) DO UPDATE SET
+               updated_at = GREATEST(docs.updated_at, excluded.updated_at),
+               size = docs.size + excluded.size,
+               pending_updates = docs.pending_updates + excluded.pending_updates,
+               log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)",
+        )
+        .bind(deltas.iter().map(|d| d.addr.space()).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.addr.doc()).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.first_ms).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.last_ms).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.bytes).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.updates).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.log_cursor.map(|c| c.to_string())).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
     }
 

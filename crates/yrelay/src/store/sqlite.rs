@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use yrelay_protocol::DocAddress;
 
-use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc};
+use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas};
 use crate::log::LogCursor;
 
 pub struct SqliteStore {
@@ -129,20 +129,24 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        }
+        for d in doc_deltas(batch) {
             sqlx::query(
                 "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
-                 VALUES (?1, ?2, ?3, ?3, ?4, 1, ?5)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (space, doc) DO UPDATE SET
                    updated_at = max(updated_at, excluded.updated_at),
                    size = size + excluded.size,
-                   pending_updates = pending_updates + 1,
+                   pending_updates = pending_updates + excluded.pending_updates,
                    log_cursor = coalesce(excluded.log_cursor, log_cursor)",
             )
-            .bind(u.addr.space())
-            .bind(u.addr.doc())
-            .bind(u.timestamp_ms)
-            .bind(u.data.len() as i64)
-            .bind(u.log_cursor.map(|c| c.to_string()))
+            .bind(d.addr.space())
+            .bind(d.addr.doc())
+            .bind(d.first_ms)
+            .bind(d.last_ms)
+            .bind(d.bytes)
+            .bind(d.updates)
+            .bind(d.log_cursor.map(|c| c.to_string()))
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
