@@ -75,14 +75,20 @@ impl Compactor {
     /// One pass: drain the log's backlog into the store, then compact.
     pub async fn round(&self) -> Result<(), CompactError> {
         let mut owed = 0;
+        let mut outcome = Ok(());
         for addr in self.log.backlog(64).await? {
             if self.log.try_lease(&addr, &self.holder, LEASE).await? {
-                let outcome = self.persist(&addr).await;
+                outcome = self.persist(&addr, &mut owed).await;
                 self.log.release_lease(&addr, &self.holder).await?;
-                owed += outcome?;
+                if outcome.is_err() {
+                    break;
+                }
             }
         }
+        // What the log held beyond the store when we looked (while the store
+        // is down this is what waits for it).
         metrics::store_backlog(owed as f64);
+        outcome?;
         let idle_before = now_ms() - self.config.idle.as_millis() as i64;
         for addr in self
             .store
@@ -99,13 +105,13 @@ impl Compactor {
     }
 
     /// Appends to the store what the log holds beyond the store's cursor,
-    /// then trims the log up to it. Returns how many updates it moved.
-    async fn persist(&self, addr: &DocAddress) -> Result<usize, CompactError> {
+    /// then trims the log up to it. Adds what it found owed to `owed`.
+    async fn persist(&self, addr: &DocAddress, owed: &mut usize) -> Result<(), CompactError> {
+        // Everything still in the log is owed until the store confirms it.
+        let held = self.log.read(addr, None).await?.unwrap_or_default();
+        *owed += held.len();
         let cursor = self.store.log_cursor(addr).await?;
-        let entries = match self.log.read(addr, cursor).await? {
-            Some(entries) => entries,
-            None => self.log.read(addr, None).await?.unwrap_or_default(),
-        };
+        let entries: Vec<_> = held.into_iter().filter(|e| e.cursor > cursor).collect();
         for chunk in entries.chunks(PERSIST_BATCH) {
             let batch: Vec<NewUpdate> = chunk
                 .iter()
@@ -131,7 +137,7 @@ impl Compactor {
         if !entries.is_empty() {
             tracing::debug!(doc = %addr, updates = entries.len(), "log persisted to store");
         }
-        Ok(entries.len())
+        Ok(())
     }
 }
 

@@ -265,3 +265,54 @@ async fn durability_store_keeps_every_acknowledged_update_when_redis_loses_every
         .expect("the store holds the document");
     assert_eq!(stored, acknowledged);
 }
+
+/// `yrelay worker`: the compactor alone.
+fn worker(cluster: &Cluster) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_yrelay"))
+        .args([
+            "worker",
+            "--store",
+            &cluster.pg.url(),
+            "--log",
+            &cluster.redis.url(),
+        ])
+        .args(["--compact-idle-secs", "0.2"])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn yrelay worker")
+}
+
+#[tokio::test]
+async fn a_compactor_that_dies_holding_a_document_is_taken_over() {
+    let cluster = Cluster::start(2, &["--no-compactor"]).await;
+    let mut first = worker(&cluster);
+    let _second = worker(&cluster);
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 5;
+    edit(&a, &mut seed, 30);
+    edit(&b, &mut seed, 30);
+    converge(&[&a, &b]).await;
+
+    // What a compactor killed mid-work leaves behind: its lease on the
+    // document, and log entries not yet trimmed. Kill a real one as well.
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let lease = format!("yrelay:{{{DOC}}}:lease");
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("dead-compactor")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    first.kill().await.unwrap();
+    edit(&a, &mut seed, 30);
+    edit(&b, &mut seed, 30);
+    let state = converge(&[&a, &b]).await;
+
+    // The surviving worker takes over once the lease runs out.
+    cluster.store_catches_up(&state).await;
+}
