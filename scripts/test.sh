@@ -42,5 +42,19 @@ step "Rust tests"
 cargo build --workspace --locked
 cargo test --workspace --locked
 
+step "load generator smoke run (tiny sizes; no timing is checked)"
+smoke_dir=$(mktemp -d)
+target/debug/yrelay serve --listen 127.0.0.1:0 --store "sqlite://$smoke_dir/yrelay.db" 2>"$smoke_dir/server.log" &
+smoke_pid=$!
+trap 'kill $smoke_pid 2>/dev/null || true; rm -rf "$smoke_dir"' EXIT
+for _ in $(seq 100); do
+  addr=$(grep -o 'listening on http://[^ ]*' "$smoke_dir/server.log" | sed 's|listening on http://||' || true)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$smoke_dir/server.log"; echo "smoke server did not start"; exit 1; }
+target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 3 --updates 50 --rate 1000
+kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
+
 step "Node interop tests (yjs, y-websocket)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
