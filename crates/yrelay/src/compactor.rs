@@ -15,7 +15,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::merge_updates;
 
 use crate::clock::now_ms;
-use crate::log::Log;
+use crate::log::{Log, LogCursor};
 use crate::metrics;
 use crate::store::{NewUpdate, Store, StoreError};
 
@@ -29,6 +29,9 @@ pub struct CompactorConfig {
     pub min_updates: i64,
     pub idle: Duration,
     pub poll: Duration,
+    /// Persisted entries stay in the log this long, so event streams can
+    /// resume by cursor (on any instance) instead of resyncing.
+    pub log_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +110,10 @@ impl Compactor {
     /// Appends to the store what the log holds beyond the store's cursor,
     /// then trims the log up to it. Adds what it found owed to `owed`.
     async fn persist(&self, addr: &DocAddress, owed: &mut usize) -> Result<(), CompactError> {
-        // Everything still in the log is owed until the store confirms it.
         let held = self.log.read(addr, None).await?.unwrap_or_default();
-        *owed += held.len();
         let cursor = self.store.log_cursor(addr).await?;
         let entries: Vec<_> = held.into_iter().filter(|e| e.cursor > cursor).collect();
+        *owed += entries.len();
         for chunk in entries.chunks(PERSIST_BATCH) {
             let batch: Vec<NewUpdate> = chunk
                 .iter()
@@ -123,15 +125,15 @@ impl Compactor {
                 })
                 .collect();
             self.store.append(&batch).await?;
-            if let Some(last) = chunk.last().and_then(|e| e.cursor) {
-                self.log.trim(addr, last).await?;
-            }
         }
-        if entries.is_empty()
-            && let Some(cursor) = cursor
-        {
-            // A crash between append and trim leaves persisted entries behind.
-            self.log.trim(addr, cursor).await?;
+        // Trim what the store has and the retention window no longer needs.
+        let persisted = entries.last().and_then(|e| e.cursor).or(cursor);
+        let horizon = LogCursor {
+            ms: (now_ms() - self.config.log_retention.as_millis() as i64).max(0) as u64,
+            seq: 0,
+        };
+        if let Some(upto) = persisted.map(|p| p.min(horizon)) {
+            self.log.trim(addr, upto).await?;
         }
         self.log.clear_backlog(addr).await?;
         if !entries.is_empty() {

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Compact a document with fewer updates once it has been quiet this long (seconds).
     #[arg(long, env = "YRELAY_COMPACT_IDLE_SECS")]
     pub compact_idle_secs: Option<f64>,
+    /// Keep persisted updates in the shared log this long (seconds) so event streams resume by cursor.
+    #[arg(long, env = "YRELAY_LOG_RETENTION_SECS")]
+    pub log_retention_secs: Option<f64>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -93,6 +96,7 @@ struct FileConfig {
     no_compactor: Option<bool>,
     compact_min_updates: Option<i64>,
     compact_idle_secs: Option<f64>,
+    log_retention_secs: Option<f64>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -108,6 +112,7 @@ pub struct ServerConfig {
     pub compactor: bool,
     pub compact_min_updates: i64,
     pub compact_idle: Duration,
+    pub log_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,12 @@ impl ServeArgs {
                 self.compact_idle_secs
                     .or(file.compact_idle_secs)
                     .unwrap_or(10.0),
+            )?,
+            log_retention: seconds(
+                "log_retention_secs",
+                self.log_retention_secs
+                    .or(file.log_retention_secs)
+                    .unwrap_or(60.0),
             )?,
         };
         if config.queue_bound == 0 || config.max_message_size == 0 {

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -162,6 +163,7 @@ pub fn compactor_config(config: &ServerConfig) -> CompactorConfig {
         min_updates: config.compact_min_updates,
         idle: config.compact_idle,
         poll: Duration::from_secs(1).min(config.compact_idle.max(Duration::from_millis(100))),
+        log_retention: config.log_retention,
     }
 }
 
@@ -188,11 +190,26 @@ pub async fn run_worker(
 }
 
 fn router(app: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(app.limits.max_message_size);
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
+        .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))
+        .route(
+            "/v1/docs/{space}/{doc}/updates",
+            post(transport::sse::post_update),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/sync",
+            post(transport::sse::post_sync),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/awareness",
+            post(transport::sse::post_awareness),
+        )
+        .layer(body_limit)
         .fallback(api::not_found)
         .with_state(app)
 }

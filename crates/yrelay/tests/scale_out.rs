@@ -231,7 +231,8 @@ async fn a_killed_instance_loses_nothing_acknowledged() {
 
 #[tokio::test]
 async fn redis_restarted_with_its_data_is_resumed_without_restarting_instances() {
-    let mut cluster = Cluster::start(2, &[]).await;
+    // No retention: replicas whose feed broke catch up from the store.
+    let mut cluster = Cluster::start(2, &["--log-retention-secs", "0"]).await;
     let a = connect(&cluster.instances[0], Doc::new()).await;
     let b = connect(&cluster.instances[1], Doc::new()).await;
     let mut seed = 99;
@@ -315,4 +316,71 @@ async fn a_compactor_that_dies_holding_a_document_is_taken_over() {
 
     // The surviving worker takes over once the lease runs out.
     cluster.store_catches_up(&state).await;
+}
+
+#[tokio::test]
+async fn sse_stream_on_one_instance_and_posts_on_another_converge_and_resume_anywhere() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use common::sse::{EventStream, post};
+    use yrelay_protocol::update::apply_update;
+
+    let cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (cluster.instances[0].addr, cluster.instances[1].addr);
+    let events = format!("/v1/docs/{DOC}/events");
+    let updates = format!("/v1/docs/{DOC}/updates");
+    let ws = connect(&cluster.instances[1], Doc::new()).await;
+
+    let mut stream = EventStream::open(a, &events, None).await;
+    assert_eq!(stream.next().await.event, "sync");
+    let writer = Doc::new();
+    let text = writer.get_or_insert_text("text");
+    let post_edit = |s: &str| {
+        let before = writer.transact().state_vector();
+        text.push(&mut writer.transact_mut(), s);
+        writer.transact().encode_diff_v1(&before)
+    };
+    let mut cursors = Vec::new();
+    for s in ["one ", "two ", "three "] {
+        let (status, ack) = post(b, &updates, &post_edit(s)).await;
+        assert_eq!(status, 200, "{ack}");
+        cursors.push(ack["cursor"].as_str().unwrap().to_string());
+    }
+    let reader = Doc::new();
+    for cursor in &cursors[..1] {
+        let e = stream.next().await;
+        assert_eq!(
+            (e.event.as_str(), e.id.as_deref()),
+            ("update", Some(cursor.as_str()))
+        );
+        apply_update(&reader, &STANDARD.decode(&e.data).unwrap()).unwrap();
+    }
+    drop(stream);
+    // resume on the *other* instance, right after the first update
+    let mut resumed = EventStream::open(b, &events, Some(&cursors[0])).await;
+    for cursor in &cursors[1..] {
+        let e = resumed.next().await;
+        assert_eq!(
+            (e.event.as_str(), e.id.as_deref()),
+            ("update", Some(cursor.as_str()))
+        );
+        apply_update(&reader, &STANDARD.decode(&e.data).unwrap()).unwrap();
+    }
+    let expected = merge_updates([writer
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+        .as_slice()])
+    .unwrap();
+    let got = merge_updates([reader
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+        .as_slice()])
+    .unwrap();
+    assert_eq!(got, expected);
+    let target = writer.transact().state_vector();
+    ws.wait_for("posted edits", WAIT, |c| {
+        covers(&c.doc().transact().state_vector(), &target)
+    })
+    .await
+    .unwrap();
 }

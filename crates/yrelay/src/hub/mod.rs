@@ -189,6 +189,16 @@ impl DocHub {
         })
     }
 
+    /// Relays an (already validated) awareness update without a session
+    /// (transports whose requests are not connections, such as HTTP POST).
+    pub async fn publish_awareness(&self, addr: &DocAddress, raw: Vec<u8>) -> Result<(), HubError> {
+        self.inner
+            .log
+            .publish_awareness(addr, raw.into(), None)
+            .await?;
+        Ok(())
+    }
+
     /// Closes every session (server shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         let docs: Vec<_> = self.inner.lock_docs().values().cloned().collect();

@@ -70,6 +70,11 @@ impl Session {
         self.origin
     }
 
+    /// The cursor of the last log entry the replica has applied.
+    pub fn cursor(&self) -> Option<crate::log::LogCursor> {
+        self.doc.lock().cursor
+    }
+
     /// The replica's state vector (v1).
     pub fn state_vector(&self) -> Vec<u8> {
         let state = self.doc.lock();

@@ -63,7 +63,12 @@ impl LocalLog {
     pub fn new(retain: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                last: LogCursor { ms: 0, seq: 0 },
+                // Nothing from before this process is held: a cursor from an
+                // earlier run must get a full sync, not a partial replay.
+                last: LogCursor {
+                    ms: now_ms() as u64,
+                    seq: 0,
+                },
                 next_subscriber: 0,
                 streams: HashMap::new(),
             })),
