@@ -4,26 +4,11 @@
 
 mod common;
 
-use common::{TestServer, WAIT};
+use common::{TestServer, WAIT, connect, text};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-use yrelay_client::WsClient;
 use yrelay_protocol::sync;
-use yrs::{Doc, GetString, Text, Transact};
-
-async fn connect(server: &TestServer, doc: &str) -> WsClient {
-    let client = WsClient::connect(&server.ws_url(doc), Doc::new())
-        .await
-        .unwrap();
-    client.wait_synced(WAIT).await.unwrap();
-    client
-}
-
-fn text(client: &WsClient) -> String {
-    let t = client.doc().get_or_insert_text("text");
-    let txn = client.doc().transact();
-    t.get_string(&txn)
-}
+use yrs::Text;
 
 #[tokio::test]
 async fn bad_addresses_and_plain_http_get_json_errors() {

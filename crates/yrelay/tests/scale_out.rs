@@ -4,7 +4,7 @@
 mod common;
 
 use common::services::{PostgresServer, RedisServer};
-use common::{TestServer, WAIT};
+use common::{TestServer, WAIT, converge, covers};
 use yrelay_client::WsClient;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::merge_updates;
@@ -118,36 +118,6 @@ fn edit(client: &WsClient, seed: &mut u64, rounds: usize) {
             }
         });
     }
-}
-
-fn covers(sv: &StateVector, target: &StateVector) -> bool {
-    target
-        .iter()
-        .all(|(client, clock)| sv.get(client) >= *clock)
-}
-
-/// Waits until every client has everything any client has; returns the
-/// common state in normal form (byte-identical on every client).
-async fn converge(clients: &[&WsClient]) -> Vec<u8> {
-    let mut union = StateVector::default();
-    for c in clients {
-        union.merge(c.doc().transact().state_vector());
-    }
-    for c in clients {
-        c.wait_for("convergence", WAIT, |c| {
-            covers(&c.doc().transact().state_vector(), &union)
-        })
-        .await
-        .unwrap();
-    }
-    let states: Vec<Vec<u8>> = clients
-        .iter()
-        .map(|c| merge_updates([c.state().as_slice()]).unwrap())
-        .collect();
-    for s in &states[1..] {
-        assert_eq!(s, &states[0], "byte-identical state on every client");
-    }
-    states[0].clone()
 }
 
 #[tokio::test]

@@ -2,55 +2,13 @@
 
 mod common;
 
-use common::{TestServer, WAIT};
+use common::{TestServer, WAIT, connect, converge, text};
 use yrelay_client::WsClient;
-use yrelay_protocol::update::merge_updates;
 use yrs::updates::decoder::Decode;
-use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact};
+use yrs::{Array, Doc, GetString, Map, Text, Transact};
 
-fn text(client: &WsClient) -> String {
-    let text = client.doc().get_or_insert_text("text");
-    let txn = client.doc().transact();
-    text.get_string(&txn)
-}
-
-async fn connect(server: &TestServer, doc: &str) -> WsClient {
-    let client = WsClient::connect(&server.ws_url(doc), Doc::new())
-        .await
-        .unwrap();
-    client.wait_synced(WAIT).await.unwrap();
-    client
-}
-
-/// The client's whole state, re-encoded through a fresh document: how yrs
-/// splits a client's own consecutive edits into blocks is local
-/// bookkeeping, so states are compared in this normal form.
-fn canonical(client: &WsClient) -> Vec<u8> {
-    merge_updates([client.state().as_slice()]).unwrap()
-}
-
-/// Whether a peer with `sv` has seen everything `target` names.
-fn covers(sv: &StateVector, target: &StateVector) -> bool {
-    target
-        .iter()
-        .all(|(client, clock)| sv.get(client) >= *clock)
-}
-
-/// Waits until each client has everything the other had, then compares.
 async fn converged(a: &WsClient, b: &WsClient) {
-    let target = a.doc().transact().state_vector();
-    b.wait_for("b to catch up", WAIT, |c| {
-        covers(&c.doc().transact().state_vector(), &target)
-    })
-    .await
-    .unwrap();
-    let target = b.doc().transact().state_vector();
-    a.wait_for("a to catch up", WAIT, |c| {
-        covers(&c.doc().transact().state_vector(), &target)
-    })
-    .await
-    .unwrap();
-    assert_eq!(canonical(a), canonical(b), "byte-identical state");
+    converge(&[a, b]).await;
 }
 
 #[tokio::test]

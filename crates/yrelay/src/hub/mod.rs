@@ -250,32 +250,31 @@ impl DocHub {
         if !doc.close_if_idle(self.inner.config.idle_unload) {
             return false;
         }
-        let addr = doc.addr();
-        if docs
-            .get(addr)
-            .and_then(|s| s.doc.get())
-            .is_some_and(|d| Arc::ptr_eq(d, doc))
-        {
-            docs.remove(addr);
+        if remove_live(&mut docs, doc) {
+            tracing::info!(doc = %doc.addr(), "document unloaded (idle)");
         }
-        metrics::doc_unloaded();
-        tracing::info!(doc = %addr, "document unloaded (idle)");
         true
     }
 
     /// Drops `doc` from the map at once (its log feed could not be resumed).
     fn forget(&self, doc: &Arc<LiveDoc>) {
-        let mut docs = self.inner.lock_docs();
-        let addr = doc.addr();
-        if docs
-            .get(addr)
-            .and_then(|s| s.doc.get())
-            .is_some_and(|d| Arc::ptr_eq(d, doc))
-        {
-            docs.remove(addr);
-            metrics::doc_unloaded();
-        }
+        remove_live(&mut self.inner.lock_docs(), doc);
     }
+}
+
+/// Removes `doc` from the map if the map still holds this very document
+/// (and not a newer load of the same address).
+fn remove_live(docs: &mut HashMap<DocAddress, Arc<Slot>>, doc: &Arc<LiveDoc>) -> bool {
+    let addr = doc.addr();
+    let ours = docs
+        .get(addr)
+        .and_then(|s| s.doc.get())
+        .is_some_and(|d| Arc::ptr_eq(d, doc));
+    if ours {
+        docs.remove(addr);
+        metrics::doc_unloaded();
+    }
+    ours
 }
 
 impl HubInner {

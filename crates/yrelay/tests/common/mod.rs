@@ -164,11 +164,20 @@ impl TestServer {
     }
 }
 
-/// A minimal HTTP/1.1 GET.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A minimal HTTP/1.1 request: returns the status and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response
@@ -181,4 +190,60 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[]).await
+}
+
+/// Connects a yrs client to `doc` on `server` and waits for the sync.
+pub async fn connect(server: &TestServer, doc: &str) -> yrelay_client::WsClient {
+    let client = yrelay_client::WsClient::connect(&server.ws_url(doc), yrs::Doc::new())
+        .await
+        .unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client
+}
+
+/// The client's root text "text".
+pub fn text(client: &yrelay_client::WsClient) -> String {
+    use yrs::{GetString, Transact};
+    let text = client.doc().get_or_insert_text("text");
+    let txn = client.doc().transact();
+    text.get_string(&txn)
+}
+
+/// Whether a peer with `sv` has seen everything `target` names.
+pub fn covers(sv: &yrs::StateVector, target: &yrs::StateVector) -> bool {
+    target
+        .iter()
+        .all(|(client, clock)| sv.get(client) >= *clock)
+}
+
+/// The convergence check: waits until every client has everything any
+/// client has, asserts that their states are byte-identical in normal form
+/// (re-encoded through a fresh document: how yrs splits a client's own
+/// consecutive edits into blocks is local bookkeeping), and returns it.
+pub async fn converge(clients: &[&yrelay_client::WsClient]) -> Vec<u8> {
+    use yrelay_protocol::update::merge_updates;
+    use yrs::{ReadTxn, StateVector, Transact};
+    let mut union = StateVector::default();
+    for c in clients {
+        union.merge(c.doc().transact().state_vector());
+    }
+    for c in clients {
+        c.wait_for("convergence", WAIT, |c| {
+            covers(&c.doc().transact().state_vector(), &union)
+        })
+        .await
+        .unwrap();
+    }
+    let states: Vec<Vec<u8>> = clients
+        .iter()
+        .map(|c| merge_updates([c.state().as_slice()]).unwrap())
+        .collect();
+    for s in &states[1..] {
+        assert_eq!(s, &states[0], "byte-identical state on every client");
+    }
+    states[0].clone()
 }

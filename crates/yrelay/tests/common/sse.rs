@@ -88,26 +88,9 @@ impl EventStream {
 
 /// POSTs `body` and returns (status, JSON body).
 pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let text = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
+    let (status, text) = super::http_request(addr, "POST", path, body).await;
     (
         status,
-        serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
 }
