@@ -23,8 +23,9 @@ else
   echo "redis-server and PostgreSQL are installed"
 fi
 
-step "npm packages (tests/interop)"
+step "npm packages (tests/interop, clients/js)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
 
 step "format and lints"
 if cargo fmt --version >/dev/null 2>&1; then
@@ -58,3 +59,6 @@ kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
 
 step "Node interop tests (yjs, y-websocket)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
+
+step "TypeScript SseProvider (build with tsc, test against the binary)"
+YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix clients/js
