@@ -218,3 +218,33 @@ test('bad input gets a JSON error and is never stored', async (t) => {
   const synced = await post(server, 'maps/bad', 'sync', Y.encodeStateVector(new Y.Doc()))
   assert.deepEqual(Array.from(unb64(synced.json.update)), [0, 0])
 })
+
+test('browsers on a configured origin may call the API (CORS), over HTTP/1.1 and HTTP/2', async (t) => {
+  const { request } = await import('node:http')
+  const http2 = await import('node:http2')
+  const server = await new YrelayProcess(['--cors-origins', 'https://app.example']).start()
+  t.after(() => server.dispose())
+  const preflight = (origin) => new Promise((resolve, reject) => {
+    const req = request(`${server.httpUrl}/v1/docs/maps/cors/updates`, {
+      method: 'OPTIONS',
+      headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,last-event-id' }
+    }, (res) => { res.resume(); resolve(res.headers) })
+    req.on('error', reject)
+    req.end()
+  })
+  const allowed = await preflight('https://app.example')
+  assert.equal(allowed['access-control-allow-origin'], 'https://app.example')
+  assert.match(allowed['access-control-allow-headers'], /last-event-id/)
+  const other = await preflight('https://elsewhere.example')
+  assert.equal(other['access-control-allow-origin'], undefined)
+
+  const session = http2.connect(server.httpUrl)
+  t.after(() => session.close())
+  const status = await new Promise((resolve, reject) => {
+    const req = session.request({ ':path': '/healthz' })
+    req.on('response', (headers) => { req.resume(); resolve(headers[':status']) })
+    req.on('error', reject)
+    req.end()
+  })
+  assert.equal(status, 200)
+})

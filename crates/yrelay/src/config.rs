@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Keep persisted updates in the shared log this long (seconds) so event streams resume by cursor.
     #[arg(long, env = "YRELAY_LOG_RETENTION_SECS")]
     pub log_retention_secs: Option<f64>,
+    /// Origins allowed to call the HTTP API from a browser (comma-separated, or "*").
+    #[arg(long, env = "YRELAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -97,6 +100,7 @@ struct FileConfig {
     compact_min_updates: Option<i64>,
     compact_idle_secs: Option<f64>,
     log_retention_secs: Option<f64>,
+    cors_origins: Option<Vec<String>>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -113,6 +117,8 @@ pub struct ServerConfig {
     pub compact_min_updates: i64,
     pub compact_idle: Duration,
     pub log_retention: Duration,
+    /// Empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +200,7 @@ impl ServeArgs {
                     .or(file.log_retention_secs)
                     .unwrap_or(60.0),
             )?,
+            cors_origins: self.cors_origins.or(file.cors_origins).unwrap_or_default(),
         };
         if config.queue_bound == 0 || config.max_message_size == 0 {
             return Err(ConfigError::Invalid(

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::compactor::{Compactor, CompactorConfig};
 use crate::config::ServerConfig;
@@ -136,7 +138,7 @@ impl Server {
                 Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
-        let router = router(app);
+        let router = router(app, &config.cors_origins);
         let stopping = async move {
             signal.await;
             tracing::info!("shutting down: closing connections");
@@ -189,9 +191,9 @@ pub async fn run_worker(
     Ok(())
 }
 
-fn router(app: AppState) -> Router {
+fn router(app: AppState, cors_origins: &[String]) -> Router {
     let body_limit = DefaultBodyLimit::max(app.limits.max_message_size);
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -211,7 +213,34 @@ fn router(app: AppState) -> Router {
         )
         .layer(body_limit)
         .fallback(api::not_found)
-        .with_state(app)
+        .with_state(app);
+    match cors(cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins (`*` for any); `None` when none is set.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.
