@@ -8,19 +8,20 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "services for the tests (private processes are started by the tests themselves)"
+step "system packages: redis-server and PostgreSQL (the tests start private processes), chromium (browser test)"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+[ -x /usr/bin/chromium ] || [ -n "${CHROMIUM:-}" ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "redis-server and PostgreSQL are installed"
+  echo "redis-server, PostgreSQL and chromium are installed"
 fi
 
 step "npm packages (tests/interop, clients/js)"
@@ -60,5 +61,5 @@ kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
 step "Node interop tests (yjs, y-websocket)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
 
-step "TypeScript SseProvider (build with tsc, test against the binary)"
+step "TypeScript SseProvider (tsc build; tests against the binary, two chromium pages on the demo)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix clients/js

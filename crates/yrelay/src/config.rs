@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Keep persisted updates in the shared log this long (seconds) so event streams resume by cursor.
     #[arg(long, env = "YRELAY_LOG_RETENTION_SECS")]
     pub log_retention_secs: Option<f64>,
+    /// Serve the files of this directory at /app/ (e.g. a demo or your own front end).
+    #[arg(long, env = "YRELAY_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
     /// Origins allowed to call the HTTP API from a browser (comma-separated, or "*").
     #[arg(long, env = "YRELAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
@@ -101,6 +104,7 @@ struct FileConfig {
     compact_idle_secs: Option<f64>,
     log_retention_secs: Option<f64>,
     cors_origins: Option<Vec<String>>,
+    static_dir: Option<PathBuf>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -119,6 +123,7 @@ pub struct ServerConfig {
     pub log_retention: Duration,
     /// Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
+    pub static_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +206,7 @@ impl ServeArgs {
                     .unwrap_or(60.0),
             )?,
             cors_origins: self.cors_origins.or(file.cors_origins).unwrap_or_default(),
+            static_dir: self.static_dir.or(file.static_dir),
         };
         if config.queue_bound == 0 || config.max_message_size == 0 {
             return Err(ConfigError::Invalid(

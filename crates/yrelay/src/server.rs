@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
 
 use crate::compactor::{Compactor, CompactorConfig};
 use crate::config::ServerConfig;
@@ -138,7 +139,11 @@ impl Server {
                 Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
-        let router = router(app, &config.cors_origins);
+        let mut router = router(app, &config.cors_origins);
+        if let Some(dir) = &config.static_dir {
+            tracing::info!("serving {} at /app/", dir.display());
+            router = router.nest_service("/app", ServeDir::new(dir));
+        }
         let stopping = async move {
             signal.await;
             tracing::info!("shutting down: closing connections");
