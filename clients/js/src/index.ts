@@ -71,6 +71,10 @@ export class SseProvider extends Observable<string> {
   private channel: BroadcastChannel | undefined
   private readonly onDocUpdate: (update: Uint8Array, origin: unknown) => void
   private readonly onAwarenessUpdate: (changes: { added: number[], updated: number[], removed: number[] }, origin: unknown) => void
+  private readonly onUnload = (): void => {
+    // Tell the others this client is gone before the page goes.
+    awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'window unload')
+  }
 
   constructor (baseUrl: string, room: string, doc: Y.Doc, options: SseProviderOptions = {}) {
     super()
@@ -102,6 +106,7 @@ export class SseProvider extends Observable<string> {
         if (type === 'awareness') awarenessProtocol.applyAwarenessUpdate(this.awareness, update, this)
       }
     }
+    if (typeof window !== 'undefined') window.addEventListener('pagehide', this.onUnload)
     if (options.connect ?? true) this.connect()
   }
 
@@ -124,6 +129,7 @@ export class SseProvider extends Observable<string> {
   }
 
   destroy (): void {
+    if (typeof window !== 'undefined') window.removeEventListener('pagehide', this.onUnload)
     awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'destroy')
     this.disconnect()
     this.doc.off('update', this.onDocUpdate)
@@ -146,6 +152,8 @@ export class SseProvider extends Observable<string> {
   private async post (what: string, body: Uint8Array): Promise<Response> {
     return await this.fetch(`${this.url}/${what}`, {
       method: 'POST',
+      // awareness must survive the page closing (small bodies only)
+      keepalive: what === 'awareness',
       headers: this.headers({ 'content-type': 'application/octet-stream' }),
       body: body as Uint8Array<ArrayBuffer>
     })

@@ -49,4 +49,8 @@ test('two browsers edit the map settings together', async (t) => {
   const artifacts = join(root, 'target', 'artifacts')
   mkdirSync(artifacts, { recursive: true })
   await bob.screenshot({ path: join(artifacts, 'map-settings-demo.png'), fullPage: true })
+
+  // closing a page removes its presence for the others
+  await bob.close()
+  await ann.waitForSelector('.avatar[data-name="bob"]', { state: 'detached' })
 })
