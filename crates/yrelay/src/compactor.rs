@@ -110,9 +110,25 @@ impl Compactor {
     /// Appends to the store what the log holds beyond the store's cursor,
     /// then trims the log up to it. Adds what it found owed to `owed`.
     async fn persist(&self, addr: &DocAddress, owed: &mut usize) -> Result<(), CompactError> {
-        let held = self.log.read(addr, None).await?.unwrap_or_default();
-        let cursor = self.store.log_cursor(addr).await?;
-        let entries: Vec<_> = held.into_iter().filter(|e| e.cursor > cursor).collect();
+        let cursor = match self.store.log_cursor(addr).await {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                // The store is down: all the log holds is owed.
+                *owed += self
+                    .log
+                    .read(addr, None)
+                    .await?
+                    .map_or(0, |held| held.len());
+                return Err(e.into());
+            }
+        };
+        let entries = match self.log.read(addr, cursor).await? {
+            Some(entries) => entries,
+            None => {
+                let held = self.log.read(addr, None).await?.unwrap_or_default();
+                held.into_iter().filter(|e| e.cursor > cursor).collect()
+            }
+        };
         *owed += entries.len();
         for chunk in entries.chunks(PERSIST_BATCH) {
             let batch: Vec<NewUpdate> = chunk
@@ -135,7 +151,7 @@ impl Compactor {
         if let Some(upto) = persisted.map(|p| p.min(horizon)) {
             self.log.trim(addr, upto).await?;
         }
-        self.log.clear_backlog(addr).await?;
+        self.log.clear_backlog(addr, persisted).await?;
         if !entries.is_empty() {
             tracing::debug!(doc = %addr, updates = entries.len(), "log persisted to store");
         }

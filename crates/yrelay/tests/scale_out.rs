@@ -145,6 +145,32 @@ async fn three_instances_converge_and_the_store_holds_everything() {
     let refs: Vec<&WsClient> = clients.iter().collect();
     let state = converge(&refs).await;
     cluster.store_catches_up(&state).await;
+    // Once persisted, the document leaves the compactor's backlog while its
+    // entries stay in the log for the retention window (resumable streams).
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let drained = async {
+        loop {
+            let owed: i64 = redis::cmd("ZCARD")
+                .arg("yrelay:backlog")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if owed == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, drained)
+        .await
+        .expect("the backlog drained");
+    let retained: i64 = redis::cmd("XLEN")
+        .arg(format!("yrelay:{{{DOC}}}:log"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(retained > 0, "entries stay for the retention window");
     // a new instance starts cold and serves the document at once
     let dir = tempfile::tempdir().unwrap();
     let (store, log) = (cluster.pg.url(), cluster.redis.url());

@@ -240,7 +240,11 @@ impl Log for LocalLog {
         Ok(Vec::new())
     }
 
-    async fn clear_backlog(&self, _addr: &DocAddress) -> Result<(), LogError> {
+    async fn clear_backlog(
+        &self,
+        _addr: &DocAddress,
+        _persisted: Option<LogCursor>,
+    ) -> Result<(), LogError> {
         Ok(())
     }
 

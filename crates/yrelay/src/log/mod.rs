@@ -171,8 +171,13 @@ pub trait Log: Send + Sync + 'static {
     /// store always precedes.
     async fn backlog(&self, limit: usize) -> Result<Vec<DocAddress>, LogError>;
 
-    /// Takes the document off the backlog if its log is empty (after a trim).
-    async fn clear_backlog(&self, addr: &DocAddress) -> Result<(), LogError>;
+    /// Takes the document off the backlog if the store holds everything its
+    /// log holds (`persisted`: the store's cursor, once it is updated).
+    async fn clear_backlog(
+        &self,
+        addr: &DocAddress,
+        persisted: Option<LogCursor>,
+    ) -> Result<(), LogError>;
 
     /// Takes (or renews) the exclusive right to compact `addr` for `ttl`.
     /// A holder that dies loses it when `ttl` runs out.

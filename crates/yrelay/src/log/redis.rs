@@ -356,15 +356,22 @@ impl Log for RedisLog {
             .collect())
     }
 
-    async fn clear_backlog(&self, addr: &DocAddress) -> Result<(), LogError> {
-        // Atomic: an append between "empty?" and the removal keeps it listed.
-        let script = "if redis.call('XLEN', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end return 0";
+    async fn clear_backlog(
+        &self,
+        addr: &DocAddress,
+        persisted: Option<LogCursor>,
+    ) -> Result<(), LogError> {
+        // Atomic: an append after the store's cursor keeps the document listed.
+        let script = "local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+            if #last == 0 or last[1][1] == ARGV[2] then return redis.call('ZREM', KEYS[2], ARGV[1]) end
+            return 0";
         let _: i64 = redis::cmd("EVAL")
             .arg(script)
             .arg(2)
             .arg(key(addr, "log"))
             .arg(BACKLOG_KEY)
             .arg(addr.to_string())
+            .arg(persisted.map(|c| c.to_string()).unwrap_or_default())
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
