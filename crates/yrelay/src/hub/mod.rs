@@ -131,11 +131,6 @@ impl DocHub {
         &self.inner.log
     }
 
-    /// Number of documents live on this instance.
-    pub fn live_docs(&self) -> usize {
-        self.inner.lock_docs().len()
-    }
-
     /// Joins a document: loads it if needed and subscribes to its events.
     pub async fn join(&self, addr: &DocAddress) -> Result<Session, HubError> {
         let origin = Origin {

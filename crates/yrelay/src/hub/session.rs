@@ -66,10 +66,6 @@ impl Session {
         self.doc.addr()
     }
 
-    pub fn origin(&self) -> Origin {
-        self.origin
-    }
-
     /// The cursor of the last log entry the replica has applied.
     pub fn cursor(&self) -> Option<crate::log::LogCursor> {
         self.doc.lock().cursor
