@@ -4,8 +4,10 @@
 //! - [`address`]: `{space}/{doc}` ids, validated once at the edge.
 //! - [`sync`]: the y-protocols messages spoken by y-websocket clients.
 //! - [`update`]: checking, merging and diffing Yjs v1 updates.
+//! - [`json`]: a document's root types as JSON, and plain JSON as a new document.
 
 pub mod address;
+pub mod json;
 pub mod sync;
 pub mod update;
 

@@ -13,6 +13,8 @@ use crate::hub::Durability;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4040";
 pub const DEFAULT_STORE: &str = "sqlite://./yrelay-data/yrelay.db";
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+pub const DEFAULT_MAX_UPDATES_PER_SEC: u32 = 500;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +35,52 @@ pub enum Command {
     Worker(ServeArgs),
     /// Create or upgrade the store schema, then exit.
     Migrate(StoreArgs),
+    /// Mint a token for development (signed with --jwt-secret or --jwt-private-key).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`); their userspace is `@USER`.
+    #[arg(long)]
+    pub sub: String,
+    /// Grant access to this space (omit for the user's own space only).
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Only this document of --space (default: every document, "*").
+    #[arg(long, requires = "space")]
+    pub doc: Option<String>,
+    /// Read-only access.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Lifetime, e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: u64,
+    /// HS256 secret (the server's --jwt-secret).
+    #[arg(long, env = "YRELAY_JWT_SECRET", conflicts_with = "jwt_private_key")]
+    pub jwt_secret: Option<String>,
+    /// PEM private key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    #[arg(long, env = "YRELAY_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+}
+
+/// Seconds from `90s`, `30m`, `1h`, `7d` or a plain number of seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(n * scale)
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +134,24 @@ pub struct ServeArgs {
     /// Origins allowed to call the HTTP API from a browser (comma-separated, or "*").
     #[arg(long, env = "YRELAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// Verify HS256 tokens with this secret (no key at all: every request is allowed).
+    #[arg(long, env = "YRELAY_JWT_SECRET", conflicts_with = "jwt_public_key")]
+    pub jwt_secret: Option<String>,
+    /// Verify RS256/ES256/EdDSA tokens with this PEM public key.
+    #[arg(long, env = "YRELAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Serve HTTPS/WSS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "YRELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "YRELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Most connections (WebSockets and event streams) this instance holds; past it new ones get 503.
+    #[arg(long, env = "YRELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Updates per second one WebSocket connection may send (bursts of twice that); past it: 1008.
+    #[arg(long, env = "YRELAY_MAX_UPDATES_PER_SEC")]
+    pub max_updates_per_sec: Option<u32>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -105,6 +171,12 @@ struct FileConfig {
     log_retention_secs: Option<f64>,
     cors_origins: Option<Vec<String>>,
     static_dir: Option<PathBuf>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_updates_per_sec: Option<u32>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -124,6 +196,18 @@ pub struct ServerConfig {
     /// Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     pub static_dir: Option<PathBuf>,
+    pub jwt: Option<JwtKey>,
+    /// Certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub max_updates_per_sec: u32,
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    Secret(String),
+    PublicKey(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,10 +291,47 @@ impl ServeArgs {
             )?,
             cors_origins: self.cors_origins.or(file.cors_origins).unwrap_or_default(),
             static_dir: self.static_dir.or(file.static_dir),
+            jwt: match (
+                self.jwt_secret.or(file.jwt_secret),
+                self.jwt_public_key.or(file.jwt_public_key),
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid(
+                        "set jwt_secret or jwt_public_key, not both".into(),
+                    ));
+                }
+                (Some(secret), None) => Some(JwtKey::Secret(secret)),
+                (None, Some(path)) => Some(JwtKey::PublicKey(path)),
+                (None, None) => None,
+            },
+            tls: match (
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "tls_cert and tls_key go together".into(),
+                    ));
+                }
+            },
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_updates_per_sec: self
+                .max_updates_per_sec
+                .or(file.max_updates_per_sec)
+                .unwrap_or(DEFAULT_MAX_UPDATES_PER_SEC),
         };
-        if config.queue_bound == 0 || config.max_message_size == 0 {
+        if config.queue_bound == 0
+            || config.max_message_size == 0
+            || config.max_connections == 0
+            || config.max_updates_per_sec == 0
+        {
             return Err(ConfigError::Invalid(
-                "queue_bound and max_message_size must be positive".into(),
+                "queue_bound, max_message_size, max_connections and max_updates_per_sec must be positive".into(),
             ));
         }
         Ok(config)

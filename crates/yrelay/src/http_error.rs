@@ -5,6 +5,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::AuthError;
+use crate::hub::HubError;
+use crate::metrics;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -26,5 +30,33 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::Blocked => {
+                metrics::rejected("blocked");
+                ApiError::new(StatusCode::FORBIDDEN, "DOC_UPDATE_BLOCKED", e.to_string())
+            }
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        metrics::rejected("unauthorized");
+        let status = if e.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }

@@ -4,13 +4,16 @@
 //! `yrelay_protocol` holds the pure codecs every layer may use.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod compactor;
 pub mod config;
+pub mod edge;
 pub mod http_error;
 pub mod hub;
 pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod transport;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use yrelay::auth::{Grant, Mode, SigningKey, mint};
 use yrelay::config::{Cli, Command, DEFAULT_STORE};
 use yrelay::server::{Server, shutdown_signal};
 
@@ -31,6 +32,28 @@ async fn main() -> ExitCode {
                 Ok(())
             }
             .await
+        }
+        Command::Token(args) => {
+            let key = match (args.jwt_secret, args.jwt_private_key) {
+                (Some(secret), None) => Ok(SigningKey::Secret(secret)),
+                (None, Some(path)) => Ok(SigningKey::PrivateKey(path)),
+                _ => Err("yrelay token needs --jwt-secret or --jwt-private-key".into()),
+            };
+            key.and_then(|key| {
+                let access = args
+                    .space
+                    .map(|space| Grant {
+                        space,
+                        doc: args.doc.unwrap_or_else(|| "*".into()),
+                        mode: if args.read_only { Mode::Ro } else { Mode::Rw },
+                    })
+                    .into_iter()
+                    .collect();
+                let ttl = i64::try_from(args.ttl).unwrap_or(i64::MAX / 2);
+                let token = mint(&key, &args.sub, access, ttl)?;
+                println!("{token}");
+                Ok(())
+            })
         }
         Command::Migrate(args) => {
             async {

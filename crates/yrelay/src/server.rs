@@ -3,39 +3,62 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
+use crate::auth::{Auth, KeyError};
 use crate::compactor::{Compactor, CompactorConfig};
-use crate::config::ServerConfig;
+use crate::config::{JwtKey, ServerConfig};
+use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocHub, HubConfig};
 use crate::log::{self, LogError};
 use crate::store::{self, StoreError};
+use crate::tls::{self, TlsError};
 use crate::{api, metrics, transport};
 
 /// Entries the in-process log keeps per live document for resuming by cursor.
 const LOCAL_LOG_RETAIN: usize = 10_000;
 
 /// Limits applied at the transport edge.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_size: usize,
+    pub max_updates_per_sec: u32,
+    /// One permit per open connection (WebSocket or event stream).
+    pub connections: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// A connection slot, held for as long as the connection is open; 503
+    /// when the instance holds as many as it may.
+    pub fn connection_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.connections.clone().try_acquire_owned().map_err(|_| {
+            metrics::rejected("too_many_connections");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOO_MANY_CONNECTIONS",
+                "this instance holds as many connections as it may; try again later",
+            )
+        })
+    }
 }
 
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: DocHub,
+    pub auth: Arc<Auth>,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     /// Changes once when the server begins to shut down.
@@ -55,6 +78,10 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, ready-to-run server.
@@ -86,11 +113,22 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let auth = match &config.jwt {
+            None => Auth::open(),
+            Some(JwtKey::Secret(secret)) => Auth::with_secret(secret),
+            Some(JwtKey::PublicKey(path)) => Auth::with_public_key(path)?,
+        };
+        if let Some((cert, key)) = &config.tls {
+            tls::acceptor(cert, key)?; // fail at start, not on the first client
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = AppState {
             hub,
+            auth: Arc::new(auth),
             limits: Limits {
                 max_message_size: config.max_message_size,
+                max_updates_per_sec: config.max_updates_per_sec,
+                connections: Arc::new(Semaphore::new(config.max_connections)),
             },
             metrics: metrics::install(),
             shutdown: shutdown_rx,
@@ -121,8 +159,13 @@ impl Server {
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let hub = app.hub.clone();
         let log = hub.log().clone();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         tracing::info!(
-            "yrelay listening on http://{addr} (store: {}, log: {}, durability: {})",
+            "yrelay listening on {scheme}://{addr} (store: {}, log: {}, durability: {})",
             config.store,
             log.name(),
             config.durability
@@ -133,7 +176,15 @@ impl Server {
                 log.name()
             );
         }
-        tracing::warn!("auth is off: every request is allowed (development setup)");
+        match &config.jwt {
+            None => tracing::warn!(
+                "auth is OFF: every request is allowed (development setup; set --jwt-secret or --jwt-public-key)"
+            ),
+            Some(JwtKey::Secret(_)) => tracing::info!("auth: HS256 tokens (--jwt-secret)"),
+            Some(JwtKey::PublicKey(path)) => {
+                tracing::info!("auth: tokens signed by the key in {}", path.display())
+            }
+        }
         if config.compactor {
             let compactor =
                 Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
@@ -150,14 +201,23 @@ impl Server {
             let _ = shutdown.send(true);
             hub.close_all(CloseReason::ShuttingDown);
         };
-        // Small frames must leave at once: no Nagle delay on any connection.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopping)
-            .await
-            .map_err(ServerError::Serve)?;
+        if let Some((cert, key)) = &config.tls {
+            let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
+                .map_err(ServerError::Serve)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopping)
+                .await
+                .map_err(ServerError::Serve)?;
+        } else {
+            // Small frames must leave at once: no Nagle delay on any connection.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopping)
+                .await
+                .map_err(ServerError::Serve)?;
+        }
         tracing::info!("yrelay stopped");
         Ok(())
     }
@@ -202,6 +262,20 @@ fn router(app: AppState, cors_origins: &[String]) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route("/v1/spaces/{space}/docs", get(api::docs::list))
+        .route(
+            "/v1/docs/{space}/{doc}",
+            get(api::docs::meta)
+                .patch(api::docs::patch)
+                .delete(api::docs::delete),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/update",
+            get(api::docs::export_update),
+        )
+        .route("/v1/docs/{space}/{doc}/json", get(api::docs::export_json))
+        .route("/v1/docs/{space}/{doc}/import", post(api::docs::import))
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))
         .route(

@@ -1,4 +1,7 @@
-//! Operational endpoints: liveness, readiness, metrics.
+//! The REST API: operational endpoints (liveness, readiness, metrics, the
+//! OpenAPI document) here, documents in [`docs`].
+
+pub mod docs;
 
 use axum::Json;
 use axum::extract::State;
@@ -48,4 +51,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 /// Any other path.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI 3 description of the HTTP API.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }

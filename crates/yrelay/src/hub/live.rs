@@ -38,6 +38,20 @@ pub enum CloseReason {
     Resync,
     /// The server is shutting down.
     ShuttingDown,
+    /// The document was deleted.
+    Deleted,
+}
+
+/// A change of the document itself, relayed to every instance through the
+/// log (as a notice entry, JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocNotice {
+    /// The blocked flag changed: a blocked document accepts no updates.
+    Blocked(bool),
+    /// The document was deleted: its subscribers are closed and every
+    /// instance drops its replica.
+    Deleted,
 }
 
 pub(super) struct Subscriber {
@@ -53,6 +67,8 @@ pub(super) struct DocState {
     pub idle_since: Option<Instant>,
     /// Set once the document is unloaded: nobody may attach any more.
     pub closed: bool,
+    /// A blocked document accepts no updates.
+    pub blocked: bool,
 }
 
 pub struct LiveDoc {
@@ -83,6 +99,7 @@ impl LiveDoc {
                 subscribers: HashMap::new(),
                 idle_since: Some(Instant::now()),
                 closed: false,
+                blocked: false,
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -95,6 +112,25 @@ impl LiveDoc {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, DocState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the document holds anything (a document never written, or
+    /// only ever sent empty updates, does not).
+    pub(super) fn is_empty(&self) -> bool {
+        self.lock()
+            .awareness
+            .doc()
+            .transact()
+            .state_vector()
+            .is_empty()
+    }
+
+    /// Applies an accepted update to the replica ahead of its log entry
+    /// (which will then change nothing); the cursor stays where it is.
+    pub(super) fn apply_accepted(&self, update: &[u8]) {
+        if let Err(e) = apply_update(self.lock().awareness.doc(), update) {
+            tracing::error!(doc = %self.addr, error = %e, "accepted update does not apply");
+        }
     }
 
     /// Applies a log entry and fans it out to the subscribers.
@@ -126,6 +162,7 @@ impl LiveDoc {
                 None,
                 "awareness",
             ),
+            EntryKind::Notice => return,
         };
         let mut sent = 0;
         state.subscribers.retain(|id, sub| {
@@ -221,6 +258,7 @@ impl DocState {
                     let _ = self.awareness.apply_update(update);
                 }
             }
+            EntryKind::Notice => return false,
         }
         true
     }
@@ -230,6 +268,7 @@ impl DocState {
 /// the store's cursor.
 struct History {
     stored: Vec<Vec<u8>>,
+    blocked: bool,
     cursor: Option<LogCursor>,
     tail: Vec<LogEntry>,
 }
@@ -245,6 +284,7 @@ impl History {
         for _ in 0..5 {
             let stored = store.load(addr).await?;
             let cursor = stored.as_ref().and_then(|s| s.log_cursor);
+            let blocked = stored.as_ref().is_some_and(|s| s.meta.blocked);
             if let Some(tail) = log.read(addr, cursor).await? {
                 let stored = stored
                     .map(|s| {
@@ -256,6 +296,7 @@ impl History {
                     .unwrap_or_default();
                 return Ok(Self {
                     stored,
+                    blocked,
                     cursor,
                     tail,
                 });
@@ -276,6 +317,7 @@ impl History {
         if state.cursor < self.cursor {
             state.cursor = self.cursor;
         }
+        state.blocked = self.blocked;
         for entry in &self.tail {
             state.apply(addr, entry);
         }
@@ -292,6 +334,19 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
     loop {
         tokio::select! {
             entry = feed.recv() => match entry {
+                Some(entry) if entry.kind == EntryKind::Notice => {
+                    match serde_json::from_slice::<DocNotice>(&entry.payload) {
+                        Ok(DocNotice::Blocked(blocked)) => doc.lock().blocked = blocked,
+                        Ok(DocNotice::Deleted) => {
+                            tracing::info!(doc = %doc.addr, "document deleted: closing its connections");
+                            doc.lock().closed = true;
+                            doc.close_subscribers(CloseReason::Deleted);
+                            hub.forget(&doc);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(doc = %doc.addr, error = %e, "unknown notice ignored"),
+                    }
+                }
                 Some(entry) => doc.deliver(&entry),
                 None => match resume(&hub, &doc).await {
                     Some(resumed) => feed = resumed,

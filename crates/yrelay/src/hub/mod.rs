@@ -14,6 +14,7 @@
 //! it has been idle.
 
 mod live;
+mod manage;
 mod session;
 
 use std::collections::HashMap;
@@ -26,11 +27,11 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::CheckedUpdate;
 
 use crate::clock::now_ms;
-use crate::log::{Log, LogCursor, LogError, Origin};
+use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 use live::LiveDoc;
-pub use live::{CloseReason, DocEvent};
+pub use live::{CloseReason, DocEvent, DocNotice};
 pub use session::Session;
 
 /// When an update counts as accepted.
@@ -69,6 +70,8 @@ pub enum HubError {
     Log(#[from] LogError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the document is blocked: it accepts no updates")]
+    Blocked,
 }
 
 /// What the writer of an accepted update is told.
@@ -162,6 +165,34 @@ impl DocHub {
                 timestamp_ms: now_ms(),
             });
         }
+        let doc = self.live(addr).await?;
+        let payload = update.bytes().to_vec();
+        let ack = self.submit_to(&doc, update, origin, transport).await?;
+        // Read your writes: a request that follows this one on this instance
+        // sees the update even before the log delivers it to the replica (a
+        // CRDT merge: the log's copy changes nothing then).
+        doc.apply_accepted(&payload);
+        Ok(ack)
+    }
+
+    /// [`DocHub::submit_update`] on a document already live.
+    async fn submit_to(
+        &self,
+        doc: &LiveDoc,
+        update: CheckedUpdate,
+        origin: Option<Origin>,
+        transport: &'static str,
+    ) -> Result<Ack, HubError> {
+        if update.is_empty() {
+            return Ok(Ack {
+                cursor: None,
+                timestamp_ms: now_ms(),
+            });
+        }
+        if doc.lock().blocked {
+            return Err(HubError::Blocked);
+        }
+        let addr = doc.addr();
         let started = Instant::now();
         let payload: Arc<[u8]> = update.into_bytes().into();
         if self.inner.store_first {
@@ -189,7 +220,7 @@ impl DocHub {
     pub async fn publish_awareness(&self, addr: &DocAddress, raw: Vec<u8>) -> Result<(), HubError> {
         self.inner
             .log
-            .publish_awareness(addr, raw.into(), None)
+            .publish(addr, EntryKind::Awareness, raw.into(), None)
             .await?;
         Ok(())
     }

@@ -17,7 +17,7 @@ use yrs::{ReadTxn, StateVector, Transact};
 use super::live::{LiveDoc, Subscriber, removal_update};
 use super::{Ack, CloseReason, DocEvent, DocHub, HubError};
 use crate::clock::now_ms;
-use crate::log::Origin;
+use crate::log::{EntryKind, Origin};
 
 /// Awareness states not renewed for this long are not sent to new joiners
 /// (clients renew every 15 s; y-protocols drops states after 30 s).
@@ -120,12 +120,9 @@ impl Session {
         transport: &'static str,
     ) -> impl Future<Output = Result<Ack, HubError>> + Send + 'static {
         let hub = self.hub.clone();
-        let addr = self.addr().clone();
+        let doc = self.doc.clone();
         let origin = self.origin;
-        async move {
-            hub.submit_update(&addr, update, Some(origin), transport)
-                .await
-        }
+        async move { hub.submit_to(&doc, update, Some(origin), transport).await }
     }
 
     /// Relays an (already validated) awareness update to every subscriber of
@@ -144,7 +141,12 @@ impl Session {
         }
         self.hub
             .log()
-            .publish_awareness(self.addr(), raw.into(), Some(self.origin))
+            .publish(
+                self.addr(),
+                EntryKind::Awareness,
+                raw.into(),
+                Some(self.origin),
+            )
             .await?;
         Ok(())
     }
@@ -167,7 +169,12 @@ impl Drop for Session {
             let origin = self.origin;
             tokio::spawn(async move {
                 let _ = log
-                    .publish_awareness(&addr, update.encode_v1().into(), Some(origin))
+                    .publish(
+                        &addr,
+                        EntryKind::Awareness,
+                        update.encode_v1().into(),
+                        Some(origin),
+                    )
                     .await;
             });
         }

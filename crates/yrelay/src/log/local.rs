@@ -142,17 +142,18 @@ impl Log for LocalLog {
         Ok(entry)
     }
 
-    async fn publish_awareness(
+    async fn publish(
         &self,
         addr: &DocAddress,
-        update: Arc<[u8]>,
+        kind: EntryKind,
+        payload: Arc<[u8]>,
         origin: Option<Origin>,
     ) -> Result<(), LogError> {
         let entry = LogEntry {
             cursor: None,
-            kind: EntryKind::Awareness,
+            kind,
             origin,
-            payload: update,
+            payload,
             timestamp_ms: now_ms(),
         };
         self.lock().fan_out(addr, &entry);

@@ -15,9 +15,10 @@
 //!   not newer than what it has (de-duplication by cursor).
 //! - **Trim after persist.** [`Log::trim`] is called only up to a cursor the
 //!   store has durably covered.
-//! - **Awareness is relayed, never persisted.** Awareness entries go through
-//!   the same subscription (so every instance sees presence) but are not
-//!   returned by [`Log::read`] and carry no cursor.
+//! - **Awareness is relayed, never persisted.** Awareness entries (and
+//!   notices about the document) go through the same subscription (so every
+//!   instance sees them) but are not returned by [`Log::read`] and carry no
+//!   cursor.
 
 mod local;
 mod redis;
@@ -76,6 +77,9 @@ pub enum EntryKind {
     Update,
     /// An awareness update (relayed, never persisted).
     Awareness,
+    /// A change of the document itself, such as blocked or deleted (JSON,
+    /// relayed, never persisted).
+    Notice,
 }
 
 /// One entry of a document's log as delivered to subscribers.
@@ -137,11 +141,13 @@ pub trait Log: Send + Sync + 'static {
         origin: Option<Origin>,
     ) -> Result<LogEntry, LogError>;
 
-    /// Relays an awareness update to every subscriber of the document.
-    async fn publish_awareness(
+    /// Relays an entry that is never persisted (`kind` is awareness or a
+    /// notice) to every subscriber of the document.
+    async fn publish(
         &self,
         addr: &DocAddress,
-        update: Arc<[u8]>,
+        kind: EntryKind,
+        payload: Arc<[u8]>,
         origin: Option<Origin>,
     ) -> Result<(), LogError>;
 

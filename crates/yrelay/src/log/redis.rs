@@ -3,8 +3,8 @@
 //! Keys are hash-tagged per document so that all of a document's keys share
 //! a Redis Cluster slot:
 //! - `yrelay:{space/doc}:log`: the update stream (`XADD` ids are the cursors);
-//! - `yrelay:{space/doc}:aw`: awareness, a stream capped at a few entries
-//!   (relayed, never persisted);
+//! - `yrelay:{space/doc}:aw`: awareness and notices (field `k` = `a`/`n`),
+//!   a stream capped at a few entries (relayed, never persisted);
 //! - `yrelay:{space/doc}:trimmed`: the highest cursor trimmed away;
 //! - `yrelay:{space/doc}:lease`: the compactor lease.
 //!
@@ -115,6 +115,10 @@ fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
 
 fn entry_from(id: &str, map: &HashMap<String, Value>, kind: EntryKind) -> Option<LogEntry> {
     let cursor = LogCursor::from_str(id).ok()?;
+    let kind = match field(map, "k") {
+        Some(b"n") => EntryKind::Notice,
+        _ => kind,
+    };
     let payload: Arc<[u8]> = field(map, "p")?.into();
     let origin = field(map, "o")
         .and_then(|o| std::str::from_utf8(o).ok())
@@ -192,10 +196,11 @@ impl Log for RedisLog {
         })
     }
 
-    async fn publish_awareness(
+    async fn publish(
         &self,
         addr: &DocAddress,
-        update: Arc<[u8]>,
+        kind: EntryKind,
+        payload: Arc<[u8]>,
         origin: Option<Origin>,
     ) -> Result<(), LogError> {
         let _: String = redis::cmd("XADD")
@@ -205,9 +210,11 @@ impl Log for RedisLog {
             .arg(64)
             .arg("*")
             .arg("p")
-            .arg(&*update)
+            .arg(&*payload)
             .arg("o")
             .arg(origin_text(origin))
+            .arg("k")
+            .arg(if kind == EntryKind::Notice { "n" } else { "a" })
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;

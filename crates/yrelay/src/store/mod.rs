@@ -144,6 +144,24 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<DocAddress>, StoreError>;
 
+    /// Creates a document holding `snapshot`, only if it does not exist
+    /// (one-time import). `false` when it already exists.
+    async fn create(
+        &self,
+        addr: &DocAddress,
+        snapshot: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Sets the title and/or the blocked flag; the new metadata, or `None`
+    /// if the document does not exist.
+    async fn update_meta(
+        &self,
+        addr: &DocAddress,
+        title: Option<&str>,
+        blocked: Option<bool>,
+    ) -> Result<Option<DocMeta>, StoreError>;
+
     /// Removes a document and its history. `false` if it did not exist.
     async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError>;
 

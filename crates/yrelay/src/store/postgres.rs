@@ -246,6 +246,63 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn create(
+        &self,
+        addr: &DocAddress,
+        snapshot: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let created = sqlx::query(
+            "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES ($1, $2, $3, $3, $4)
+             ON CONFLICT (space, doc) DO NOTHING",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(timestamp_ms)
+        .bind(snapshot.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            > 0;
+        if created {
+            sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(snapshot)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(created)
+    }
+
+    async fn update_meta(
+        &self,
+        addr: &DocAddress,
+        title: Option<&str>,
+        blocked: Option<bool>,
+    ) -> Result<Option<DocMeta>, StoreError> {
+        let sql = format!(
+            "UPDATE docs SET title = coalesce($3, title), blocked = coalesce($4, blocked)
+             WHERE space = $1 AND doc = $2 RETURNING {META_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(title)
+            .bind(blocked)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref()
+            .map(meta_from_row)
+            .transpose()
+            .map_err(unavailable)
+    }
+
     async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         for table in ["doc_updates", "doc_snapshots"] {

@@ -21,68 +21,23 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use base64::alphabet;
 use base64::engine::general_purpose::STANDARD;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Deserialize;
-use yrelay_protocol::DocAddress;
+use tokio::sync::OwnedSemaphorePermit;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
-use yrs::StateVector;
 
+use crate::auth::AuthError;
+use crate::edge::{Credentials, address, bad_request, body, query_state_vector};
 use crate::http_error::ApiError;
-use crate::hub::{DocEvent, HubError, Session};
+use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::log::LogCursor;
 use crate::metrics;
 use crate::server::AppState;
 
 const TRANSPORT: &str = "sse";
 const PING_EVERY: Duration = Duration::from_secs(15);
-
-/// base64url with or without padding (state vectors in query strings).
-const URL_SAFE_ANY: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-    metrics::rejected("bad_request");
-    ApiError::new(StatusCode::BAD_REQUEST, code, message)
-}
-
-impl From<HubError> for ApiError {
-    fn from(e: HubError) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            e.to_string(),
-        )
-    }
-}
-
-fn address(space: &str, doc: &str) -> Result<DocAddress, ApiError> {
-    DocAddress::parse(space, doc).map_err(|e| {
-        metrics::rejected("bad_doc_id");
-        ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
-    })
-}
-
-/// The request body, within the size limit.
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            metrics::rejected("too_big");
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
-                rejection.body_text(),
-            )
-        } else {
-            bad_request("BAD_BODY", rejection.body_text())
-        }
-    })
-}
 
 fn sync_json(update: &[u8], state_vector: &[u8]) -> serde_json::Value {
     serde_json::json!({ "update": STANDARD.encode(update), "stateVector": STANDARD.encode(state_vector) })
@@ -98,19 +53,13 @@ pub async fn events(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
     Query(query): Query<EventsQuery>,
+    credentials: Credentials,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    let sv = match query.sv.as_deref().filter(|s| !s.is_empty()) {
-        Some(text) => {
-            let bytes = URL_SAFE_ANY.decode(text).map_err(|e| {
-                bad_request("BAD_STATE_VECTOR", format!("sv is not base64url: {e}"))
-            })?;
-            decode_state_vector(&bytes)
-                .map_err(|_| bad_request("BAD_STATE_VECTOR", "sv is not a Yjs state vector"))?
-        }
-        None => StateVector::default(),
-    };
+    app.auth.doc(credentials.token(), &addr)?;
+    let sv = query_state_vector(query.sv.as_deref())?;
+    let slot = app.limits.connection_slot()?;
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -147,7 +96,13 @@ pub async fn events(
             (vec![event], cursor)
         }
     };
-    let live = live_events(session, last);
+    let live = live_events(
+        OpenStream {
+            session,
+            _slot: slot,
+        },
+        last,
+    );
     let stream = stream::iter(first.into_iter().map(Ok)).chain(live);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(PING_EVERY).text("ping"))
@@ -164,8 +119,12 @@ fn update_event(payload: &[u8], cursor: Option<LogCursor>) -> Event {
     }
 }
 
-/// Counts the stream as a connection for as long as it is open.
-struct OpenStream(Session);
+/// Counts the stream as a connection (and holds its slot) for as long as it
+/// is open.
+struct OpenStream {
+    session: Session,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -174,13 +133,15 @@ impl Drop for OpenStream {
 }
 
 /// The session's events, skipping updates at or before `last` (already sent).
+/// A deleted document ends the stream with a `deleted` event.
 fn live_events(
-    session: Session,
+    open: OpenStream,
     last: Option<LogCursor>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold((OpenStream(session), last), |(mut open, last)| async move {
+    stream::unfold((Some(open), last), |(open, last)| async move {
+        let mut open = open?;
         loop {
-            match open.0.next_event().await {
+            match open.session.next_event().await {
                 Ok(DocEvent::Update {
                     payload, cursor, ..
                 }) => {
@@ -188,13 +149,17 @@ fn live_events(
                         continue;
                     }
                     let event = update_event(&payload, cursor);
-                    return Some((Ok(event), (open, cursor.or(last))));
+                    return Some((Ok(event), (Some(open), cursor.or(last))));
                 }
                 Ok(DocEvent::Awareness { payload }) => {
                     let event = Event::default()
                         .event("awareness")
                         .data(STANDARD.encode(&*payload));
-                    return Some((Ok(event), (open, last)));
+                    return Some((Ok(event), (Some(open), last)));
+                }
+                Err(CloseReason::Deleted) => {
+                    let event = Event::default().event("deleted").data("{}");
+                    return Some((Ok(event), (None, last)));
                 }
                 Err(_) => return None,
             }
@@ -202,13 +167,18 @@ fn live_events(
     })
 }
 
-/// `POST /v1/docs/{space}/{doc}/updates`
+/// `POST /v1/docs/{space}/{doc}/updates` (also the way to edit a document
+/// from a server without a socket).
 pub async fn post_update(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
+    if !app.auth.doc(credentials.token(), &addr)?.can_write() {
+        return Err(AuthError::ReadOnly(addr.to_string()).into());
+    }
     let payload = body(payload)?;
     let update = check_update(payload.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
@@ -228,9 +198,11 @@ pub async fn post_update(
 pub async fn post_sync(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
+    app.auth.doc(credentials.token(), &addr)?;
     let payload = body(payload)?;
     let sv = decode_state_vector(&payload)
         .map_err(|_| bad_request("BAD_STATE_VECTOR", "body is not a Yjs state vector"))?;
@@ -238,13 +210,15 @@ pub async fn post_sync(
     Ok(Json(sync_json(&session.diff(&sv), &session.state_vector())))
 }
 
-/// `POST /v1/docs/{space}/{doc}/awareness`
+/// `POST /v1/docs/{space}/{doc}/awareness` (allowed read-only too)
 pub async fn post_awareness(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
+    app.auth.doc(credentials.token(), &addr)?;
     let payload = body(payload)?;
     decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
     app.hub.publish_awareness(&addr, payload.to_vec()).await?;

@@ -19,6 +19,8 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::{self, ClientMessage, FrameError};
 use yrelay_protocol::update::check_update;
 
+use crate::auth::{AuthError, Permit};
+use crate::edge::Credentials;
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::metrics;
@@ -29,6 +31,11 @@ const TRANSPORT: &str = "websocket";
 /// connection stops reading until one is accepted (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for the peer's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Close code when the document is deleted (4000-4999: application codes;
+/// like HTTP 410 Gone).
+const DELETED: u16 = 4410;
 
 /// How (and why) the server ends a connection.
 #[derive(Debug)]
@@ -39,6 +46,8 @@ enum Close {
     Unsupported(String),
     Invalid(String),
     TryAgain(String),
+    Policy(String),
+    Deleted,
     GoingAway,
 }
 
@@ -50,6 +59,8 @@ impl Close {
             Close::Unsupported(r) => (1003, r.clone()),
             Close::Invalid(r) => (1007, r.clone()),
             Close::TryAgain(r) => (1013, r.clone()),
+            Close::Policy(r) => (1008, r.clone()),
+            Close::Deleted => (DELETED, "document deleted".into()),
             Close::GoingAway => (1001, "server shutting down".into()),
         };
         Some(CloseFrame {
@@ -76,14 +87,18 @@ impl From<CloseReason> for Close {
             }
             CloseReason::Resync => Close::TryAgain("document reloaded: reconnect to resync".into()),
             CloseReason::ShuttingDown => Close::GoingAway,
+            CloseReason::Deleted => Close::Deleted,
         }
     }
 }
 
-/// `GET /v1/ws/{space}/{doc}` (upgrade).
+/// `GET /v1/ws/{space}/{doc}` (upgrade). A refused token ends the upgraded
+/// connection with 1008 and the reason (browsers cannot read an HTTP status
+/// of a failed upgrade).
 pub async fn upgrade(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let addr = match DocAddress::parse(&space, &doc) {
@@ -94,36 +109,73 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    let ws = match ws {
+    let permit = app.auth.doc(credentials.token(), &addr);
+    let mut ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
+            if let Err(e) = permit {
+                return ApiError::from(e).into_response();
+            }
             let message = format!("this endpoint speaks the y-websocket protocol: {rejection}");
             return ApiError::new(StatusCode::UPGRADE_REQUIRED, "WEBSOCKET_REQUIRED", message)
                 .into_response();
         }
     };
+    let slot = match app.limits.connection_slot() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(protocol) = credentials.subprotocol {
+        ws = ws.protocols([protocol]);
+    }
     let limit = app.limits.max_message_size;
     // The socket accepts up to twice the limit so that a message just over it
     // gets a clean 1009 from us rather than a torn connection.
     ws.max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
-        .on_upgrade(move |socket| connection(app, addr, socket))
+        .on_upgrade(move |socket| async move {
+            connection(app, addr, permit, socket).await;
+            drop(slot);
+        })
 }
 
-async fn connection(app: AppState, addr: DocAddress, mut socket: WebSocket) {
+async fn connection(
+    app: AppState,
+    addr: DocAddress,
+    permit: Result<Permit, AuthError>,
+    mut socket: WebSocket,
+) {
     metrics::connection_opened(TRANSPORT);
-    let close = match app.hub.join(&addr).await {
-        Ok(session) => serve(&app, session, &mut socket).await,
+    let close = match permit {
         Err(e) => {
-            tracing::warn!(doc = %addr, error = %e, "cannot open document");
-            Close::from(e)
+            metrics::rejected("unauthorized");
+            Close::Policy(e.to_string())
         }
+        Ok(permit) => match app.hub.join(&addr).await {
+            Ok(session) => serve(&app, session, permit.can_write(), &mut socket).await,
+            Err(e) => {
+                tracing::warn!(doc = %addr, error = %e, "cannot open document");
+                Close::from(e)
+            }
+        },
     };
     if let Some(frame) = close.frame() {
         if !matches!(close, Close::GoingAway) {
             tracing::info!(doc = %addr, code = frame.code, reason = %frame.reason, "closing websocket");
         }
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // Wait (briefly) for the peer's close reply, reading what it still
+            // sends: closing the TCP socket with unread data would reset the
+            // connection, and the peer would never see our close frame.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
     metrics::connection_closed(TRANSPORT);
 }
@@ -135,7 +187,12 @@ async fn send(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), Close> {
         .map_err(|_| Close::Peer)
 }
 
-async fn serve(app: &AppState, mut session: Session, socket: &mut WebSocket) -> Close {
+async fn serve(
+    app: &AppState,
+    mut session: Session,
+    writable: bool,
+    socket: &mut WebSocket,
+) -> Close {
     // Our side of the handshake: our state vector, then who is here.
     if send(socket, sync::encode_sync_step1(&session.state_vector()))
         .await
@@ -151,6 +208,7 @@ async fn serve(app: &AppState, mut session: Session, socket: &mut WebSocket) -> 
         return Close::Peer;
     }
     let mut in_flight = FuturesOrdered::new();
+    let mut rate = UpdateRate::new(app.limits.max_updates_per_sec);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
@@ -184,17 +242,30 @@ async fn serve(app: &AppState, mut session: Session, socket: &mut WebSocket) -> 
                     Err(e) => return reject_frame(e),
                 };
                 for message in messages {
-                    if let Err(close) = handle(&mut session, socket, message, &mut in_flight).await {
+                    if matches!(message, ClientMessage::Update(_) | ClientMessage::SyncStep2(_)) && !rate.take() {
+                        metrics::rejected("rate_limited");
+                        return Close::Policy(format!(
+                            "more than {} updates per second",
+                            app.limits.max_updates_per_sec
+                        ));
+                    }
+                    if let Err(close) = handle(&mut session, socket, message, writable, &mut in_flight).await {
                         return close;
                     }
                 }
             }
-            Some(accepted) = in_flight.next() => {
-                if let Err(e) = accepted {
+            Some(accepted) = in_flight.next() => match accepted {
+                Ok(_) => {}
+                Err(HubError::Blocked) => {
+                    if send(socket, sync::encode_permission_denied("document is blocked")).await.is_err() {
+                        return Close::Peer;
+                    }
+                }
+                Err(e) => {
                     tracing::warn!(doc = %session.addr(), error = %e, "update not accepted");
                     return Close::from(e);
                 }
-            }
+            },
             event = session.next_event() => {
                 let frame = match event {
                     Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
@@ -215,6 +286,37 @@ async fn serve(app: &AppState, mut session: Session, socket: &mut WebSocket) -> 
             }
             _ = shutdown.changed() => return Close::GoingAway,
         }
+    }
+}
+
+/// A token bucket: `per_sec` updates per second, bursts of twice that.
+struct UpdateRate {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl UpdateRate {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec);
+        Self {
+            per_sec,
+            tokens: 2.0 * per_sec,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one update's worth; false when the bucket is empty.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(2.0 * self.per_sec);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 
@@ -239,6 +341,7 @@ async fn handle(
     session: &mut Session,
     socket: &mut WebSocket,
     message: ClientMessage,
+    writable: bool,
     in_flight: &mut InFlight,
 ) -> Result<(), Close> {
     match message {
@@ -250,6 +353,13 @@ async fn handle(
                 metrics::rejected("bad_update");
                 Close::Invalid(e.to_string())
             })?;
+            if !writable {
+                if checked.is_empty() {
+                    return Ok(());
+                }
+                metrics::rejected("read_only");
+                return send(socket, sync::encode_permission_denied("read-only")).await;
+            }
             in_flight.push_back(Box::pin(session.submit_update(checked, TRANSPORT)));
             Ok(())
         }

@@ -1,0 +1,182 @@
+//! Documents as JSON, both ways: the REST API's export (`GET .../json`) and
+//! its one-time import (`POST .../import`), the migration path for apps that
+//! kept JSON in a database.
+
+use serde_json::{Map, Value};
+use yrs::any::Number;
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::{
+    Any, ArrayRef, Doc, In, MapRef, Out, ReadTxn, StateVector, TextRef, Transact, XmlFragmentRef,
+    XmlTextRef,
+};
+use yrs::{ArrayPrelim, MapPrelim, WriteTxn};
+use yrs::{GetString as _, Map as _};
+
+/// The root types of `doc` as one JSON object (`{rootName: value}`): maps as
+/// objects, arrays as arrays, text and XML as strings.
+///
+/// A server replica never declared its roots' types (it only applied
+/// updates), so each root's type is inferred from its content the way yrs
+/// does it.
+pub fn doc_to_json(doc: &Doc) -> Value {
+    let txn = doc.transact();
+    let mut roots = Map::new();
+    for (name, out) in txn.root_refs() {
+        let any = match out {
+            Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim_kind(&txn) {
+                RootKind::Map => MapRef::from(branch).to_json(&txn),
+                RootKind::Array => ArrayRef::from(branch).to_json(&txn),
+                RootKind::Text => Any::from(TextRef::from(branch).get_string(&txn)),
+                RootKind::XmlText => Any::from(XmlTextRef::from(branch).get_string(&txn)),
+                RootKind::Xml => Any::from(XmlFragmentRef::from(branch).get_string(&txn)),
+            },
+            typed => typed.to_json(&txn),
+        };
+        roots.insert(name.to_owned(), any_to_json(&any));
+    }
+    Value::Object(roots)
+}
+
+enum RootKind {
+    Map,
+    Array,
+    Text,
+    XmlText,
+    Xml,
+}
+
+trait InferKind {
+    fn as_prelim_kind<T: ReadTxn>(&self, txn: &T) -> RootKind;
+}
+
+impl InferKind for Out {
+    fn as_prelim_kind<T: ReadTxn>(&self, txn: &T) -> RootKind {
+        use yrs::types::AsPrelim;
+        match self.as_prelim(txn) {
+            In::Array(_) => RootKind::Array,
+            In::Text(_) => RootKind::Text,
+            In::XmlText(_) => RootKind::XmlText,
+            In::XmlElement(_) | In::XmlFragment(_) => RootKind::Xml,
+            _ => RootKind::Map,
+        }
+    }
+}
+
+fn any_to_json(any: &Any) -> Value {
+    match any {
+        Any::Null | Any::Undefined => Value::Null,
+        Any::Bool(b) => Value::Bool(*b),
+        Any::Number(Number::Int(n)) => Value::from(*n),
+        Any::Number(Number::Float(n)) => serde_json::Number::from_f64(*n)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        Any::String(s) => Value::String(s.to_string()),
+        Any::Buffer(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),
+        Any::Array(items) => Value::Array(items.iter().map(any_to_json).collect()),
+        Any::Map(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), any_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Why a JSON body cannot become a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("the import body must be a JSON object (its keys become the entries of the root map)")]
+    NotAnObject,
+}
+
+/// A new document (as one v1 update) whose root map `root` holds `value`'s
+/// entries: objects become Y.Map, arrays Y.Array, scalars plain values.
+pub fn json_to_update(root: &str, value: Value) -> Result<Vec<u8>, ImportError> {
+    let Value::Object(entries) = value else {
+        return Err(ImportError::NotAnObject);
+    };
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        let map = txn.get_or_insert_map(root);
+        for (key, value) in entries {
+            map.insert(&mut txn, key, json_to_in(value));
+        }
+    }
+    Ok(doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default()))
+}
+
+fn json_to_in(value: Value) -> In {
+    match value {
+        Value::Object(entries) => In::Map(MapPrelim::from_iter(
+            entries.into_iter().map(|(k, v)| (k, json_to_in(v))),
+        )),
+        Value::Array(items) => In::Array(ArrayPrelim::from_iter(items.into_iter().map(json_to_in))),
+        Value::Null => In::Any(Any::Null),
+        Value::Bool(b) => In::Any(Any::Bool(b)),
+        Value::Number(n) => In::Any(Any::Number(match n.as_i64() {
+            Some(i) => Number::from(i),
+            None => Number::from(n.as_f64().unwrap_or(0.0)),
+        })),
+        Value::String(s) => In::Any(Any::from(s)),
+    }
+}
+
+/// Applies a v1 update to a fresh document (for tests and the CLI).
+pub fn doc_from_update(update: &[u8]) -> Result<Doc, yrs::encoding::read::Error> {
+    let doc = Doc::new();
+    let update = yrs::Update::decode_v1(update)?;
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(|e| yrs::encoding::read::Error::Custom(e.to_string()))?;
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use yrs::{Array, GetString, Text};
+
+    #[test]
+    fn imported_json_exports_back_unchanged() {
+        let input = json!({
+            "center": {"lat": 52.5, "lng": 13.4},
+            "zoom": 11,
+            "layers": [{"name": "roads", "colour": "#ff0000"}, "labels", true, null],
+            "title": "Berlin",
+        });
+        let update = json_to_update("root", input.clone()).unwrap();
+        let doc = doc_from_update(&update).unwrap();
+        assert_eq!(doc_to_json(&doc), json!({ "root": input }));
+    }
+
+    #[test]
+    fn untyped_roots_are_inferred() {
+        let source = Doc::new();
+        {
+            let text = source.get_or_insert_text("t");
+            let list = source.get_or_insert_array("a");
+            let mut txn = source.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            list.push_back(&mut txn, 1);
+            list.push_back(&mut txn, "x");
+            assert_eq!(text.get_string(&txn), "hello");
+        }
+        let update = source
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let replica = doc_from_update(&update).unwrap();
+        assert_eq!(doc_to_json(&replica), json!({"t": "hello", "a": [1, "x"]}));
+    }
+
+    #[test]
+    fn only_objects_import() {
+        assert_eq!(
+            json_to_update("root", json!([1, 2])),
+            Err(ImportError::NotAnObject)
+        );
+    }
+}

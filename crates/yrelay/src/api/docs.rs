@@ -1,0 +1,217 @@
+//! The document REST API: list, metadata, export (update or JSON), one-time
+//! JSON import, rename/block, delete. Server-side edits go through
+//! `POST /v1/docs/{space}/{doc}/updates` (the SSE transport's endpoint).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::json::json_to_update;
+
+use crate::auth::{AuthError, Permit};
+use crate::edge::{Credentials, address, bad_request, body, query_state_vector, space};
+use crate::http_error::ApiError;
+use crate::server::AppState;
+use crate::store::DocMeta;
+
+fn meta_json(meta: &DocMeta) -> serde_json::Value {
+    serde_json::json!({
+        "doc": meta.doc,
+        "title": meta.title,
+        "blocked": meta.blocked,
+        "createdAt": meta.created_at,
+        "updatedAt": meta.updated_at,
+        "size": meta.size,
+    })
+}
+
+fn not_found(addr: &DocAddress) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "DOC_NOT_FOUND",
+        format!("document {addr} does not exist"),
+    )
+}
+
+/// The caller's permit on `addr`, which must allow writing.
+fn writer(
+    app: &AppState,
+    credentials: &Credentials,
+    addr: &DocAddress,
+) -> Result<Permit, ApiError> {
+    let permit = app.auth.doc(credentials.token(), addr)?;
+    if !permit.can_write() {
+        return Err(AuthError::ReadOnly(addr.to_string()).into());
+    }
+    Ok(permit)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+}
+
+/// `GET /v1/spaces/{space}/docs[?after=ms]`
+pub async fn list(
+    State(app): State<AppState>,
+    Path(space_id): Path<String>,
+    Query(query): Query<ListQuery>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    space(&space_id)?;
+    app.auth.space(credentials.token(), &space_id)?;
+    let after =
+        match query.after.as_deref() {
+            Some(text) => Some(text.parse::<i64>().map_err(|_| {
+                bad_request("BAD_QUERY", "after must be milliseconds since the epoch")
+            })?),
+            None => None,
+        };
+    let docs = app.hub.list(&space_id, after).await?;
+    Ok(Json(docs.iter().map(meta_json).collect()))
+}
+
+/// `GET /v1/docs/{space}/{doc}`
+pub async fn meta(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = address(&space, &doc)?;
+    app.auth.doc(credentials.token(), &addr)?;
+    match app.hub.meta(&addr).await? {
+        Some(meta) => Ok(Json(meta_json(&meta))),
+        None => Err(not_found(&addr)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct UpdateQuery {
+    sv: Option<String>,
+}
+
+/// `GET /v1/docs/{space}/{doc}/update[?sv=]`: the document (or the diff
+/// against `sv`) as one v1 update.
+pub async fn export_update(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    Query(query): Query<UpdateQuery>,
+    credentials: Credentials,
+) -> Result<Response, ApiError> {
+    let addr = address(&space, &doc)?;
+    app.auth.doc(credentials.token(), &addr)?;
+    let sv = query_state_vector(query.sv.as_deref())?;
+    match app.hub.export_update(&addr, &sv).await? {
+        Some(update) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
+        }
+        None => Err(not_found(&addr)),
+    }
+}
+
+/// `GET /v1/docs/{space}/{doc}/json`
+pub async fn export_json(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = address(&space, &doc)?;
+    app.auth.doc(credentials.token(), &addr)?;
+    match app.hub.export_json(&addr).await? {
+        Some(json) => Ok(Json(json)),
+        None => Err(not_found(&addr)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ImportQuery {
+    root: Option<String>,
+}
+
+/// `POST /v1/docs/{space}/{doc}/import[?root=]`: creates the document from
+/// plain JSON, exactly once (409 when it exists).
+pub async fn import(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    Query(query): Query<ImportQuery>,
+    credentials: Credentials,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let addr = address(&space, &doc)?;
+    writer(&app, &credentials, &addr)?;
+    let payload = body(payload)?;
+    let root = query.root.as_deref().unwrap_or("root");
+    if root.is_empty() {
+        return Err(bad_request("BAD_QUERY", "root must not be empty"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|e| bad_request("BAD_JSON", format!("the body is not JSON: {e}")))?;
+    let update = json_to_update(root, value).map_err(|e| bad_request("BAD_JSON", e.to_string()))?;
+    match app.hub.import(&addr, update).await? {
+        Some(ack) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "cursor": ack.cursor.map(|c| c.to_string()),
+                "timestamp": ack.timestamp_ms,
+            })),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "DOC_EXISTS",
+            format!("document {addr} already exists; import creates new documents only"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaPatch {
+    title: Option<String>,
+    blocked: Option<bool>,
+}
+
+/// `PATCH /v1/docs/{space}/{doc}` `{"title"?, "blocked"?}`
+pub async fn patch(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = address(&space, &doc)?;
+    writer(&app, &credentials, &addr)?;
+    let payload = body(payload)?;
+    let patch: MetaPatch = serde_json::from_slice(&payload).map_err(|e| {
+        bad_request(
+            "BAD_JSON",
+            format!("expected {{\"title\"?: string, \"blocked\"?: boolean}}: {e}"),
+        )
+    })?;
+    match app
+        .hub
+        .update_meta(&addr, patch.title.as_deref(), patch.blocked)
+        .await?
+    {
+        Some(meta) => Ok(Json(meta_json(&meta))),
+        None => Err(not_found(&addr)),
+    }
+}
+
+/// `DELETE /v1/docs/{space}/{doc}`
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
+) -> Result<Response, ApiError> {
+    let addr = address(&space, &doc)?;
+    writer(&app, &credentials, &addr)?;
+    if app.hub.delete(&addr).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found(&addr))
+    }
+}

@@ -1,0 +1,140 @@
+//! What every HTTP endpoint does at the edge, in one place: parse the
+//! document address, the body, a state vector and the caller's token, and
+//! turn each failure into the documented JSON error.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::update::decode_state_vector;
+use yrs::StateVector;
+
+use crate::http_error::ApiError;
+use crate::metrics;
+
+/// base64url with or without padding (state vectors in query strings).
+const URL_SAFE_ANY: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The WebSocket subprotocol prefix that carries a token (`yauth-<jwt>`):
+/// browsers cannot set headers on a WebSocket.
+pub const TOKEN_SUBPROTOCOL: &str = "yauth-";
+
+pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    metrics::rejected("bad_request");
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// A `{space}/{doc}` from the path, or 400 `BAD_DOC_ID`.
+pub fn address(space: &str, doc: &str) -> Result<DocAddress, ApiError> {
+    DocAddress::parse(space, doc).map_err(|e| {
+        metrics::rejected("bad_doc_id");
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
+    })
+}
+
+/// A space id from the path, or 400 `BAD_DOC_ID`.
+pub fn space(space: &str) -> Result<(), ApiError> {
+    yrelay_protocol::address::check_space_id(space).map_err(|e| {
+        metrics::rejected("bad_doc_id");
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
+    })
+}
+
+/// The request body, within the size limit (413 `BODY_TOO_LARGE` past it).
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            metrics::rejected("too_big");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                rejection.body_text(),
+            )
+        } else {
+            bad_request("BAD_BODY", rejection.body_text())
+        }
+    })
+}
+
+/// An optional base64url state vector from a query string (`sv=`).
+pub fn query_state_vector(text: Option<&str>) -> Result<StateVector, ApiError> {
+    match text.filter(|s| !s.is_empty()) {
+        Some(text) => {
+            let bytes = URL_SAFE_ANY.decode(text).map_err(|e| {
+                bad_request("BAD_STATE_VECTOR", format!("sv is not base64url: {e}"))
+            })?;
+            decode_state_vector(&bytes)
+                .map_err(|_| bad_request("BAD_STATE_VECTOR", "sv is not a Yjs state vector"))
+        }
+        None => Ok(StateVector::default()),
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer`, then `?token=`,
+/// then a `yauth-<jwt>` WebSocket subprotocol (which the upgrade must echo).
+#[derive(Debug, Default, Clone)]
+pub struct Credentials {
+    pub token: Option<String>,
+    /// The subprotocol entry the token came in, if it did.
+    pub subprotocol: Option<String>,
+}
+
+impl Credentials {
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Credentials {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_owned());
+        if bearer.is_some() {
+            return Ok(Self {
+                token: bearer,
+                subprotocol: None,
+            });
+        }
+        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|Query(mut q)| q.remove("token"));
+        if query.is_some() {
+            return Ok(Self {
+                token: query,
+                subprotocol: None,
+            });
+        }
+        let subprotocol = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| p.starts_with(TOKEN_SUBPROTOCOL))
+            .map(str::to_owned);
+        Ok(Self {
+            token: subprotocol
+                .as_deref()
+                .map(|p| p[TOKEN_SUBPROTOCOL.len()..].to_owned()),
+            subprotocol,
+        })
+    }
+}

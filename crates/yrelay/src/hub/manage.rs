@@ -1,0 +1,127 @@
+//! Document management for the REST API and the CLI: metadata, listing,
+//! export, one-time import, block/rename and delete. Reads answer from the
+//! live replica (so they include what the log holds and the store does not
+//! have yet); changes to a document itself reach every instance as notices
+//! through the log.
+
+use std::sync::Arc;
+
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::json::doc_to_json;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use super::{Ack, DocHub, DocNotice, HubError};
+use crate::clock::now_ms;
+use crate::log::EntryKind;
+use crate::metrics;
+use crate::store::DocMeta;
+
+impl DocHub {
+    /// Metadata of a document the store holds.
+    pub async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, HubError> {
+        Ok(self.inner.store.meta(addr).await?)
+    }
+
+    /// Documents of a space (changed after `after` ms, when given).
+    pub async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, HubError> {
+        Ok(self.inner.store.list(space, after).await?)
+    }
+
+    /// The document as one v1 update (the diff against `sv`), or `None`
+    /// when it was never written.
+    pub async fn export_update(
+        &self,
+        addr: &DocAddress,
+        sv: &StateVector,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        let doc = self.live(addr).await?;
+        if doc.is_empty() {
+            return Ok(None);
+        }
+        let state = doc.lock();
+        Ok(Some(state.awareness.doc().transact().encode_diff_v1(sv)))
+    }
+
+    /// The document's root types as JSON, or `None` when it was never written.
+    pub async fn export_json(
+        &self,
+        addr: &DocAddress,
+    ) -> Result<Option<serde_json::Value>, HubError> {
+        let doc = self.live(addr).await?;
+        if doc.is_empty() {
+            return Ok(None);
+        }
+        let state = doc.lock();
+        Ok(Some(doc_to_json(state.awareness.doc())))
+    }
+
+    /// Creates a document from `update` (built from imported JSON), exactly
+    /// once: `None` when the document already exists, here or in the store.
+    pub async fn import(
+        &self,
+        addr: &DocAddress,
+        update: Vec<u8>,
+    ) -> Result<Option<Ack>, HubError> {
+        let doc = self.live(addr).await?;
+        if !doc.is_empty() {
+            return Ok(None);
+        }
+        if !self.inner.store.create(addr, &update, now_ms()).await? {
+            return Ok(None);
+        }
+        let bytes = update.len();
+        // Readable here at once (a CRDT merge: the log's copy of it, applied
+        // by the tail task later, changes nothing).
+        doc.apply_accepted(&update);
+        // The store has it; the log carries it to every live replica.
+        let entry = self
+            .inner
+            .log
+            .append_update(addr, Arc::from(update), None)
+            .await?;
+        metrics::update_accepted("rest", bytes, 0.0);
+        tracing::info!(doc = %addr, bytes, "document imported");
+        Ok(Some(Ack {
+            cursor: entry.cursor,
+            timestamp_ms: entry.timestamp_ms,
+        }))
+    }
+
+    /// Renames and/or blocks a document; `None` when the store does not
+    /// hold it.
+    pub async fn update_meta(
+        &self,
+        addr: &DocAddress,
+        title: Option<&str>,
+        blocked: Option<bool>,
+    ) -> Result<Option<DocMeta>, HubError> {
+        let meta = self.inner.store.update_meta(addr, title, blocked).await?;
+        if let (Some(_), Some(blocked)) = (&meta, blocked) {
+            self.notify(addr, DocNotice::Blocked(blocked)).await?;
+            tracing::info!(doc = %addr, blocked, "document blocked flag changed");
+        }
+        Ok(meta)
+    }
+
+    /// Deletes a document: its store rows and its log; connected clients are
+    /// disconnected on every instance. `false` when it did not exist.
+    pub async fn delete(&self, addr: &DocAddress) -> Result<bool, HubError> {
+        let held = !self.live(addr).await?.is_empty();
+        let stored = self.inner.store.delete(addr).await?;
+        self.inner.log.delete(addr).await?;
+        self.notify(addr, DocNotice::Deleted).await?;
+        if held || stored {
+            tracing::info!(doc = %addr, "document deleted");
+        }
+        Ok(held || stored)
+    }
+
+    async fn notify(&self, addr: &DocAddress, notice: DocNotice) -> Result<(), HubError> {
+        let payload = serde_json::to_vec(&notice).unwrap_or_default();
+        self.inner
+            .log
+            .publish(addr, EntryKind::Notice, payload.into(), None)
+            .await?;
+        Ok(())
+    }
+}

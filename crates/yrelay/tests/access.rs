@@ -1,0 +1,314 @@
+//! Access control on every transport (WebSocket, SSE + POST, REST), and the
+//! limits against abuse: connection count and per-connection update rate.
+
+mod common;
+
+use common::sse::EventStream;
+use common::{TestServer, WAIT, http_call};
+use yrelay::auth::{Grant, Mode, SigningKey, mint};
+use yrelay_client::WsClient;
+use yrs::{Doc, ReadTxn, Text, Transact};
+
+const SECRET: &str = "test-secret";
+
+fn token(sub: &str, grants: &[(&str, &str, Mode)]) -> String {
+    let access = grants
+        .iter()
+        .map(|(space, doc, mode)| Grant {
+            space: space.to_string(),
+            doc: doc.to_string(),
+            mode: *mode,
+        })
+        .collect();
+    mint(&SigningKey::Secret(SECRET.into()), sub, access, 600).unwrap()
+}
+
+fn expired(sub: &str) -> String {
+    mint(&SigningKey::Secret(SECRET.into()), sub, vec![], -600).unwrap()
+}
+
+/// Connects and returns the close code the server ends the connection with.
+async fn refused_with(url: &str) -> (Option<u16>, String) {
+    let client = WsClient::connect(url, Doc::new()).await.unwrap();
+    let info = client.closed(WAIT).await.unwrap();
+    (info.code, info.reason)
+}
+
+fn hello(client: &WsClient, s: &str) {
+    let text = client.doc().get_or_insert_text("text");
+    client.edit(|txn| text.push(txn, s));
+}
+
+#[tokio::test]
+async fn websocket_tokens_decide_who_reads_and_who_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", SECRET]).await;
+    let url = |doc: &str, token: &str| format!("{}?token={token}", server.ws_url(doc));
+
+    // No token, a forged one, an expired one, a token for another space.
+    for (doc, token, why) in [
+        ("team/plan", String::new(), "required"),
+        (
+            "team/plan",
+            mint(&SigningKey::Secret("wrong".into()), "ann", vec![], 60).unwrap(),
+            "not valid",
+        ),
+        ("team/plan", expired("ann"), "expired"),
+        (
+            "team/plan",
+            token("ann", &[("other", "*", Mode::Rw)]),
+            "no access",
+        ),
+        ("@bob/notes", token("ann", &[]), "no access"),
+    ] {
+        let (code, reason) = refused_with(&url(doc, &token)).await;
+        assert_eq!(code, Some(1008), "{doc} {why}: {reason}");
+        assert!(reason.contains(why), "{reason:?} should say {why:?}");
+    }
+
+    // A writer, the owner of a userspace, and a reader.
+    let writer = WsClient::connect(
+        &url("team/plan", &token("ann", &[("team", "*", Mode::Rw)])),
+        Doc::new(),
+    )
+    .await
+    .unwrap();
+    writer.wait_synced(WAIT).await.unwrap();
+    hello(&writer, "from the writer");
+    let own = WsClient::connect(&url("@ann/notes", &token("ann", &[])), Doc::new())
+        .await
+        .unwrap();
+    own.wait_synced(WAIT).await.unwrap();
+
+    let reader = WsClient::connect(
+        &url("team/plan", &token("bob", &[("team", "plan", Mode::Ro)])),
+        Doc::new(),
+    )
+    .await
+    .unwrap();
+    reader
+        .wait_for("the writer's text", WAIT, |c| {
+            common::text(c) == "from the writer"
+        })
+        .await
+        .unwrap();
+    reader.set_awareness(&serde_json::json!({"user": "bob"}));
+    writer
+        .wait_for("the reader's presence", WAIT, |c| {
+            c.peers().iter().any(|(_, s)| s.contains("bob"))
+        })
+        .await
+        .unwrap();
+    hello(&reader, " and the reader");
+    reader
+        .wait_for("permission denied", WAIT, |c| {
+            c.permission_denied().is_some()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reader.permission_denied().as_deref(), Some("read-only"));
+    // The reader's edit reached nobody: a fresh writer sees only the writer's text.
+    hello(&writer, "!");
+    let late = WsClient::connect(
+        &url("team/plan", &token("cy", &[("*", "*", Mode::Ro)])),
+        Doc::new(),
+    )
+    .await
+    .unwrap();
+    late.wait_for("the writer's text", WAIT, |c| {
+        common::text(c) == "from the writer!"
+    })
+    .await
+    .unwrap();
+    assert!(
+        !reader.is_closed(),
+        "a refused update does not end the connection"
+    );
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"read_only\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn sse_and_rest_answer_401_and_403_with_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", SECRET]).await;
+    let rw = format!("Bearer {}", token("ann", &[("team", "*", Mode::Rw)]));
+    let ro = format!("Bearer {}", token("bob", &[("team", "*", Mode::Ro)]));
+    let update = {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("text");
+        text.push(&mut doc.transact_mut(), "hi");
+        doc.transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+    };
+    let call = |method: &'static str, path: &'static str, auth: Option<String>, body: Vec<u8>| {
+        let addr = server.addr;
+        async move {
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("Authorization", a.as_str())],
+                None => vec![],
+            };
+            let (status, body) = http_call(addr, method, path, &headers, &body).await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            (
+                status,
+                json["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let u = "/v1/docs/team/plan/updates";
+    assert_eq!(
+        call("POST", u, None, update.clone()).await,
+        (401, "AUTHENTICATION_REQUIRED".into())
+    );
+    assert_eq!(
+        call("POST", u, Some("Bearer nonsense".into()), update.clone()).await,
+        (401, "INVALID_TOKEN".into())
+    );
+    assert_eq!(
+        call("POST", u, Some(ro.clone()), update.clone()).await,
+        (403, "READ_ONLY".into())
+    );
+    assert_eq!(
+        call("POST", u, Some(rw.clone()), update.clone()).await.0,
+        200
+    );
+    assert_eq!(
+        call("GET", "/v1/docs/team/plan/json", Some(ro.clone()), vec![])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call("GET", "/v1/spaces/team/docs", Some(ro.clone()), vec![])
+            .await
+            .0,
+        200
+    );
+    let other = format!("Bearer {}", token("dan", &[("team", "notes", Mode::Rw)]));
+    assert_eq!(
+        call("GET", "/v1/spaces/team/docs", Some(other.clone()), vec![]).await,
+        (403, "ACCESS_DENIED".into())
+    );
+    assert_eq!(
+        call("GET", "/v1/docs/team/plan", Some(other), vec![]).await,
+        (403, "ACCESS_DENIED".into())
+    );
+    assert_eq!(
+        call("DELETE", "/v1/docs/team/plan", Some(ro.clone()), vec![]).await,
+        (403, "READ_ONLY".into())
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/docs/team/plan/awareness",
+            Some(ro.clone()),
+            vec![0]
+        )
+        .await
+        .0,
+        204,
+        "awareness is allowed read-only"
+    );
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/docs/team/plan/events",
+            Some(format!("Bearer {}", expired("ann"))),
+            vec![]
+        )
+        .await,
+        (401, "TOKEN_EXPIRED".into())
+    );
+    // EventSource cannot set headers: ?token= works for the stream.
+    let ro_token = token("bob", &[("team", "*", Mode::Ro)]);
+    let mut events = EventStream::open(
+        server.addr,
+        &format!("/v1/docs/team/plan/events?token={ro_token}"),
+        None,
+    )
+    .await;
+    let sync = events.next().await;
+    assert_eq!(sync.event, "sync");
+}
+
+#[tokio::test]
+async fn a_token_mints_from_the_cli_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_yrelay"))
+        .args([
+            "token",
+            "--sub",
+            "ann",
+            "--space",
+            "team",
+            "--read-only",
+            "--ttl",
+            "5m",
+        ])
+        .env("YRELAY_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", SECRET]).await;
+    let client = WsClient::connect(
+        &format!("{}?token={minted}", server.ws_url("team/x")),
+        Doc::new(),
+    )
+    .await
+    .unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    hello(&client, "x");
+    client
+        .wait_for("permission denied", WAIT, |c| {
+            c.permission_denied().is_some()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connection_and_rate_limits_give_their_documented_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &["--max-connections", "2", "--max-updates-per-sec", "5"],
+    )
+    .await;
+    let a = common::connect(&server, "s/limits").await;
+    let _b = common::connect(&server, "s/limits").await;
+    let third = WsClient::connect(&server.ws_url("s/limits"), Doc::new()).await;
+    let err = third
+        .err()
+        .expect("a third connection is refused")
+        .to_string();
+    assert!(err.contains("503"), "{err}");
+    let (status, body) = server.get("/v1/docs/s/limits/events").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("TOO_MANY_CONNECTIONS"), "{body}");
+
+    // 5 updates/s with bursts of 10: 30 at once is over the limit.
+    let text = a.doc().get_or_insert_text("text");
+    for i in 0..30 {
+        a.edit(|txn| text.push(txn, &i.to_string()));
+    }
+    let info = a.closed(WAIT).await.unwrap();
+    assert_eq!(info.code, Some(1008), "{info:?}");
+    assert!(info.reason.contains("updates per second"), "{info:?}");
+    // The slot is free again once the connection is gone.
+    server
+        .wait_for_metric("yrelay_connections{transport=\"websocket\"}", |n| n == 1.0)
+        .await;
+    common::connect(&server, "s/limits").await;
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"rate_limited\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -1,0 +1,264 @@
+//! The document REST API: import → export round trip, listing, metadata,
+//! block/unblock, delete (connected clients are told), and its errors.
+
+mod common;
+
+use common::sse::{EventStream, post};
+use common::{TestServer, WAIT, http_call};
+use serde_json::{Value, json};
+use yrelay_protocol::json::{doc_from_update, doc_to_json};
+use yrs::{Doc, Map, ReadTxn, StateVector, Transact};
+
+async fn call(server: &TestServer, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, text) = http_call(server.addr, method, path, &[], body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn json_import_exports_back_and_clients_see_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let settings = json!({
+        "center": {"lat": 52.52, "lng": 13.40},
+        "zoom": 11,
+        "layers": [{"name": "roads", "colour": "#d33"}, {"name": "parks", "colour": "#3a3"}],
+    });
+    let body = serde_json::to_vec(&settings).unwrap();
+    let (status, ack) = call(&server, "POST", "/v1/docs/acme/map/import", &body).await;
+    assert_eq!(status, 201, "{ack}");
+    assert!(ack["timestamp"].as_i64().unwrap() > 0);
+
+    // Exactly once.
+    let (status, err) = call(&server, "POST", "/v1/docs/acme/map/import", &body).await;
+    assert_eq!((status, error_code(&err)), (409, "DOC_EXISTS"));
+
+    let (status, exported) = call(&server, "GET", "/v1/docs/acme/map/json", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(exported, json!({ "root": settings }));
+
+    // A y-websocket client sees the imported document as Y types.
+    let client = common::connect(&server, "acme/map").await;
+    let root = client.doc().get_or_insert_map("root");
+    let center = root.get(&client.doc().transact(), "center");
+    assert!(
+        matches!(center, Some(yrs::Out::YMap(_))),
+        "objects import as Y.Map: {center:?}"
+    );
+    assert_eq!(
+        doc_to_json(client.doc()),
+        json!({ "root": settings }),
+        "the client's copy is the imported JSON"
+    );
+
+    // The whole document as one update, and the diff against a state vector.
+    let whole = raw_get(&server, "/v1/docs/acme/map/update").await;
+    assert_eq!(
+        doc_to_json(&doc_from_update(&whole).unwrap()),
+        json!({ "root": settings })
+    );
+    let sv = client.doc().transact().state_vector();
+    let sv_b64 = base64_url(&yrs::updates::encoder::Encode::encode_v1(&sv));
+    let diff = raw_get(&server, &format!("/v1/docs/acme/map/update?sv={sv_b64}")).await;
+    assert_eq!(diff, yrs::Update::EMPTY_V1, "the client misses nothing");
+
+    // An import under another root map.
+    let (status, _) = call(
+        &server,
+        "POST",
+        "/v1/docs/acme/prefs/import?root=settings",
+        br#"{"theme": "dark"}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, exported) = call(&server, "GET", "/v1/docs/acme/prefs/json", &[]).await;
+    assert_eq!(exported, json!({"settings": {"theme": "dark"}}));
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn list_meta_block_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    for doc in ["a", "b"] {
+        let (status, _) = call(
+            &server,
+            "POST",
+            &format!("/v1/docs/team/{doc}/import"),
+            br#"{"n": 1}"#,
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (status, list) = call(&server, "GET", "/v1/spaces/team/docs", &[]).await;
+    assert_eq!(status, 200);
+    let docs: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["doc"].as_str().unwrap())
+        .collect();
+    assert_eq!(docs, ["a", "b"]);
+    let newest = list[1]["updatedAt"].as_i64().unwrap();
+    let (_, later) = call(
+        &server,
+        "GET",
+        &format!("/v1/spaces/team/docs?after={newest}"),
+        &[],
+    )
+    .await;
+    assert_eq!(later, json!([]));
+
+    // Rename and block.
+    let (status, meta) = call(
+        &server,
+        "PATCH",
+        "/v1/docs/team/a",
+        br#"{"title": "Plan A", "blocked": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["title"], "Plan A");
+    assert_eq!(meta["blocked"], true);
+    let (_, meta) = call(&server, "GET", "/v1/docs/team/a", &[]).await;
+    assert_eq!(meta["title"], "Plan A");
+
+    // A blocked document refuses writes on every transport.
+    let client = common::connect(&server, "team/a").await;
+    let map = client.doc().get_or_insert_map("root");
+    client.edit(|txn| {
+        map.insert(txn, "n", 2);
+    });
+    client
+        .wait_for("permission denied", WAIT, |c| {
+            c.permission_denied().is_some()
+        })
+        .await
+        .unwrap();
+    let update = client
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let (status, err) = post(server.addr, "/v1/docs/team/a/updates", &update).await;
+    assert_eq!((status, error_code(&err)), (403, "DOC_UPDATE_BLOCKED"));
+    let (_, exported) = call(&server, "GET", "/v1/docs/team/a/json", &[]).await;
+    assert_eq!(exported, json!({"root": {"n": 1}}));
+
+    // Unblocked, the same update goes through.
+    let (status, _) = call(
+        &server,
+        "PATCH",
+        "/v1/docs/team/a",
+        br#"{"blocked": false}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut events = EventStream::open(server.addr, "/v1/docs/team/a/events", None).await;
+    assert_eq!(events.next().await.event, "sync");
+    let (status, _) = post(server.addr, "/v1/docs/team/a/updates", &update).await;
+    assert_eq!(status, 200);
+    // The replica applies accepted updates from the log, then relays them.
+    assert_eq!(events.next().await.event, "update");
+    let (_, exported) = call(&server, "GET", "/v1/docs/team/a/json", &[]).await;
+    assert_eq!(exported, json!({"root": {"n": 2}}));
+
+    // Delete: the connected client is told (4410), the document is gone.
+    let (status, _) = call(&server, "DELETE", "/v1/docs/team/a", &[]).await;
+    assert_eq!(status, 204);
+    let info = client.closed(WAIT).await.unwrap();
+    assert_eq!(info.code, Some(4410), "{info:?}");
+    for path in [
+        "/v1/docs/team/a",
+        "/v1/docs/team/a/json",
+        "/v1/docs/team/a/update",
+    ] {
+        let (status, err) = call(&server, "GET", path, &[]).await;
+        assert_eq!((status, error_code(&err)), (404, "DOC_NOT_FOUND"), "{path}");
+    }
+    let (status, _) = call(&server, "DELETE", "/v1/docs/team/a", &[]).await;
+    assert_eq!(status, 404);
+    let (_, list) = call(&server, "GET", "/v1/spaces/team/docs", &[]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // A deleted document can be imported again.
+    let (status, _) = call(&server, "POST", "/v1/docs/team/a/import", br#"{"n": 9}"#).await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--max-message-size", "1024"]).await;
+    for (method, path, body, status, code) in [
+        (
+            "POST",
+            "/v1/docs/s/d/import",
+            &b"{not json"[..],
+            400,
+            "BAD_JSON",
+        ),
+        ("POST", "/v1/docs/s/d/import", b"[1, 2]", 400, "BAD_JSON"),
+        ("POST", "/v1/docs/s/d/import?root=", b"{}", 400, "BAD_QUERY"),
+        ("POST", "/v1/docs/s/d%20x/import", b"{}", 400, "BAD_DOC_ID"),
+        ("PATCH", "/v1/docs/s/d", b"{\"colour\": 1}", 400, "BAD_JSON"),
+        (
+            "PATCH",
+            "/v1/docs/s/never",
+            b"{\"title\": \"x\"}",
+            404,
+            "DOC_NOT_FOUND",
+        ),
+        (
+            "GET",
+            "/v1/docs/s/d/update?sv=%%%",
+            b"",
+            400,
+            "BAD_STATE_VECTOR",
+        ),
+        (
+            "GET",
+            "/v1/spaces/s/docs?after=yesterday",
+            b"",
+            400,
+            "BAD_QUERY",
+        ),
+        ("GET", "/v1/spaces/s%2Fx/docs", b"", 400, "BAD_DOC_ID"),
+        ("GET", "/v1/docs/s/never", b"", 404, "DOC_NOT_FOUND"),
+    ] {
+        let (got, body) = call(&server, method, path, body).await;
+        assert_eq!((got, error_code(&body)), (status, code), "{method} {path}");
+    }
+    let big = format!("{{\"x\": \"{}\"}}", "a".repeat(4096));
+    let (status, body) = call(&server, "POST", "/v1/docs/s/d/import", big.as_bytes()).await;
+    assert_eq!((status, error_code(&body)), (413, "BODY_TOO_LARGE"));
+    let (_, list) = call(&server, "GET", "/v1/spaces/s/docs", &[]).await;
+    assert_eq!(list, json!([]), "nothing was stored");
+    // The update export of the imported JSON is a valid document.
+    let (status, _) = call(&server, "POST", "/v1/docs/s/ok/import", br#"{"a": [1]}"#).await;
+    assert_eq!(status, 201);
+    let raw = raw_get(&server, "/v1/docs/s/ok/update").await;
+    let doc: Doc = doc_from_update(&raw).unwrap();
+    assert_eq!(doc_to_json(&doc), json!({"root": {"a": [1]}}));
+}
+
+/// GET returning the raw body bytes.
+async fn raw_get(server: &TestServer, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+    response[split + 4..].to_vec()
+}
