@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -65,6 +65,13 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             bad_request("BAD_BODY", rejection.body_text())
         }
     })
+}
+
+/// The query string, or 400 `BAD_QUERY` (as JSON, like every error).
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| bad_request("BAD_QUERY", rejection.body_text()))
 }
 
 /// An optional base64url state vector from a query string (`sv=`).

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::json_to_update;
 
 use crate::auth::{AuthError, Permit};
-use crate::edge::{Credentials, address, bad_request, body, query_state_vector, space};
+use crate::edge::{Credentials, address, bad_request, body, query, query_state_vector, space};
 use crate::http_error::ApiError;
 use crate::server::AppState;
 use crate::store::DocMeta;
@@ -59,13 +59,13 @@ pub struct ListQuery {
 pub async fn list(
     State(app): State<AppState>,
     Path(space_id): Path<String>,
-    Query(query): Query<ListQuery>,
+    query_string: Result<Query<ListQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     space(&space_id)?;
     app.auth.space(credentials.token(), &space_id)?;
     let after =
-        match query.after.as_deref() {
+        match query(query_string)?.after.as_deref() {
             Some(text) => Some(text.parse::<i64>().map_err(|_| {
                 bad_request("BAD_QUERY", "after must be milliseconds since the epoch")
             })?),
@@ -99,12 +99,12 @@ pub struct UpdateQuery {
 pub async fn export_update(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    Query(query): Query<UpdateQuery>,
+    query_string: Result<Query<UpdateQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    let sv = query_state_vector(query.sv.as_deref())?;
+    let sv = query_state_vector(query(query_string)?.sv.as_deref())?;
     match app.hub.export_update(&addr, &sv).await? {
         Some(update) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
@@ -137,20 +137,21 @@ pub struct ImportQuery {
 pub async fn import(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    Query(query): Query<ImportQuery>,
+    query_string: Result<Query<ImportQuery>, QueryRejection>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     writer(&app, &credentials, &addr)?;
     let payload = body(payload)?;
-    let root = query.root.as_deref().unwrap_or("root");
+    let root = query(query_string)?.root.unwrap_or_else(|| "root".into());
     if root.is_empty() {
         return Err(bad_request("BAD_QUERY", "root must not be empty"));
     }
     let value: serde_json::Value = serde_json::from_slice(&payload)
         .map_err(|e| bad_request("BAD_JSON", format!("the body is not JSON: {e}")))?;
-    let update = json_to_update(root, value).map_err(|e| bad_request("BAD_JSON", e.to_string()))?;
+    let update =
+        json_to_update(&root, value).map_err(|e| bad_request("BAD_JSON", e.to_string()))?;
     match app.hub.import(&addr, update).await? {
         Some(ack) => Ok((
             StatusCode::CREATED,
@@ -185,12 +186,18 @@ pub async fn patch(
     let addr = address(&space, &doc)?;
     writer(&app, &credentials, &addr)?;
     let payload = body(payload)?;
-    let patch: MetaPatch = serde_json::from_slice(&payload).map_err(|e| {
-        bad_request(
-            "BAD_JSON",
-            format!("expected {{\"title\"?: string, \"blocked\"?: boolean}}: {e}"),
-        )
-    })?;
+    // An object only (serde would also take a struct from an array).
+    let patch = serde_json::from_slice::<serde_json::Value>(&payload)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .map(serde_json::from_value::<MetaPatch>)
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            bad_request(
+                "BAD_JSON",
+                "expected a JSON object {\"title\"?: string, \"blocked\"?: boolean}",
+            )
+        })?;
     match app
         .hub
         .update_meta(&addr, patch.title.as_deref(), patch.blocked)

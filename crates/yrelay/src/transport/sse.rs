@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -29,7 +29,7 @@ use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
 use crate::auth::AuthError;
-use crate::edge::{Credentials, address, bad_request, body, query_state_vector};
+use crate::edge::{Credentials, address, bad_request, body, query, query_state_vector};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::log::LogCursor;
@@ -52,13 +52,13 @@ pub struct EventsQuery {
 pub async fn events(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    Query(query): Query<EventsQuery>,
+    query_string: Result<Query<EventsQuery>, QueryRejection>,
     credentials: Credentials,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    let sv = query_state_vector(query.sv.as_deref())?;
+    let sv = query_state_vector(query(query_string)?.sv.as_deref())?;
     let slot = app.limits.connection_slot()?;
     let resume_after = headers
         .get("last-event-id")
@@ -204,8 +204,10 @@ pub async fn post_sync(
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
     let payload = body(payload)?;
-    let sv = decode_state_vector(&payload)
-        .map_err(|_| bad_request("BAD_STATE_VECTOR", "body is not a Yjs state vector"))?;
+    let sv = Some(&payload[..])
+        .filter(|p| !p.is_empty())
+        .and_then(|p| decode_state_vector(p).ok())
+        .ok_or_else(|| bad_request("BAD_STATE_VECTOR", "body is not a Yjs state vector"))?;
     let session = app.hub.join(&addr).await?;
     Ok(Json(sync_json(&session.diff(&sv), &session.state_vector())))
 }
