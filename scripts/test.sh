@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "system packages: redis-server and PostgreSQL (the tests start private processes), chromium (browser test), python3-venv (schemathesis)"
+step "system packages: redis-server and PostgreSQL (the tests start private processes), chromium (browser test), python3-venv (schemathesis), openssl (TLS test certificate)"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -16,13 +16,14 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
 fi
 [ -x /usr/bin/chromium ] || [ -n "${CHROMIUM:-}" ] || missing+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "redis-server, PostgreSQL, chromium and python3-venv are installed"
+  echo "redis-server, PostgreSQL, chromium, python3-venv and openssl are installed"
 fi
 
 step "npm packages (tests/interop, clients/js)"
@@ -77,7 +78,7 @@ step "OpenAPI contract: schemathesis against the same server"
   --max-examples 30 --seed 1 --no-color
 kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
 
-step "Node interop tests (yjs, y-websocket)"
+step "Node interop tests (yjs, y-websocket; TLS and tokens)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
 
 step "TypeScript SseProvider (tsc build; tests against the binary, two chromium pages on the demo)"

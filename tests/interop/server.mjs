@@ -45,13 +45,14 @@ export class YrelayProcess {
       let buffered = ''
       const onData = (chunk) => {
         buffered += chunk.toString()
-        const m = buffered.match(/listening on http:\/\/(\S+)/)
+        const m = buffered.match(/listening on (https?):\/\/(\S+)/)
         if (m) {
           proc.stderr.off('data', onData)
           proc.stderr.resume()
-          this.listen = m[1]
-          this.httpUrl = `http://${m[1]}`
-          this.wsUrl = `ws://${m[1]}/v1/ws`
+          const [, scheme, addr] = m
+          this.listen = addr
+          this.httpUrl = `${scheme}://${addr}`
+          this.wsUrl = `${scheme === 'https' ? 'wss' : 'ws'}://${addr}/v1/ws`
           resolve(this)
         }
       }
