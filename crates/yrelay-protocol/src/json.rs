@@ -92,15 +92,27 @@ pub enum ImportError {
 /// A new document (as one v1 update) whose root map `root` holds `value`'s
 /// entries: objects become Y.Map, arrays Y.Array, scalars plain values.
 pub fn json_to_update(root: &str, value: Value) -> Result<Vec<u8>, ImportError> {
+    json_to_update_with_progress(root, value, |_, _| {})
+}
+
+/// [`json_to_update`], calling `progress(done, total)` after each top-level
+/// entry (large imports report progress).
+pub fn json_to_update_with_progress(
+    root: &str,
+    value: Value,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<u8>, ImportError> {
     let Value::Object(entries) = value else {
         return Err(ImportError::NotAnObject);
     };
+    let total = entries.len();
     let doc = Doc::new();
     {
         let mut txn = doc.transact_mut();
         let map = txn.get_or_insert_map(root);
-        for (key, value) in entries {
+        for (done, (key, value)) in entries.into_iter().enumerate() {
             map.insert(&mut txn, key, json_to_in(value));
+            progress(done + 1, total);
         }
     }
     Ok(doc

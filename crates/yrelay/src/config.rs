@@ -37,6 +37,59 @@ pub enum Command {
     Migrate(StoreArgs),
     /// Mint a token for development (signed with --jwt-secret or --jwt-private-key).
     Token(TokenArgs),
+    /// Manage documents in a store (the REST API's operations, without a server).
+    Doc(DocArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DocArgs {
+    /// Store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "YRELAY_STORE", global = true)]
+    pub store: Option<String>,
+    /// The shared log (redis://...) when instances use one, so that changes reach them.
+    #[arg(long, env = "YRELAY_LOG", global = true)]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub action: DocAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocAction {
+    /// List the documents of a space (JSON lines).
+    List {
+        space: String,
+        /// Only documents changed after this time (ms since the epoch).
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// Write a document to stdout: its root types as JSON, or as one Yjs v1 update.
+    Export {
+        /// {space}/{doc}
+        doc: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: ExportFormat,
+    },
+    /// Create a document from a JSON file (objects → Y.Map, arrays → Y.Array), once.
+    Import {
+        /// {space}/{doc}
+        doc: String,
+        /// The JSON file ("-" for stdin).
+        file: PathBuf,
+        /// The root map the JSON's entries go into.
+        #[arg(long, default_value = "root")]
+        root: String,
+    },
+    /// Delete a document and its history.
+    Delete {
+        /// {space}/{doc}
+        doc: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Update,
 }
 
 #[derive(Debug, Args)]

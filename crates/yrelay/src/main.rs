@@ -55,6 +55,7 @@ async fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Doc(args) => yrelay::cli::run(args).await,
         Command::Migrate(args) => {
             async {
                 let url = args.store.unwrap_or_else(|| DEFAULT_STORE.into());

@@ -262,3 +262,57 @@ async fn raw_get(server: &TestServer, path: &str) -> Vec<u8> {
     assert!(response.starts_with(b"HTTP/1.1 200"));
     response[split + 4..].to_vec()
 }
+
+/// Runs `yrelay doc ...` against a store; returns (success, stdout, stderr).
+fn doc_cli(store: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_yrelay"))
+        .arg("doc")
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_imports_exports_lists_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("yrelay.db").display());
+    let file = dir.path().join("legacy.json");
+    let entries: serde_json::Map<String, Value> = (0..50)
+        .map(|i| (format!("k{i}"), json!({"i": i})))
+        .collect();
+    std::fs::write(&file, serde_json::to_vec(&entries).unwrap()).unwrap();
+
+    let (ok, _, progress) = doc_cli(&store, &["import", "app/legacy", file.to_str().unwrap()]);
+    assert!(ok, "{progress}");
+    assert!(progress.contains("50/50 entries (100%)"), "{progress}");
+    let (ok, _, err) = doc_cli(&store, &["import", "app/legacy", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, out, _) = doc_cli(&store, &["export", "app/legacy"]);
+    assert!(ok);
+    let exported: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(exported, json!({ "root": entries }));
+    let (ok, out, _) = doc_cli(&store, &["list", "app"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("\"doc\":\"legacy\""), "{out}");
+
+    // A server on the same store serves what the CLI imported.
+    let mut server = TestServer::start(dir.path(), &[]).await;
+    let (status, json) = call(&server, "GET", "/v1/docs/app/legacy/json", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(json, exported);
+    server.stop().await;
+
+    let (ok, _, err) = doc_cli(&store, &["delete", "app/legacy"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = doc_cli(&store, &["list", "app"]);
+    assert!(ok && out.is_empty(), "{out}");
+    let (ok, _, err) = doc_cli(&store, &["export", "app/bad id"]);
+    assert!(!ok && err.contains("app/bad id"), "{err}");
+}

@@ -1,0 +1,103 @@
+//! `yrelay doc ...`: the REST API's document operations against a store
+//! (and the shared log, when instances use one), without a server. They go
+//! through a [`DocHub`] like the REST API does, so running instances see a
+//! deleted or imported document the same way.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::json::json_to_update_with_progress;
+use yrs::StateVector;
+
+use crate::config::{DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
+use crate::hub::{DocHub, Durability, HubConfig};
+use crate::{log, store};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn address(path: &str) -> Result<DocAddress, Box<dyn std::error::Error>> {
+    DocAddress::parse_path(path).map_err(|e| format!("{path:?}: {e}").into())
+}
+
+pub async fn run(args: DocArgs) -> CliResult {
+    let store = store::open(args.store.as_deref().unwrap_or(DEFAULT_STORE)).await?;
+    let log = log::open(args.log.as_deref().unwrap_or("local"), 1).await?;
+    let hub = DocHub::new(
+        store,
+        log,
+        HubConfig {
+            durability: Durability::Store,
+            idle_unload: Duration::from_secs(60),
+            subscriber_queue: 16,
+        },
+    );
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        DocAction::List { space, after } => {
+            yrelay_protocol::address::check_space_id(&space)?;
+            for meta in hub.list(&space, after).await? {
+                let line = serde_json::json!({
+                    "doc": meta.doc, "title": meta.title, "blocked": meta.blocked,
+                    "createdAt": meta.created_at, "updatedAt": meta.updated_at, "size": meta.size,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        DocAction::Export { doc, format } => {
+            let addr = address(&doc)?;
+            match format {
+                ExportFormat::Json => {
+                    let json = hub
+                        .export_json(&addr)
+                        .await?
+                        .ok_or_else(|| format!("document {addr} does not exist"))?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+                }
+                ExportFormat::Update => {
+                    let update = hub
+                        .export_update(&addr, &StateVector::default())
+                        .await?
+                        .ok_or_else(|| format!("document {addr} does not exist"))?;
+                    out.write_all(&update)?;
+                }
+            }
+        }
+        DocAction::Import { doc, file, root } => {
+            let addr = address(&doc)?;
+            let started = Instant::now();
+            let mut text = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_end(&mut text)?;
+            } else {
+                text = std::fs::read(&file)?;
+            }
+            eprintln!("import {addr}: read {} bytes", text.len());
+            let value: serde_json::Value = serde_json::from_slice(&text)?;
+            let mut shown = 0;
+            let update = json_to_update_with_progress(&root, value, |done, total| {
+                let percent = done * 100 / total.max(1);
+                if percent >= shown + 10 || done == total {
+                    shown = percent;
+                    eprintln!("import {addr}: {done}/{total} entries ({percent}%)");
+                }
+            })?;
+            eprintln!("import {addr}: writing a {} byte document", update.len());
+            match hub.import(&addr, update).await? {
+                Some(_) => eprintln!(
+                    "import {addr}: done in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+                None => return Err(format!("document {addr} already exists").into()),
+            }
+        }
+        DocAction::Delete { doc } => {
+            let addr = address(&doc)?;
+            if !hub.delete(&addr).await? {
+                return Err(format!("document {addr} does not exist").into());
+            }
+            eprintln!("deleted {addr}");
+        }
+    }
+    Ok(())
+}
