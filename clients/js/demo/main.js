@@ -9,11 +9,13 @@ const name = params.get('name') ?? `guest-${Math.floor(Math.random() * 1000)}`
 const palette = ['#e4572e', '#17bebb', '#76b041', '#ffc914', '#2e282a', '#7768ae']
 const colour = palette[Math.floor(Math.random() * palette.length)]
 
-const doc = new Y.Doc()
-const provider = new SseProvider(location.origin, room, doc)
-const settings = doc.getMap('settings')
 const fields = ['lat', 'lng', 'zoom', 'color-roads', 'color-water', 'color-parks']
 const defaults = { lat: 52.52, lng: 13.4, zoom: 10, 'color-roads': '#888888', 'color-water': '#3a7bd5', 'color-parks': '#4caf50' }
+const doc = new Y.Doc()
+// A new document starts from the defaults, created once on the server (not
+// inserted by every browser, which would make them fight).
+const provider = new SseProvider(location.origin, room, doc, { seed: { json: defaults, root: 'settings' } })
+const settings = doc.getMap('settings')
 
 function render () {
   for (const key of fields) {

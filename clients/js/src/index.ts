@@ -17,8 +17,10 @@
  *
  * Seeding a document from JSON: do not have each client insert the initial
  * values (every client's inserts are distinct CRDT operations, so the
- * values end up duplicated or fighting). Create the document once on the
- * server with its one-time JSON import, then connect.
+ * values end up duplicated or fighting). Give the provider a `seed`: before
+ * it first connects it asks the server's one-time JSON import to create the
+ * document; the server creates it exactly once (the first client wins, the
+ * others get 409 and simply sync), so every client starts from one history.
  */
 import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
@@ -37,6 +39,12 @@ export interface SseProviderOptions {
   maxBackoffMs?: number
   /** A fetch implementation (default: the global one). */
   fetch?: typeof fetch
+  /**
+   * Initial content for a document that does not exist yet: created once,
+   * server-side, through the one-time JSON import (objects become Y.Map,
+   * arrays Y.Array) under the root map `root` (default "root").
+   */
+  seed?: { json: Record<string, unknown>, root?: string }
 }
 
 export type Status = 'disconnected' | 'connecting' | 'connected'
@@ -62,6 +70,7 @@ export class SseProvider extends Observable<string> {
   lastEventId: string | undefined
 
   private readonly token: string | undefined
+  private seed: SseProviderOptions['seed']
   private readonly fetch: typeof fetch
   private readonly maxBackoffMs: number
   private shouldConnect = false
@@ -81,6 +90,7 @@ export class SseProvider extends Observable<string> {
     this.doc = doc
     this.url = `${baseUrl.replace(/\/$/, '')}/v1/docs/${room}`
     this.token = options.token
+    this.seed = options.seed
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis)
     this.maxBackoffMs = options.maxBackoffMs ?? 5000
     this.awareness = options.awareness ?? new awarenessProtocol.Awareness(doc)
@@ -159,6 +169,25 @@ export class SseProvider extends Observable<string> {
     })
   }
 
+  /**
+   * Creates the document from the seed unless it exists: 201 (we created
+   * it) and 409 (it exists) both end the seeding; anything else is retried.
+   */
+  private async plant (): Promise<void> {
+    if (!this.seed) return
+    const root = encodeURIComponent(this.seed.root ?? 'root')
+    const response = await this.fetch(`${this.url}/import?root=${root}`, {
+      method: 'POST',
+      headers: this.headers({ 'content-type': 'application/json' }),
+      body: JSON.stringify(this.seed.json)
+    })
+    if (response.status !== 201 && response.status !== 409) {
+      throw new Error(`seeding: HTTP ${response.status}`)
+    }
+    this.seed = undefined
+    this.emit('seeded', [{ created: response.status === 201 }])
+  }
+
   /** Keeps the event stream open while connected, reconnecting with backoff. */
   private async run (): Promise<void> {
     let backoff = 100
@@ -167,6 +196,7 @@ export class SseProvider extends Observable<string> {
       const controller = new AbortController()
       this.stream = controller
       try {
+        await this.plant()
         const sv = toBase64Url(Y.encodeStateVector(this.doc))
         const headers = this.headers(this.lastEventId ? { 'last-event-id': this.lastEventId } : {})
         const response = await this.fetch(`${this.url}/events?sv=${sv}`, { headers, signal: controller.signal })
@@ -202,6 +232,11 @@ export class SseProvider extends Observable<string> {
       if (event.id) this.lastEventId = event.id
     } else if (event.event === 'awareness') {
       awarenessProtocol.applyAwarenessUpdate(this.awareness, fromBase64(event.data), this)
+    } else if (event.event === 'deleted') {
+      // The document was deleted on the server: stop (reconnecting would
+      // write this copy back). The app decides what to do next.
+      this.disconnect()
+      this.emit('deleted', [])
     }
   }
 

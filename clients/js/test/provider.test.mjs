@@ -95,3 +95,45 @@ test('POSTs that fail are retried until acknowledged; the stream resumes after t
   await converged(a.doc, b.doc)
   assert.equal(b.doc.getText('t').toString(), 'before while the server was down ')
 })
+
+test('seeding: many clients with the same seed create the document exactly once', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const settings = { center: { lat: 52.52, lng: 13.4 }, zoom: 11, layers: [{ name: 'roads', colour: '#d33' }, { name: 'parks', colour: '#3a3' }] }
+  const seed = { json: settings, root: 'settings' }
+  const providers = [1, 2, 3].map(() => sse(server, 'maps/seeded', { seed }))
+  t.after(() => close(...providers))
+  const seeded = providers.map((p) => new Promise((resolve) => p.once('seeded', resolve)))
+  await Promise.all(providers.map(synced))
+  const outcomes = await Promise.all(seeded)
+  assert.equal(outcomes.filter((o) => o.created).length, 1, 'one client created it, the others found it')
+  await converged(providers[0].doc, providers[1].doc)
+  await converged(providers[0].doc, providers[2].doc)
+  for (const p of providers) {
+    assert.deepEqual(p.doc.getMap('settings').toJSON(), settings, 'the seed, once: no duplicated layers')
+  }
+  // The server's JSON export is the same document.
+  const exported = await (await fetch(`${server.httpUrl}/v1/docs/maps/seeded/json`)).json()
+  assert.deepEqual(exported, { settings })
+})
+
+test('a token rides on every request; a deleted document stops the provider', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', 'provider-secret']).start()
+  t.after(() => server.dispose())
+  const { execFileSync } = await import('node:child_process')
+  const { yrelayBin } = await import('../../../tests/interop/server.mjs')
+  const token = execFileSync(yrelayBin, ['token', '--sub', 'ann', '--space', 'maps', '--jwt-secret', 'provider-secret']).toString().trim()
+  const a = sse(server, 'maps/private', { token, seed: { json: { zoom: 3 } } })
+  t.after(() => close(a))
+  await synced(a)
+  assert.equal(a.doc.getMap('root').get('zoom'), 3)
+  a.doc.getMap('root').set('zoom', 4)
+  await waitFor('acknowledged', () => a.pending === 0, [[a, 'acknowledged']])
+  const refused = await fetch(`${server.httpUrl}/v1/docs/maps/private/json`)
+  assert.equal(refused.status, 401)
+  const deleted = new Promise((resolve) => a.once('deleted', resolve))
+  const del = await fetch(`${server.httpUrl}/v1/docs/maps/private`, { method: 'DELETE', headers: { authorization: `Bearer ${token}` } })
+  assert.equal(del.status, 204)
+  await deleted
+  assert.equal(a.status, 'disconnected')
+})
