@@ -53,6 +53,17 @@ impl DocAddress {
         })
     }
 
+    /// The address of a space's event feed (documents created, updated,
+    /// renamed, deleted). Not a document: its doc id is empty, which no
+    /// client can name, so it never collides with one.
+    pub fn space_feed(space: &str) -> Result<Self, AddressError> {
+        check_id("space", space)?;
+        Ok(Self {
+            space: space.to_owned(),
+            doc: String::new(),
+        })
+    }
+
     /// Parses the `{space}/{doc}` form used as a y-websocket room name.
     pub fn parse_path(path: &str) -> Result<Self, AddressError> {
         let (space, doc) = path.split_once('/').ok_or(AddressError::Shape)?;

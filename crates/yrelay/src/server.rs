@@ -264,6 +264,7 @@ fn router(app: AppState, cors_origins: &[String]) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/v1/openapi.json", get(api::openapi))
         .route("/v1/spaces/{space}/docs", get(api::docs::list))
+        .route("/v1/spaces/{space}/events", get(api::docs::space_events))
         .route(
             "/v1/docs/{space}/{doc}",
             get(api::docs::meta)

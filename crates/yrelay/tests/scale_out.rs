@@ -380,3 +380,49 @@ async fn sse_stream_on_one_instance_and_posts_on_another_converge_and_resume_any
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn space_events_reach_every_instance() {
+    use common::sse::{EventStream, post};
+    let cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let mut events = EventStream::open(a.addr, "/v1/spaces/ev/events", None).await;
+    let data =
+        |e: &common::sse::SseEvent| serde_json::from_str::<serde_json::Value>(&e.data).unwrap();
+
+    let (status, _) = post(b.addr, "/v1/docs/ev/one/import", br#"{"n": 1}"#).await;
+    assert_eq!(status, 201);
+    let created = events.next().await;
+    assert_eq!(created.event, "doc.created");
+    assert_eq!(data(&created)["doc"], "one");
+    assert!(data(&created)["timestamp"].as_i64().unwrap() > 0);
+
+    let client = WsClient::connect(&b.ws_url("ev/one"), Doc::new())
+        .await
+        .unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    let root = client.doc().get_or_insert_map("root");
+    client.edit(|txn| {
+        root.insert(txn, "n", 2);
+    });
+    let updated = events.next().await;
+    assert_eq!(
+        (updated.event.as_str(), data(&updated)["doc"].as_str()),
+        ("doc.updated", Some("one"))
+    );
+
+    let (status, _) =
+        common::http_request(b.addr, "PATCH", "/v1/docs/ev/one", br#"{"title": "One"}"#).await;
+    assert_eq!(status, 200);
+    let renamed = events.next().await;
+    assert_eq!(renamed.event, "doc.renamed");
+    assert_eq!(data(&renamed)["title"], "One");
+
+    let (status, _) = common::http_request(b.addr, "DELETE", "/v1/docs/ev/one", b"").await;
+    assert_eq!(status, 204);
+    let deleted = events.next().await;
+    assert_eq!(
+        (deleted.event.as_str(), data(&deleted)["doc"].as_str()),
+        ("doc.deleted", Some("one"))
+    );
+}

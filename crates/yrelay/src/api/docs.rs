@@ -2,12 +2,17 @@
 //! JSON import, rename/block, delete. Server-side edits go through
 //! `POST /v1/docs/{space}/{doc}/updates` (the SSE transport's endpoint).
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream;
 use serde::Deserialize;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::json_to_update;
@@ -221,4 +226,43 @@ pub async fn delete(
     } else {
         Err(not_found(&addr))
     }
+}
+
+/// `GET /v1/spaces/{space}/events`: Server-Sent Events `doc.created`,
+/// `doc.updated` (at most once a second per document and instance),
+/// `doc.renamed`, `doc.deleted`, with JSON data `{"doc", "timestamp",
+/// "title"?}`, from every instance.
+pub async fn space_events(
+    State(app): State<AppState>,
+    Path(space_id): Path<String>,
+    credentials: Credentials,
+) -> Result<Response, ApiError> {
+    space(&space_id)?;
+    app.auth.space(credentials.token(), &space_id)?;
+    let slot = app.limits.connection_slot()?;
+    let feed = app.hub.space_events(&space_id).await?;
+    let events = stream::unfold((feed, slot), |(mut feed, slot)| async move {
+        loop {
+            let entry = feed.recv().await?;
+            let Ok(mut data) = serde_json::from_slice::<serde_json::Value>(&entry.payload) else {
+                continue;
+            };
+            let Some(name) = data
+                .as_object_mut()
+                .and_then(|o| o.remove("type"))
+                .and_then(|t| t.as_str().map(str::to_owned))
+            else {
+                continue;
+            };
+            let event = Event::default().event(name).data(data.to_string());
+            return Some((Ok::<_, Infallible>(event), (feed, slot)));
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("ping"),
+        )
+        .into_response())
 }

@@ -16,6 +16,29 @@ use crate::log::{EntryKind, Log, LogCursor, LogEntry, Subscription};
 use crate::metrics;
 use crate::store::Store;
 
+/// `doc.updated` events of one document, at most this often per instance.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a space's event feed says about one of its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceEvent {
+    Created,
+    Updated,
+    Renamed,
+    Deleted,
+}
+
+impl SpaceEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpaceEvent::Created => "doc.created",
+            SpaceEvent::Updated => "doc.updated",
+            SpaceEvent::Renamed => "doc.renamed",
+            SpaceEvent::Deleted => "doc.deleted",
+        }
+    }
+}
+
 /// An event for a subscriber.
 #[derive(Debug, Clone)]
 pub enum DocEvent {
@@ -69,6 +92,9 @@ pub(super) struct DocState {
     pub closed: bool,
     /// A blocked document accepts no updates.
     pub blocked: bool,
+    /// When this instance last announced a change of the document to its
+    /// space's event feed.
+    pub announced: Option<Instant>,
 }
 
 pub struct LiveDoc {
@@ -100,6 +126,7 @@ impl LiveDoc {
                 idle_since: Some(Instant::now()),
                 closed: false,
                 blocked: false,
+                announced: None,
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -123,6 +150,26 @@ impl LiveDoc {
             .transact()
             .state_vector()
             .is_empty()
+    }
+
+    /// Which event an update about to be accepted announces to the space:
+    /// `doc.created` for the first content, `doc.updated` at most once a
+    /// second per document and instance, or nothing.
+    pub(super) fn space_event_due(&self) -> Option<SpaceEvent> {
+        let mut state = self.lock();
+        let empty = state.awareness.doc().transact().state_vector().is_empty();
+        let due = if empty {
+            SpaceEvent::Created
+        } else if state
+            .announced
+            .is_some_and(|at| at.elapsed() < ANNOUNCE_EVERY)
+        {
+            return None;
+        } else {
+            SpaceEvent::Updated
+        };
+        state.announced = Some(Instant::now());
+        Some(due)
     }
 
     /// Applies an accepted update to the replica ahead of its log entry

@@ -10,9 +10,9 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::doc_to_json;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use super::{Ack, DocHub, DocNotice, HubError};
+use super::{Ack, DocHub, DocNotice, HubError, SpaceEvent};
 use crate::clock::now_ms;
-use crate::log::EntryKind;
+use crate::log::{EntryKind, LogError, Subscription};
 use crate::metrics;
 use crate::store::DocMeta;
 
@@ -81,6 +81,7 @@ impl DocHub {
             .await?;
         metrics::update_accepted("rest", bytes, 0.0);
         tracing::info!(doc = %addr, bytes, "document imported");
+        self.announce(addr, SpaceEvent::Created, entry.timestamp_ms, None);
         Ok(Some(Ack {
             cursor: entry.cursor,
             timestamp_ms: entry.timestamp_ms,
@@ -96,6 +97,9 @@ impl DocHub {
         blocked: Option<bool>,
     ) -> Result<Option<DocMeta>, HubError> {
         let meta = self.inner.store.update_meta(addr, title, blocked).await?;
+        if let (Some(_), Some(title)) = (&meta, title) {
+            self.announce(addr, SpaceEvent::Renamed, now_ms(), Some(title));
+        }
         if let (Some(_), Some(blocked)) = (&meta, blocked) {
             self.notify(addr, DocNotice::Blocked(blocked)).await?;
             tracing::info!(doc = %addr, blocked, "document blocked flag changed");
@@ -112,8 +116,47 @@ impl DocHub {
         self.notify(addr, DocNotice::Deleted).await?;
         if held || stored {
             tracing::info!(doc = %addr, "document deleted");
+            self.announce(addr, SpaceEvent::Deleted, now_ms(), None);
         }
         Ok(held || stored)
+    }
+
+    /// Subscribes to the events of a space (documents created, updated,
+    /// renamed, deleted, on every instance); entries carry JSON
+    /// `{"type", "doc", "timestamp", "title"?}`.
+    pub async fn space_events(&self, space: &str) -> Result<Subscription, HubError> {
+        let feed = DocAddress::space_feed(space)
+            .map_err(|e| HubError::Log(LogError::Unavailable(e.to_string())))?;
+        Ok(self.inner.log.subscribe(&feed).await?)
+    }
+
+    /// Tells the document's space (in the background: announcing never
+    /// delays or fails the change itself).
+    pub(super) fn announce(
+        &self,
+        addr: &DocAddress,
+        event: SpaceEvent,
+        timestamp_ms: i64,
+        title: Option<&str>,
+    ) {
+        let Ok(feed) = DocAddress::space_feed(addr.space()) else {
+            return;
+        };
+        let mut data = serde_json::json!({
+            "type": event.name(),
+            "doc": addr.doc(),
+            "timestamp": timestamp_ms,
+        });
+        if let Some(title) = title {
+            data["title"] = title.into();
+        }
+        let payload = serde_json::to_vec(&data).unwrap_or_default();
+        let log = self.inner.log.clone();
+        tokio::spawn(async move {
+            let _ = log
+                .publish(&feed, EntryKind::Notice, payload.into(), None)
+                .await;
+        });
     }
 
     async fn notify(&self, addr: &DocAddress, notice: DocNotice) -> Result<(), HubError> {

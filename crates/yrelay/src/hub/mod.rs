@@ -31,7 +31,7 @@ use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 use live::LiveDoc;
-pub use live::{CloseReason, DocEvent, DocNotice};
+pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use session::Session;
 
 /// When an update counts as accepted.
@@ -192,6 +192,7 @@ impl DocHub {
         if doc.lock().blocked {
             return Err(HubError::Blocked);
         }
+        let announce = doc.space_event_due();
         let addr = doc.addr();
         let started = Instant::now();
         let payload: Arc<[u8]> = update.into_bytes().into();
@@ -209,6 +210,9 @@ impl DocHub {
         let bytes = payload.len();
         let entry = self.inner.log.append_update(addr, payload, origin).await?;
         metrics::update_accepted(transport, bytes, started.elapsed().as_secs_f64());
+        if let Some(event) = announce {
+            self.announce(addr, event, entry.timestamp_ms, None);
+        }
         Ok(Ack {
             cursor: entry.cursor,
             timestamp_ms: entry.timestamp_ms,
