@@ -74,3 +74,8 @@ pub fn compaction(updates: usize) {
     counter!("yrelay_compactions_total").increment(1);
     counter!("yrelay_compacted_updates_total").increment(updates as u64);
 }
+
+/// Distinct users (or anonymous connections) seen in the last minute.
+pub fn active_users(count: usize) {
+    gauge!("yrelay_active_users").set(count as f64);
+}

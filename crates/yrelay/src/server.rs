@@ -293,7 +293,8 @@ fn router(app: AppState, cors_origins: &[String]) -> Router {
         )
         .layer(body_limit)
         .fallback(api::not_found)
-        .with_state(app);
+        .with_state(app.clone())
+        .layer(transport::socketio::layer(app));
     match cors(cors_origins) {
         Some(cors) => router.layer(cors),
         None => router,

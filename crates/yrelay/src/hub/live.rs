@@ -12,7 +12,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, Transact};
 
 use super::{DocHub, HubError};
-use crate::log::{EntryKind, Log, LogCursor, LogEntry, Subscription};
+use crate::log::{EntryKind, Log, LogCursor, LogEntry, Origin, Subscription};
 use crate::metrics;
 use crate::store::Store;
 
@@ -47,6 +47,8 @@ pub enum DocEvent {
         payload: Arc<[u8]>,
         cursor: Option<LogCursor>,
         timestamp_ms: i64,
+        /// The connection that wrote it (`None`: unknown, or a catch-up).
+        origin: Option<Origin>,
     },
     /// An awareness update, relayed as received.
     Awareness { payload: Arc<[u8]> },
@@ -196,6 +198,7 @@ impl LiveDoc {
                     payload: entry.payload.clone(),
                     cursor: entry.cursor,
                     timestamp_ms: entry.timestamp_ms,
+                    origin: entry.origin,
                 },
                 entry.origin.filter(|o| o.instance == self.instance),
                 "update",

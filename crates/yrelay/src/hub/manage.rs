@@ -42,6 +42,26 @@ impl DocHub {
         Ok(Some(state.awareness.doc().transact().encode_diff_v1(sv)))
     }
 
+    /// What a peer with `sv` misses and the server's state vector (both v1),
+    /// or `None` when the document was never written.
+    pub async fn sync_state(
+        &self,
+        addr: &DocAddress,
+        sv: &StateVector,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, HubError> {
+        use yrs::updates::encoder::Encode;
+        let doc = self.live(addr).await?;
+        if doc.is_empty() {
+            return Ok(None);
+        }
+        let state = doc.lock();
+        let txn = state.awareness.doc().transact();
+        Ok(Some((
+            txn.encode_diff_v1(sv),
+            txn.state_vector().encode_v1(),
+        )))
+    }
+
     /// The document's root types as JSON, or `None` when it was never written.
     pub async fn export_json(
         &self,

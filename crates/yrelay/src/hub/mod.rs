@@ -134,12 +134,18 @@ impl DocHub {
         &self.inner.log
     }
 
-    /// Joins a document: loads it if needed and subscribes to its events.
-    pub async fn join(&self, addr: &DocAddress) -> Result<Session, HubError> {
-        let origin = Origin {
+    /// A new writer identity (for transports whose connections submit
+    /// through the hub without a session of their own, such as Socket.IO).
+    pub fn new_origin(&self) -> Origin {
+        Origin {
             instance: self.inner.instance,
             connection: self.inner.next_connection.fetch_add(1, Ordering::Relaxed),
-        };
+        }
+    }
+
+    /// Joins a document: loads it if needed and subscribes to its events.
+    pub async fn join(&self, addr: &DocAddress) -> Result<Session, HubError> {
+        let origin = self.new_origin();
         loop {
             let doc = self.live(addr).await?;
             if let Some(session) = Session::attach(self.clone(), doc, origin) {

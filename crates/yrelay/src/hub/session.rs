@@ -112,6 +112,11 @@ impl Session {
         }
     }
 
+    /// The next event if one is waiting (to batch several into one message).
+    pub fn try_next_event(&mut self) -> Option<DocEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// Makes `update` durable; the returned future owns what it needs, so a
     /// connection can keep several in flight while it goes on reading.
     pub fn submit_update(

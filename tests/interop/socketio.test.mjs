@@ -1,0 +1,272 @@
+// AFFiNE's Socket.IO `space:*` protocol, from the client's side, with npm
+// `socket.io-client` 4.x and `yjs`; next to a stock y-websocket client.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { io } from 'socket.io-client'
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import { YrelayProcess, waitFor, yrelayBin } from './server.mjs'
+
+const b64 = (bytes) => Buffer.from(bytes).toString('base64')
+const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
+const ws = { spaceType: 'workspace', spaceId: 'ws1' }
+
+/** A connected socket (websocket transport unless told otherwise). */
+async function connect (server, options = {}) {
+  const socket = io(server.httpUrl, { transports: ['websocket'], reconnection: false, ...options })
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('connect_error', reject)
+  })
+  return socket
+}
+
+const call = (socket, event, payload) => socket.timeout(10000).emitWithAck(event, payload)
+
+/** Collects `event`s of a socket, to wait on. */
+function collect (socket, event) {
+  const seen = []
+  socket.on(event, (payload) => seen.push(payload))
+  return seen
+}
+
+function update (fn) {
+  const doc = new Y.Doc()
+  let captured = null
+  doc.on('update', (u) => { captured = u })
+  fn(doc)
+  return captured
+}
+
+test('join, load, push, broadcasts to 0.25 and 0.26 clients, timestamps, delete', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const a = await connect(server)
+  const old = await connect(server)
+  const fresh = await connect(server, { transports: ['polling'] })
+  t.after(() => { a.close(); old.close(); fresh.close() })
+
+  // Every doc event needs space:join first.
+  const notIn = await call(a, 'space:load-doc', { ...ws, docId: 'page1' })
+  assert.equal(notIn.error.name, 'NOT_IN_SPACE')
+  assert.equal(notIn.error.status, 403)
+  assert.deepEqual(notIn.error.data, { spaceId: 'ws1' })
+
+  for (const [socket, clientVersion] of [[a, '0.26.0'], [old, '0.25.3'], [fresh, '0.26.1-beta.2']]) {
+    const joined = await call(socket, 'space:join', { ...ws, clientVersion })
+    assert.deepEqual(joined, { data: { clientId: socket.id, success: true } })
+  }
+
+  const missingDoc = await call(a, 'space:load-doc', { ...ws, docId: 'page1' })
+  assert.equal(missingDoc.error.name, 'DOC_NOT_FOUND')
+  assert.deepEqual(missingDoc.error.data, { spaceId: 'ws1', docId: 'page1' })
+
+  // Both other clients watch the doc (load-doc), then a pushes.
+  const doc = new Y.Doc()
+  doc.getText('content').insert(0, 'hello')
+  const first = Y.encodeStateAsUpdate(doc)
+  const pushed = await call(a, 'space:push-doc-update', { ...ws, docId: 'page1', update: b64(first) })
+  assert.equal(pushed.data.accepted, true)
+  assert.ok(pushed.data.timestamp > 0)
+
+  const loaded = await call(old, 'space:load-doc', { ...ws, docId: 'page1' })
+  const copy = new Y.Doc()
+  Y.applyUpdate(copy, unb64(loaded.data.missing))
+  assert.equal(copy.getText('content').toString(), 'hello')
+  assert.deepEqual(unb64(loaded.data.state), Y.encodeStateVector(doc))
+  assert.ok(loaded.data.timestamp > 0)
+  const none = await call(fresh, 'space:load-doc', { ...ws, docId: 'page1', stateVector: b64(Y.encodeStateVector(doc)) })
+  assert.deepEqual(unb64(none.data.missing), new Uint8Array([0, 0]), 'nothing missing against the full state vector')
+
+  const singles = collect(old, 'space:broadcast-doc-update')
+  const batches = collect(fresh, 'space:broadcast-doc-updates')
+  const echo = collect(a, 'space:broadcast-doc-updates')
+  // A burst: the 0.25 client gets one event per update, the 0.26 client
+  // gets them batched (merged when several were pending).
+  const burst = []
+  doc.on('update', (u) => burst.push(u))
+  for (let i = 0; i < 30; i++) doc.getText('content').insert(0, `${i} `)
+  await Promise.all(burst.map((u) => call(a, 'space:push-doc-update', { ...ws, docId: 'page1', update: b64(u) })))
+
+  const viaSingles = new Y.Doc()
+  Y.applyUpdate(viaSingles, first)
+  const viaBatches = new Y.Doc()
+  Y.applyUpdate(viaBatches, first)
+  await waitFor('every single broadcast', () => singles.length === 30, [[old, 'space:broadcast-doc-update']])
+  for (const e of singles) {
+    assert.equal(e.docId, 'page1')
+    assert.equal(e.spaceType, 'workspace')
+    Y.applyUpdate(viaSingles, unb64(e.update))
+  }
+  const received = () => batches.reduce((n, e) => n + e.updates.length, 0)
+  await waitFor('the batched broadcasts', () => {
+    for (const e of batches.splice(0)) {
+      // Several pending updates arrive merged into one (compressed: true).
+      assert.equal(e.updates.length, 1)
+      assert.equal(typeof e.compressed, 'boolean')
+      for (const u of e.updates) Y.applyUpdate(viaBatches, unb64(u))
+    }
+    return viaBatches.getText('content').toString() === doc.getText('content').toString()
+  }, [[fresh, 'space:broadcast-doc-updates']])
+  assert.equal(received(), 0)
+  assert.equal(viaSingles.getText('content').toString(), doc.getText('content').toString())
+  assert.equal(echo.length, 0, 'the writer is not sent its own updates')
+
+  // Timestamps, then delete.
+  const stamps = await call(a, 'space:load-doc-timestamps', { ...ws })
+  assert.ok(stamps.data.page1 > 0, JSON.stringify(stamps))
+  const later = await call(a, 'space:load-doc-timestamps', { ...ws, timestamp: stamps.data.page1 })
+  assert.deepEqual(later.data, {})
+  assert.deepEqual(await call(a, 'space:delete-doc', { ...ws, docId: 'page1' }), { data: { success: true } })
+  const gone = await call(a, 'space:load-doc', { ...ws, docId: 'page1' })
+  assert.equal(gone.error.name, 'DOC_NOT_FOUND')
+
+  // Legacy doc ids name the same document.
+  await call(a, 'space:push-doc-update', { ...ws, docId: 'ws:ws1:page:page2', update: b64(first) })
+  const legacy = await call(a, 'space:load-doc', { ...ws, docId: 'page2' })
+  assert.ok(legacy.data.missing)
+
+  const left = await call(a, 'space:leave', { ...ws })
+  assert.deepEqual(left, { data: { clientId: a.id, success: true } })
+  assert.equal((await call(a, 'space:load-doc', { ...ws, docId: 'page2' })).error.name, 'NOT_IN_SPACE')
+})
+
+test('clients below 0.25 are refused and disconnected', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const socket = await connect(server)
+  const gone = new Promise((resolve) => socket.once('disconnect', resolve))
+  const id = socket.id // the client forgets it once disconnected
+  const answer = await call(socket, 'space:join', { ...ws, clientVersion: '0.24.2' })
+  assert.deepEqual(answer, { data: { clientId: id, success: false } })
+  await gone
+})
+
+test('awareness: join, update relayed to the others, collect, leave', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const a = await connect(server)
+  const b = await connect(server)
+  t.after(() => { a.close(); b.close() })
+  for (const s of [a, b]) {
+    await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+    const joined = await call(s, 'space:join-awareness', { ...ws, docId: 'page1', clientVersion: '0.26.0' })
+    assert.equal(joined.data.success, true)
+  }
+  const toB = collect(b, 'space:broadcast-awareness-update')
+  const toA = collect(a, 'space:broadcast-awareness-update')
+  const awarenessUpdate = b64(new Uint8Array([1, 2, 3]))
+  assert.deepEqual(await call(a, 'space:update-awareness', { ...ws, docId: 'page1', awarenessUpdate }), { data: {} })
+  await waitFor('the relayed awareness', () => toB.length === 1, [[b, 'space:broadcast-awareness-update']])
+  assert.deepEqual(toB[0], { ...ws, docId: 'page1', awarenessUpdate })
+  assert.equal(toA.length, 0)
+
+  const collected = collect(b, 'space:collect-awareness')
+  const asked = await call(a, 'space:load-awarenesses', { ...ws, docId: 'page1' })
+  assert.deepEqual(asked, { data: { clientId: a.id } })
+  await waitFor('collect-awareness', () => collected.length === 1, [[b, 'space:collect-awareness']])
+  assert.deepEqual(collected[0], { ...ws, docId: 'page1' })
+
+  assert.equal((await call(b, 'space:leave-awareness', { ...ws, docId: 'page1' })).data.success, true)
+  await call(a, 'space:update-awareness', { ...ws, docId: 'page1', awarenessUpdate })
+  // b left: a round trip on b proves nothing more arrived for it.
+  await call(b, 'space:load-doc-timestamps', { ...ws })
+  assert.equal(toB.length, 1)
+})
+
+test('bad input gets BAD_REQUEST and leaves the socket usable', async (t) => {
+  const server = await new YrelayProcess(['--max-message-size', '1048576']).start()
+  t.after(() => server.dispose())
+  const s = await connect(server)
+  t.after(() => s.close())
+  await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  const cases = [
+    ['space:join', { spaceType: 'workspace' }],
+    ['space:join', { ...ws, clientVersion: 'latest' }],
+    ['space:join', 'not an object'],
+    ['space:load-doc', { spaceType: 'moonspace', spaceId: 'ws1', docId: 'x' }],
+    ['space:load-doc', { ...ws, docId: 'x', stateVector: '%%%' }],
+    ['space:load-doc', { ...ws, docId: 'x', stateVector: b64([255, 255, 255]) }],
+    ['space:push-doc-update', { ...ws, docId: 'x' }],
+    ['space:push-doc-update', { ...ws, docId: 'x', update: 12 }],
+    ['space:push-doc-update', { ...ws, docId: 'x', update: '!!not base64!!' }],
+    ['space:push-doc-update', { ...ws, docId: 'x', update: b64([1, 2, 3, 4, 5]) }],
+    ['space:push-doc-update', { ...ws, docId: 'bad id', update: b64(update((d) => d.getMap('m').set('a', 1))) }],
+    ['space:update-awareness', { ...ws, docId: 'x', awarenessUpdate: '***' }]
+  ]
+  for (const [event, payload] of cases) {
+    const answer = await call(s, event, payload)
+    assert.equal(answer.error?.name, 'BAD_REQUEST', `${event} ${JSON.stringify(payload)} → ${JSON.stringify(answer)}`)
+    assert.equal(answer.error.status, 400)
+  }
+  // Nothing was stored, and the socket still works.
+  const stamps = await call(s, 'space:load-doc-timestamps', { ...ws })
+  assert.deepEqual(stamps.data, {})
+  const big = new Y.Doc()
+  big.getText('t').insert(0, 'x'.repeat(3 * 1024 * 1024))
+  const accepted = await call(s, 'space:push-doc-update', { ...ws, docId: 'big', update: b64(Y.encodeStateAsUpdate(big)) })
+  assert.equal(accepted.data.accepted, true, 'AFFiNE pushes large documents: payloads past the WebSocket limit are accepted')
+})
+
+test('a Socket.IO client and a y-websocket client edit one document and converge', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const s = await connect(server)
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(server.wsUrl, 'ws1/shared', ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => { s.close(); provider.destroy(); ydoc.destroy() })
+  await waitFor('y-websocket sync', () => provider.synced, [[provider, 'sync']])
+  await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+
+  const affine = new Y.Doc()
+  affine.getMap('meta').set('from', 'affine')
+  await call(s, 'space:push-doc-update', { ...ws, docId: 'shared', update: b64(Y.encodeStateAsUpdate(affine)) })
+  const loaded = await call(s, 'space:load-doc', { ...ws, docId: 'shared' })
+  assert.ok(loaded.data)
+  const incoming = collect(s, 'space:broadcast-doc-updates')
+  ydoc.getMap('meta').set('also', 'y-websocket')
+  await waitFor('y-websocket sees the Socket.IO write', () => ydoc.getMap('meta').get('from') === 'affine', [[ydoc, 'update']])
+  await waitFor('Socket.IO gets the y-websocket write', () => incoming.length > 0, [[s, 'space:broadcast-doc-updates']])
+  for (const e of incoming) for (const u of e.updates) Y.applyUpdate(affine, unb64(u))
+  assert.deepEqual(Y.encodeStateVector(affine), Y.encodeStateVector(ydoc))
+  assert.deepEqual(affine.getMap('meta').toJSON(), { from: 'affine', also: 'y-websocket' })
+})
+
+test('access: sign-in required, userspace ownership, read-only writes denied, blocked docs', async (t) => {
+  const secret = 'sio-secret'
+  const server = await new YrelayProcess(['--jwt-secret', secret]).start()
+  t.after(() => server.dispose())
+  const mint = (...args) => execFileSync(yrelayBin, ['token', ...args, '--jwt-secret', secret]).toString().trim()
+
+  await assert.rejects(connect(server), /sign in required/)
+  const ann = await connect(server, { auth: { token: mint('--sub', 'ann', '--space', 'ws1') } })
+  const bob = await connect(server, { extraHeaders: { authorization: `Bearer ${mint('--sub', 'bob', '--space', 'ws1', '--read-only')}` }, transports: ['polling'] })
+  t.after(() => { ann.close(); bob.close() })
+
+  const mine = await call(ann, 'space:join', { spaceType: 'userspace', spaceId: 'ann', clientVersion: '0.26.0' })
+  assert.equal(mine.data.success, true)
+  const theirs = await call(ann, 'space:join', { spaceType: 'userspace', spaceId: 'bob', clientVersion: '0.26.0' })
+  assert.equal(theirs.error.name, 'SPACE_ACCESS_DENIED')
+  assert.deepEqual(theirs.error.data, { spaceId: 'bob' })
+  const other = await call(ann, 'space:join', { spaceType: 'workspace', spaceId: 'elsewhere', clientVersion: '0.26.0' })
+  assert.equal(other.error.name, 'SPACE_ACCESS_DENIED')
+
+  const u = b64(update((d) => d.getMap('m').set('k', 1)))
+  for (const s of [ann, bob]) await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  assert.equal((await call(ann, 'space:push-doc-update', { ...ws, docId: 'd', update: u })).data.accepted, true)
+  const denied = await call(bob, 'space:push-doc-update', { ...ws, docId: 'd', update: u })
+  assert.equal(denied.error.name, 'DOC_ACTION_DENIED')
+  assert.equal(denied.error.data.docId, 'd')
+  assert.ok((await call(bob, 'space:load-doc', { ...ws, docId: 'd' })).data, 'read-only may load')
+
+  const annToken = mint('--sub', 'ann', '--space', 'ws1')
+  const patched = await fetch(`${server.httpUrl}/v1/docs/ws1/d`, {
+    method: 'PATCH', headers: { authorization: `Bearer ${annToken}`, 'content-type': 'application/json' }, body: '{"blocked": true}'
+  })
+  assert.equal(patched.status, 200)
+  const blocked = await call(ann, 'space:push-doc-update', { ...ws, docId: 'd', update: b64(update((d) => d.getMap('m').set('k', 2))) })
+  assert.equal(blocked.error.name, 'DOC_UPDATE_BLOCKED')
+  assert.deepEqual(blocked.error.data, { spaceId: 'ws1', docId: 'd' })
+})
