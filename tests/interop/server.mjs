@@ -1,6 +1,7 @@
 // Runs the real yrelay binary for a test: a free port, a private store,
 // stop/kill/restart on the same port and store.
 import { spawn } from 'node:child_process'
+import net from 'node:net'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
@@ -39,7 +40,7 @@ export class YrelayProcess {
     return new Promise((resolve, reject) => {
       const proc = spawn(yrelayBin, [
         'serve', '--listen', this.listen,
-        '--store', `sqlite://${join(this.dir, 'yrelay.db')}`, ...this.args
+        ...(this.args.includes('--store') ? [] : ['--store', `sqlite://${join(this.dir, 'yrelay.db')}`]), ...this.args
       ], { stdio: ['ignore', 'ignore', 'pipe'] })
       this.proc = proc
       let buffered = ''
@@ -76,6 +77,50 @@ export class YrelayProcess {
 
   async dispose () {
     await this.stop('SIGKILL')
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort () {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/** A private redis-server on a free port (never the machine's shared one). */
+export class RedisProcess {
+  async start () {
+    this.port = await freePort()
+    this.dir = mkdtempSync(join(tmpdir(), 'yrelay-redis-'))
+    this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--dir', this.dir],
+      { stdio: ['ignore', 'pipe', 'inherit'] })
+    this.url = `redis://127.0.0.1:${this.port}`
+    await new Promise((resolve, reject) => {
+      let out = ''
+      const onData = (chunk) => {
+        out += chunk.toString()
+        if (out.includes('Ready to accept connections')) {
+          this.proc.stdout.off('data', onData)
+          this.proc.stdout.resume()
+          resolve()
+        }
+      }
+      this.proc.stdout.on('data', onData)
+      this.proc.once('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out}`)))
+    })
+    return this
+  }
+
+  async dispose () {
+    if (this.proc.exitCode === null) {
+      await new Promise((resolve) => { this.proc.once('exit', resolve); this.proc.kill('SIGKILL') })
+    }
     rmSync(this.dir, { recursive: true, force: true })
   }
 }

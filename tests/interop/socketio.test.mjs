@@ -7,7 +7,8 @@ import { io } from 'socket.io-client'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { YrelayProcess, waitFor, yrelayBin } from './server.mjs'
+import { join } from 'node:path'
+import { RedisProcess, YrelayProcess, waitFor, yrelayBin } from './server.mjs'
 
 const b64 = (bytes) => Buffer.from(bytes).toString('base64')
 const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
@@ -269,4 +270,38 @@ test('access: sign-in required, userspace ownership, read-only writes denied, bl
   const blocked = await call(ann, 'space:push-doc-update', { ...ws, docId: 'd', update: b64(update((d) => d.getMap('m').set('k', 2))) })
   assert.equal(blocked.error.name, 'DOC_UPDATE_BLOCKED')
   assert.deepEqual(blocked.error.data, { spaceId: 'ws1', docId: 'd' })
+})
+
+test('across instances: a push on one instance reaches Socket.IO and y-websocket clients on another', async (t) => {
+  const redis = await new RedisProcess().start()
+  t.after(() => redis.dispose())
+  const first = await new YrelayProcess(['--log', redis.url]).start()
+  // Same store (one SQLite file, WAL) and the same Redis log: two instances.
+  const store = `sqlite://${join(first.dir, 'yrelay.db')}`
+  const second = await new YrelayProcess(['--log', redis.url, '--store', store]).start()
+  t.after(async () => { await second.dispose(); await first.dispose() })
+
+  const a = await connect(first)
+  const b = await connect(second)
+  t.after(() => { a.close(); b.close() })
+  for (const s of [a, b]) await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  const seed = update((d) => d.getMap('m').set('from', 'a'))
+  assert.equal((await call(a, 'space:push-doc-update', { ...ws, docId: 'across', update: b64(seed) })).data.accepted, true)
+  const loaded = await call(b, 'space:load-doc', { ...ws, docId: 'across' })
+  const mirror = new Y.Doc()
+  Y.applyUpdate(mirror, unb64(loaded.data.missing))
+  assert.equal(mirror.getMap('m').get('from'), 'a')
+
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(second.wsUrl, 'ws1/across', ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => { provider.destroy(); ydoc.destroy() })
+  await waitFor('y-websocket sync', () => provider.synced, [[provider, 'sync']])
+
+  const incoming = collect(b, 'space:broadcast-doc-updates')
+  const next = update((d) => { Y.applyUpdate(d, seed); d.getMap('m').set('again', 1) })
+  await call(a, 'space:push-doc-update', { ...ws, docId: 'across', update: b64(next) })
+  await waitFor('the broadcast on the other instance', () => incoming.length > 0, [[b, 'space:broadcast-doc-updates']])
+  for (const e of incoming) for (const u of e.updates) Y.applyUpdate(mirror, unb64(u))
+  assert.equal(mirror.getMap('m').get('again'), 1)
+  await waitFor('y-websocket on the other instance', () => ydoc.getMap('m').get('again') === 1, [[ydoc, 'update']])
 })
