@@ -225,32 +225,27 @@ impl Auth {
 
     /// What `token` allows on one document (at least read).
     pub fn doc(&self, token: Option<&str>, addr: &DocAddress) -> Result<Permit, AuthError> {
-        let Some(claims) = self.verify(token)? else {
-            return Ok(Permit {
-                sub: None,
-                mode: Mode::Rw,
-            });
-        };
-        let mode = claims
-            .doc_mode(addr)
-            .ok_or_else(|| AuthError::Denied(addr.to_string()))?;
-        Ok(Permit {
-            sub: Some(claims.sub),
-            mode,
-        })
+        self.permit(token, |c| c.doc_mode(addr), || addr.to_string())
     }
 
     /// What `token` allows on a whole space (at least read).
     pub fn space(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
+        self.permit(token, |c| c.space_mode(space), || format!("space {space}"))
+    }
+
+    fn permit(
+        &self,
+        token: Option<&str>,
+        mode: impl FnOnce(&Claims) -> Option<Mode>,
+        what: impl FnOnce() -> String,
+    ) -> Result<Permit, AuthError> {
         let Some(claims) = self.verify(token)? else {
             return Ok(Permit {
                 sub: None,
                 mode: Mode::Rw,
             });
         };
-        let mode = claims
-            .space_mode(space)
-            .ok_or_else(|| AuthError::Denied(format!("space {space}")))?;
+        let mode = mode(&claims).ok_or_else(|| AuthError::Denied(what()))?;
         Ok(Permit {
             sub: Some(claims.sub),
             mode,

@@ -165,12 +165,6 @@ impl DocHub {
         origin: Option<Origin>,
         transport: &'static str,
     ) -> Result<Ack, HubError> {
-        if update.is_empty() {
-            return Ok(Ack {
-                cursor: None,
-                timestamp_ms: now_ms(),
-            });
-        }
         let doc = self.live(addr).await?;
         let payload = update.bytes().to_vec();
         let ack = self.submit_to(&doc, update, origin, transport).await?;
