@@ -27,6 +27,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use socketioxide::SocketError;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
@@ -272,8 +273,6 @@ impl Gateway {
             Instant::now(),
         );
         lock(&self.writers).insert(origin, socket.id);
-        // Its own room, so that broadcasts can leave out the writer.
-        socket.join(socket.id.to_string());
         lock(&self.conns).insert(
             socket.id,
             Conn {
@@ -799,21 +798,18 @@ async fn broadcast(
 ) {
     let sender = gw.writer(origin);
     let editor = sender.and_then(|sid| lock(&gw.conns).get(&sid).and_then(|c| c.sub.clone()));
-    let to = |room: String| {
-        let op = gw.io.to(room);
-        match sender {
-            Some(sid) => op.except(sid),
-            None => op,
-        }
-    };
     for update in batch {
         let mut event = head.clone();
         event["update"] = STANDARD.encode(update).into();
         event["timestamp"] = timestamp.into();
         event["editor"] = editor.clone().into();
-        let _ = to(space.room("sync-025"))
-            .emit("space:broadcast-doc-update", &event)
-            .await;
+        emit_to_room(
+            gw,
+            space.room("sync-025"),
+            sender,
+            "space:broadcast-doc-update",
+            &event,
+        );
     }
     let (updates, compressed) = if batch.len() > 1 {
         match merge_updates(batch.iter().map(|u| &u[..])) {
@@ -827,11 +823,33 @@ async fn broadcast(
     let mut event = head.clone();
     event["updates"] = updates.into();
     event["timestamp"] = timestamp.into();
-    event["editor"] = editor.clone().into();
+    event["editor"] = editor.into();
     event["compressed"] = compressed.into();
-    let _ = to(space.room("sync-026"))
-        .emit("space:broadcast-doc-updates", &event)
-        .await;
+    emit_to_room(
+        gw,
+        space.room("sync-026"),
+        sender,
+        "space:broadcast-doc-updates",
+        &event,
+    );
+}
+
+/// Emits to every socket of `room` but `sender`. A socket whose queue is
+/// full is disconnected (it reconnects and loads again) rather than silently
+/// missing an update.
+fn emit_to_room(gw: &Gateway, room: String, sender: Option<Sid>, name: &str, event: &Value) {
+    for socket in gw.io.to(room).sockets() {
+        if Some(socket.id) == sender {
+            continue;
+        }
+        if let Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) =
+            socket.emit(name, event)
+        {
+            metrics::slow_consumer_closed();
+            tracing::info!(socket = %socket.id, "socket.io client too slow: disconnected to resync");
+            let _ = socket.disconnect();
+        }
+    }
 }
 
 #[cfg(test)]
