@@ -67,6 +67,12 @@ done
 
 step "load generator smoke run (tiny sizes; no timing is checked)"
 target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 3 --updates 50 --rate 1000
+relay_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+target/debug/yrelay-bench relay --listen "127.0.0.1:$relay_port" 2>"$smoke_dir/relay.log" &
+relay_pid=$!
+for _ in $(seq 100); do grep -q listening "$smoke_dir/relay.log" && break; sleep 0.1; done
+target/debug/yrelay-bench fanout --url "ws://127.0.0.1:$relay_port/{room}" --readers 3 --updates 50 --rate 1000
+kill $relay_pid; wait $relay_pid 2>/dev/null || true
 
 step "OpenAPI contract: schemathesis against the same server"
 # Binary bodies are Yjs encodings a schema cannot describe, so random bytes

@@ -7,6 +7,8 @@
 //! record, per item, the time from send to receipt. Prints percentiles (HDR
 //! histogram) and checks that every reader converged to the writer's state.
 
+mod relay;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +37,12 @@ struct Cli {
 enum Scenario {
     /// One writer, N readers of one document: write-to-receipt latency.
     Fanout(FanoutArgs),
+    /// Serve the floor: a bare frame-forwarding WebSocket relay (no CRDT, no
+    /// storage) to run the same scenarios against.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:4999")]
+        listen: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -61,6 +69,7 @@ async fn main() {
     let cli = Cli::parse();
     let outcome = match cli.scenario {
         Scenario::Fanout(args) => fanout(args).await,
+        Scenario::Relay { listen } => relay::serve(&listen).await,
     };
     if let Err(e) = outcome {
         eprintln!("yrelay-bench: {e}");

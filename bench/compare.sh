@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Side-by-side fan-out: the same yrelay-bench scenario, in one run on this
+# machine, against
+#   - yrelay (embedded: SQLite, synchronous=FULL; every update fsynced before relay),
+#   - the floor: yrelay-bench's bare frame-forwarding relay (no CRDT, no storage),
+#   - the reference y-websocket server, npm @y/websocket-server@0.1.1 (in memory),
+#   - y-sweet 0.9.1 (`y-sweet serve`, in memory),
+# and prints a markdown table with ratios to yrelay. Peers are installed under
+# $BENCH_CACHE (default target/bench-cache) on first use; y-sweet takes a few
+# minutes to build. Hocuspocus is not driven: its protocol prefixes every
+# message with the document name, which this y-websocket load generator does
+# not speak.
+#
+#   bash bench/compare.sh                 # readers 10 and 50, 2000 updates at 500/s
+#   READERS="10 50 1000" UPDATES=500 RATE=100 bash bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${BENCH_CACHE:-target/bench-cache}
+readers=${READERS:-10 50}
+updates=${UPDATES:-2000}
+rate=${RATE:-500}
+mkdir -p "$cache"
+
+echo "== building yrelay and yrelay-bench (release)" >&2
+cargo build --release --locked -p yrelay -p yrelay-bench >&2
+if [ ! -f "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" ]; then
+  echo "== installing @y/websocket-server@0.1.1" >&2
+  mkdir -p "$cache/ws-server"
+  (cd "$cache/ws-server" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error @y/websocket-server@0.1.1 >&2)
+fi
+if [ ! -x "$cache/y-sweet/bin/y-sweet" ]; then
+  echo "== building y-sweet 0.9.1 (a few minutes)" >&2
+  cargo install y-sweet@0.9.1 --locked --root "$cache/y-sweet" >&2
+fi
+
+results=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$results"; }
+trap cleanup EXIT
+
+# wait_port PORT: until something listens there.
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+# run NAME URL: the fan-out for every reader count against one server.
+run() {
+  for n in $readers; do
+    echo "== $1: $n readers, $updates updates at $rate/s" >&2
+    if ! target/release/yrelay-bench fanout --url "$2" --readers "$n" --updates "$updates" --rate "$rate" --json \
+      > "$results/$1-$n.json"; then
+      echo "   $1 failed with $n readers" >&2
+      rm -f "$results/$1-$n.json"
+    fi
+  done
+}
+
+data=$(mktemp -d)
+target/release/yrelay serve --listen 127.0.0.1:4961 --store "sqlite://$data/yrelay.db" 2>/dev/null & pids+=($!)
+wait_port 4961; run yrelay 'ws://127.0.0.1:4961/v1/ws/bench/{room}'; kill "${pids[-1]}"
+
+target/release/yrelay-bench relay --listen 127.0.0.1:4962 2>/dev/null & pids+=($!)
+wait_port 4962; run floor 'ws://127.0.0.1:4962/{room}'; kill "${pids[-1]}"
+
+HOST=127.0.0.1 PORT=4963 node "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" >/dev/null 2>&1 & pids+=($!)
+wait_port 4963; run y-websocket 'ws://127.0.0.1:4963/{room}'; kill "${pids[-1]}"
+
+"$cache/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port 4964 >/dev/null 2>&1 & pids+=($!)
+wait_port 4964; run y-sweet 'ws://127.0.0.1:4964/d/{room}/ws/{room}'; kill "${pids[-1]}"
+rm -rf "$data"
+
+python3 - "$results" "$readers" <<'PY'
+import json, sys, os
+results, readers = sys.argv[1], sys.argv[2].split()
+servers = ["yrelay", "floor", "y-websocket", "y-sweet"]
+print("| server | readers | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | p99 vs yrelay | converged |")
+print("|---|---|---|---|---|---|---|---|---|")
+for n in readers:
+    base = json.load(open(os.path.join(results, f"yrelay-{n}.json")))["latency_ms"]["p99"]
+    for s in servers:
+        path = os.path.join(results, f"{s}-{n}.json")
+        if not os.path.exists(path):
+            print(f"| {s} | {n} | failed | | | | | | |")
+            continue
+        r = json.load(open(path))
+        l = r["latency_ms"]
+        print(f"| {s} | {n} | {r['deliveries_per_second']:,.0f} | {l['p50']:.2f} | {l['p90']:.2f} | {l['p99']:.2f} | {l['max']:.2f} | {l['p99'] / base:.2f}x | {r['converged']} |")
+PY
