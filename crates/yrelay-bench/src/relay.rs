@@ -31,6 +31,8 @@ pub async fn serve(listen: &str) -> Result<(), String> {
     }
 }
 
+// The handshake callback's error type is tungstenite's, large by its design.
+#[allow(clippy::result_large_err)]
 async fn connection(tcp: tokio::net::TcpStream, rooms: Rooms, id: u64) {
     let mut path = String::new();
     let callback = |request: &Request, response: Response| {
