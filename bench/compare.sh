@@ -2,6 +2,7 @@
 # Side-by-side fan-out: the same yrelay-bench scenario, in one run on this
 # machine, against
 #   - yrelay (embedded: SQLite, synchronous=FULL; every update fsynced before relay),
+#   - yrelay with that SQLite file on tmpfs (the same path without the fsync),
 #   - the floor: yrelay-bench's bare frame-forwarding relay (no CRDT, no storage),
 #   - the reference y-websocket server, npm @y/websocket-server@0.1.1 (in memory),
 #   - y-sweet 0.9.1 (`y-sweet serve`, in memory),
@@ -64,6 +65,14 @@ data=$(mktemp -d)
 target/release/yrelay serve --listen 127.0.0.1:4961 --store "sqlite://$data/yrelay.db" 2>/dev/null & pids+=($!)
 wait_port 4961; run yrelay 'ws://127.0.0.1:4961/v1/ws/bench/{room}'; kill "${pids[-1]}"
 
+# The same with the store on tmpfs: the server's own path, without the fsync.
+if [ -d /dev/shm ]; then
+  shm=$(mktemp -d -p /dev/shm)
+  target/release/yrelay serve --listen 127.0.0.1:4965 --store "sqlite://$shm/yrelay.db" 2>/dev/null & pids+=($!)
+  wait_port 4965; run yrelay-tmpfs 'ws://127.0.0.1:4965/v1/ws/bench/{room}'; kill "${pids[-1]}"
+  rm -rf "$shm"
+fi
+
 target/release/yrelay-bench relay --listen 127.0.0.1:4962 2>/dev/null & pids+=($!)
 wait_port 4962; run floor 'ws://127.0.0.1:4962/{room}'; kill "${pids[-1]}"
 
@@ -77,7 +86,7 @@ rm -rf "$data"
 python3 - "$results" "$readers" <<'PY'
 import json, sys, os
 results, readers = sys.argv[1], sys.argv[2].split()
-servers = ["yrelay", "floor", "y-websocket", "y-sweet"]
+servers = ["yrelay", "yrelay-tmpfs", "floor", "y-websocket", "y-sweet"]
 print("| server | readers | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | p99 vs yrelay | converged |")
 print("|---|---|---|---|---|---|---|---|---|")
 for n in readers:

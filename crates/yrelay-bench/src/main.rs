@@ -100,10 +100,13 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let mut readers = Vec::with_capacity(args.readers);
     let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(args.readers.max(1));
     for i in 0..args.readers {
-        let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(&urls[i % urls.len()], None, true)
-                .await
-                .map_err(|e| format!("reader connect: {e}"))?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(
+            &urls[i % urls.len()],
+            Some(yrelay_client::config()),
+            true,
+        )
+        .await
+        .map_err(|e| format!("reader connect: {e}"))?;
         readers.push(tokio::spawn(read(
             socket,
             times.clone(),

@@ -37,6 +37,12 @@ pub struct CloseInfo {
 }
 
 /// What the connection task shares with the handle.
+/// Small reads: tungstenite zero-fills its whole read buffer (128 KiB by
+/// default) on every read attempt.
+pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+}
+
 struct Shared {
     doc: Doc,
     awareness: Mutex<Awareness>,
@@ -59,7 +65,7 @@ impl WsClient {
     /// Connects `doc` to `url` (e.g. `ws://127.0.0.1:4040/v1/ws/space/doc`)
     /// and starts the sync handshake.
     pub async fn connect(url: &str, doc: Doc) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config()), true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let shared = Arc::new(Shared {
