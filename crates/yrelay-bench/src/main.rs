@@ -6,6 +6,9 @@
 //! fixed rate; N readers apply what they receive to their own documents and
 //! record, per item, the time from send to receipt. Prints percentiles (HDR
 //! histogram) and checks that every reader converged to the writer's state.
+//! `many-docs` runs that on D documents at once; `idle` holds C connections
+//! and reads the server's memory and CPU from /proc; `relay` serves the
+//! floor (a bare frame-forwarding relay) to compare against.
 
 mod relay;
 
@@ -37,6 +40,12 @@ struct Cli {
 enum Scenario {
     /// One writer, N readers of one document: write-to-receipt latency.
     Fanout(FanoutArgs),
+    /// D documents x K clients each (one writer, K-1 readers), all at once:
+    /// aggregate updates/s and latency.
+    ManyDocs(ManyDocsArgs),
+    /// C idle connections over D documents: the server's RSS and idle CPU
+    /// (read from /proc of --server-pid).
+    Idle(IdleArgs),
     /// Serve the floor: a bare frame-forwarding WebSocket relay (no CRDT, no
     /// storage) to run the same scenarios against.
     Relay {
@@ -64,11 +73,51 @@ struct FanoutArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct ManyDocsArgs {
+    /// WebSocket URL template; `{room}` is replaced by each document's name.
+    #[arg(long, default_value = "ws://127.0.0.1:4040/v1/ws/bench/{room}")]
+    url: String,
+    #[arg(long, default_value_t = 100)]
+    docs: usize,
+    /// Clients per document (one writes, the others read).
+    #[arg(long, default_value_t = 5)]
+    clients: usize,
+    /// Updates per document.
+    #[arg(long, default_value_t = 200)]
+    updates: usize,
+    /// Updates per second per document.
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct IdleArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:4040/v1/ws/bench/{room}")]
+    url: String,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 100)]
+    docs: usize,
+    /// The server's process id (its memory and CPU are read from /proc).
+    #[arg(long)]
+    server_pid: u32,
+    /// Seconds to hold the connections idle while measuring CPU.
+    #[arg(long, default_value_t = 10.0)]
+    hold: f64,
+    #[arg(long)]
+    json: bool,
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let outcome = match cli.scenario {
         Scenario::Fanout(args) => fanout(args).await,
+        Scenario::ManyDocs(args) => many_docs(args).await,
+        Scenario::Idle(args) => idle(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
     };
     if let Err(e) = outcome {
@@ -83,23 +132,34 @@ struct SendTimes {
     sent: Vec<AtomicU64>,
 }
 
-async fn fanout(args: FanoutArgs) -> Result<(), String> {
-    let room = format!("fanout-{}-{}", std::process::id(), nanos());
-    let urls: Vec<String> = args
-        .url
+/// What one room's run measured.
+struct RoomOutcome {
+    latencies: Histogram<u64>,
+    diverged: usize,
+}
+
+/// One writer and `readers` readers on one room: the writer sends `updates`
+/// items at `rate`/s; readers record send-to-receipt latency per item.
+async fn run_room(
+    template: &str,
+    readers: usize,
+    updates: usize,
+    rate: u64,
+    progress: bool,
+) -> Result<RoomOutcome, String> {
+    let room = format!("bench-{}-{}", std::process::id(), nanos());
+    let urls: Vec<String> = template
         .split(',')
         .map(|u| u.trim().replace("{room}", &room))
         .collect();
     let url = urls[0].clone();
     let times = Arc::new(SendTimes {
         start: Instant::now(),
-        sent: (0..args.updates).map(|_| AtomicU64::new(0)).collect(),
+        sent: (0..updates).map(|_| AtomicU64::new(0)).collect(),
     });
-
-    eprintln!("connecting {} readers to {}", args.readers, urls.join(", "));
-    let mut readers = Vec::with_capacity(args.readers);
-    let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(args.readers.max(1));
-    for i in 0..args.readers {
+    let mut tasks = Vec::with_capacity(readers);
+    let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(readers.max(1));
+    for i in 0..readers {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(
             &urls[i % urls.len()],
             Some(yrelay_client::config()),
@@ -107,20 +167,19 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("reader connect: {e}"))?;
-        readers.push(tokio::spawn(read(
+        tasks.push(tokio::spawn(read(
             socket,
             times.clone(),
-            args.updates,
+            updates,
             synced_tx.clone(),
         )));
     }
-    for _ in 0..args.readers {
+    for _ in 0..readers {
         synced_rx
             .recv()
             .await
             .ok_or("a reader ended before syncing")?;
     }
-
     let writer = WsClient::connect(&url, Doc::new())
         .await
         .map_err(|e| e.to_string())?;
@@ -129,72 +188,247 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let seq = writer.doc().get_or_insert_array("seq");
-    eprintln!("writing {} updates at {}/s", args.updates, args.rate);
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
-    for i in 0..args.updates {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    for i in 0..updates {
         tick.tick().await;
         times.sent[i].store(times.start.elapsed().as_micros() as u64, Ordering::Relaxed);
         writer.edit(|txn| {
             seq.push_back(txn, i as i64);
         });
-        if args.updates >= 10 && (i + 1) % (args.updates / 10) == 0 {
-            eprintln!("  sent {}/{}", i + 1, args.updates);
+        if progress && updates >= 10 && (i + 1) % (updates / 10) == 0 {
+            eprintln!("  sent {}/{}", i + 1, updates);
         }
     }
-
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?;
+    let mut latencies = histogram()?;
     let expected = merge_updates([writer.state().as_slice()]).map_err(|e| e.to_string())?;
     let mut diverged = 0;
-    for reader in readers {
-        let outcome = tokio::time::timeout(Duration::from_secs(120), reader)
+    for task in tasks {
+        let outcome = tokio::time::timeout(Duration::from_secs(120), task)
             .await
             .map_err(|_| "a reader did not receive every update within 120 s")?
             .map_err(|e| e.to_string())??;
-        histogram
+        latencies
             .add(&outcome.latencies)
             .map_err(|e| e.to_string())?;
         if outcome.state != expected {
             diverged += 1;
         }
     }
+    Ok(RoomOutcome {
+        latencies,
+        diverged,
+    })
+}
+
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())
+}
+
+fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    serde_json::json!({ "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0 })
+}
+
+fn latency_text(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    )
+}
+
+async fn fanout(args: FanoutArgs) -> Result<(), String> {
+    let instances = args.url.split(',').count();
+    eprintln!(
+        "fanout: {} readers over {instances} instance(s), {} updates at {}/s",
+        args.readers, args.updates, args.rate
+    );
+    let started = Instant::now();
+    let outcome = run_room(&args.url, args.readers, args.updates, args.rate, true).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let h = &outcome.latencies;
     let result = serde_json::json!({
         "scenario": "fanout",
-        "instances": urls.len(),
+        "instances": instances,
         "readers": args.readers,
         "updates": args.updates,
         "rate": args.rate,
-        "deliveries": histogram.len(),
+        "deliveries": h.len(),
         "seconds": elapsed,
-        "deliveries_per_second": histogram.len() as f64 / elapsed,
-        "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": histogram.max() as f64 / 1000.0 },
+        "deliveries_per_second": h.len() as f64 / elapsed,
+        "latency_ms": latency_json(h),
+        "converged": outcome.diverged == 0,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "fanout: {} readers, {} updates at {}/s: {} deliveries in {:.2} s ({:.0}/s); {}; converged: {}",
+            args.readers,
+            args.updates,
+            args.rate,
+            h.len(),
+            elapsed,
+            h.len() as f64 / elapsed,
+            latency_text(h),
+            outcome.diverged == 0
+        );
+    }
+    if outcome.diverged > 0 {
+        return Err(format!(
+            "{} readers diverged from the writer",
+            outcome.diverged
+        ));
+    }
+    Ok(())
+}
+
+/// D documents, each with one writer and K-1 readers, all at once.
+async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
+    eprintln!(
+        "many-docs: {} docs x {} clients, {} updates per doc at {}/s each",
+        args.docs, args.clients, args.updates, args.rate
+    );
+    let started = Instant::now();
+    let rooms: Vec<_> = (0..args.docs)
+        .map(|_| {
+            let url = args.url.clone();
+            let (readers, updates, rate) =
+                (args.clients.saturating_sub(1), args.updates, args.rate);
+            tokio::spawn(async move { run_room(&url, readers, updates, rate, false).await })
+        })
+        .collect();
+    let mut latencies = histogram()?;
+    let mut diverged = 0;
+    for (i, room) in rooms.into_iter().enumerate() {
+        let outcome = room.await.map_err(|e| e.to_string())??;
+        latencies
+            .add(&outcome.latencies)
+            .map_err(|e| e.to_string())?;
+        diverged += outcome.diverged;
+        if args.docs >= 10 && (i + 1) % (args.docs / 10) == 0 {
+            eprintln!("  {}/{} docs done", i + 1, args.docs);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let updates = args.docs * args.updates;
+    let result = serde_json::json!({
+        "scenario": "many-docs",
+        "docs": args.docs,
+        "clients_per_doc": args.clients,
+        "updates": updates,
+        "seconds": elapsed,
+        "updates_per_second": updates as f64 / elapsed,
+        "deliveries_per_second": latencies.len() as f64 / elapsed,
+        "latency_ms": latency_json(&latencies),
         "converged": diverged == 0,
     });
     if args.json {
         println!("{result}");
     } else {
         println!(
-            "fanout: {} readers, {} updates at {}/s: {} deliveries in {:.2} s ({:.0}/s); latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}; converged: {}",
-            args.readers,
-            args.updates,
-            args.rate,
-            histogram.len(),
-            elapsed,
-            histogram.len() as f64 / elapsed,
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            histogram.max() as f64 / 1000.0,
+            "many-docs: {} docs x {} clients: {updates} updates in {elapsed:.2} s ({:.0}/s, {:.0} deliveries/s); {}; converged: {}",
+            args.docs,
+            args.clients,
+            updates as f64 / elapsed,
+            latencies.len() as f64 / elapsed,
+            latency_text(&latencies),
             diverged == 0
         );
     }
     if diverged > 0 {
-        return Err(format!("{diverged} readers diverged from the writer"));
+        return Err(format!("{diverged} readers diverged"));
     }
     Ok(())
+}
+
+/// C idle connections over D documents; the server's memory and CPU (from
+/// /proc of `--server-pid`) once they are all synced and again after `hold`.
+async fn idle(args: IdleArgs) -> Result<(), String> {
+    let before = proc_stats(args.server_pid)?;
+    eprintln!(
+        "idle: opening {} connections over {} docs",
+        args.connections, args.docs
+    );
+    let run = nanos();
+    let mut clients = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let url = args
+            .url
+            .replace("{room}", &format!("idle-{run}-{}", i % args.docs.max(1)));
+        let client = WsClient::connect(&url, Doc::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .wait_synced(Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.push(client);
+        if args.connections >= 10 && (i + 1) % (args.connections / 10) == 0 {
+            eprintln!("  {}/{} connected", i + 1, args.connections);
+        }
+    }
+    let synced = proc_stats(args.server_pid)?;
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let held = proc_stats(args.server_pid)?;
+    let cpu = (held.cpu_seconds - synced.cpu_seconds) / args.hold.max(0.001);
+    let result = serde_json::json!({
+        "scenario": "idle",
+        "connections": args.connections,
+        "docs": args.docs,
+        "rss_mb_before": before.rss_kb as f64 / 1024.0,
+        "rss_mb": held.rss_kb as f64 / 1024.0,
+        "rss_kb_per_connection": (held.rss_kb.saturating_sub(before.rss_kb)) as f64 / args.connections.max(1) as f64,
+        "idle_cpu_percent": cpu * 100.0,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "idle: {} connections over {} docs: server RSS {:.1} MB (from {:.1} MB; {:.1} KB per connection); CPU while idle for {:.0} s: {:.1}%",
+            args.connections,
+            args.docs,
+            held.rss_kb as f64 / 1024.0,
+            before.rss_kb as f64 / 1024.0,
+            result["rss_kb_per_connection"].as_f64().unwrap_or(0.0),
+            args.hold,
+            cpu * 100.0
+        );
+    }
+    drop(clients);
+    Ok(())
+}
+
+struct ProcStats {
+    rss_kb: u64,
+    cpu_seconds: f64,
+}
+
+/// Resident memory and CPU time used so far, from /proc/PID.
+fn proc_stats(pid: u32) -> Result<ProcStats, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which may hold spaces) : utime is the 14th field overall.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    Ok(ProcStats {
+        rss_kb,
+        cpu_seconds: ticks / 100.0,
+    })
 }
 
 fn nanos() -> u64 {
