@@ -118,7 +118,7 @@ export class RedisProcess {
   }
 
   async dispose () {
-    if (this.proc.exitCode === null) {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
       await new Promise((resolve) => { this.proc.once('exit', resolve); this.proc.kill('SIGKILL') })
     }
     rmSync(this.dir, { recursive: true, force: true })

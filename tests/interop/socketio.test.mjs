@@ -305,3 +305,32 @@ test('across instances: a push on one instance reaches Socket.IO and y-websocket
   assert.equal(mirror.getMap('m').get('again'), 1)
   await waitFor('y-websocket on the other instance', () => ydoc.getMap('m').get('again') === 1, [[ydoc, 'update']])
 })
+
+test('limits and outages: past the update rate TOO_MANY_REQUESTS, log down FAILED_TO_SAVE_UPDATES', async (t) => {
+  const redis = await new RedisProcess().start()
+  t.after(() => redis.dispose())
+  const server = await new YrelayProcess(['--log', redis.url, '--max-updates-per-sec', '5']).start()
+  t.after(() => server.dispose())
+  const s = await connect(server)
+  t.after(() => s.close())
+  await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  const doc = new Y.Doc()
+  const updates = []
+  doc.on('update', (u) => updates.push(u))
+  for (let i = 0; i < 20; i++) doc.getMap('m').set('k', i)
+  const answers = await Promise.all(updates.map((u) => call(s, 'space:push-doc-update', { ...ws, docId: 'rated', update: b64(u) })))
+  const limited = answers.filter((a) => a.error?.name === 'TOO_MANY_REQUESTS')
+  assert.ok(limited.length > 0, 'a burst of 20 is over 5/s (bursts of 10)')
+  assert.equal(limited[0].error.status, 429)
+  assert.ok(answers.some((a) => a.data?.accepted), 'the first ones within the burst are accepted')
+
+  // The log (Redis) goes away: pushes are refused, not acknowledged (from a
+  // fresh socket, whose rate budget is whole).
+  const fresh = await connect(server)
+  t.after(() => fresh.close())
+  await call(fresh, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  await redis.dispose()
+  const failed = await fresh.timeout(60000).emitWithAck('space:push-doc-update', { ...ws, docId: 'down', update: b64(update((d) => d.getMap('m').set('x', 1))) })
+  assert.equal(failed.error?.name, 'FAILED_TO_SAVE_UPDATES', JSON.stringify(failed))
+  assert.equal(failed.error.status, 500)
+})

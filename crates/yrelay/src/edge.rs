@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -143,5 +144,37 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
                 .map(|p| p[TOKEN_SUBPROTOCOL.len()..].to_owned()),
             subprotocol,
         })
+    }
+}
+
+/// The per-connection update rate limit (`--max-updates-per-sec`): a token
+/// bucket of `per_sec` updates per second, bursts of twice that.
+pub struct UpdateRate {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl UpdateRate {
+    pub fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec);
+        Self {
+            per_sec,
+            tokens: 2.0 * per_sec,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one update's worth; false when the bucket is empty.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(2.0 * self.per_sec);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }

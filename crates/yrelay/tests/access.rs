@@ -312,3 +312,72 @@ async fn connection_and_rate_limits_give_their_documented_errors() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn public_key_tokens_rs256_es256_eddsa() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, genkey) in [
+        (
+            "rsa",
+            vec![
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        ),
+        (
+            "ec",
+            vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+        ),
+        ("ed25519", vec!["genpkey", "-algorithm", "ed25519"]),
+    ] {
+        let private = dir.path().join(format!("{name}.pem"));
+        let public = dir.path().join(format!("{name}.pub.pem"));
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .status()
+                .expect("openssl (the test command installs it)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let mut gen_args = genkey.clone();
+        gen_args.extend(["-out", private.to_str().unwrap()]);
+        openssl(&gen_args);
+        openssl(&[
+            "pkey",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
+
+        let server =
+            TestServer::start(dir.path(), &["--jwt-public-key", public.to_str().unwrap()]).await;
+        let key = SigningKey::PrivateKey(private.clone());
+        let good = mint(&key, "ann", vec![], 60).unwrap();
+        let client = WsClient::connect(
+            &format!("{}?token={good}", server.ws_url("@ann/notes")),
+            Doc::new(),
+        )
+        .await
+        .unwrap();
+        client
+            .wait_synced(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A token signed with a secret is refused by a public-key server.
+        let hs = mint(&SigningKey::Secret("x".into()), "ann", vec![], 60).unwrap();
+        let (code, reason) =
+            refused_with(&format!("{}?token={hs}", server.ws_url("@ann/notes"))).await;
+        assert_eq!(code, Some(1008), "{name}: {reason}");
+    }
+}

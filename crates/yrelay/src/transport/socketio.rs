@@ -38,6 +38,7 @@ use yrs::StateVector;
 
 use crate::auth::{AuthError, userspace_owner};
 use crate::clock::now_ms;
+use crate::edge::UpdateRate;
 use crate::hub::{DocEvent, HubError, Session};
 use crate::log::Origin;
 use crate::metrics;
@@ -56,6 +57,7 @@ fn error(status: u16, name: &str, message: impl Into<String>, data: Value) -> Va
         401 => "AUTHENTICATION_REQUIRED",
         403 => "ACTION_FORBIDDEN",
         404 => "RESOURCE_NOT_FOUND",
+        429 => "TOO_MANY_REQUESTS",
         _ => "INTERNAL_SERVER_ERROR",
     };
     json!({ "error": {
@@ -157,6 +159,7 @@ struct Conn {
     token: Option<String>,
     sub: Option<String>,
     origin: Origin,
+    rate: UpdateRate,
     /// Joined spaces and the protocol each was joined with.
     spaces: HashMap<SpaceRef, Protocol>,
 }
@@ -279,6 +282,7 @@ impl Gateway {
                 token,
                 sub,
                 origin,
+                rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
                 spaces: HashMap::new(),
             },
         );
@@ -530,6 +534,21 @@ impl Gateway {
             bad_request(e.to_string())
         })?;
         self.check_write(&socket, &addr, &push.space)?;
+        let within_rate = lock(&self.conns)
+            .get_mut(&socket.id)
+            .is_some_and(|c| c.rate.take());
+        if !within_rate {
+            metrics::rejected("rate_limited");
+            return Err(error(
+                429,
+                "TOO_MANY_REQUESTS",
+                format!(
+                    "more than {} updates per second",
+                    self.app.limits.max_updates_per_sec
+                ),
+                json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
+            ));
+        }
         self.watch(&push.space, &addr).await;
         let origin = lock(&self.conns).get(&socket.id).map(|c| c.origin);
         match self

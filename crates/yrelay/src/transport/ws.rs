@@ -20,7 +20,7 @@ use yrelay_protocol::sync::{self, ClientMessage, FrameError};
 use yrelay_protocol::update::check_update;
 
 use crate::auth::{AuthError, Permit};
-use crate::edge::Credentials;
+use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::metrics;
@@ -291,37 +291,6 @@ async fn serve(
             }
             _ = shutdown.changed() => return Close::GoingAway,
         }
-    }
-}
-
-/// A token bucket: `per_sec` updates per second, bursts of twice that.
-struct UpdateRate {
-    per_sec: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl UpdateRate {
-    fn new(per_sec: u32) -> Self {
-        let per_sec = f64::from(per_sec);
-        Self {
-            per_sec,
-            tokens: 2.0 * per_sec,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one update's worth; false when the bucket is empty.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(2.0 * self.per_sec);
-        self.last = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
     }
 }
 
