@@ -10,6 +10,7 @@
 //! and reads the server's memory and CPU from /proc; `relay` serves the
 //! floor (a bare frame-forwarding relay) to compare against.
 
+mod acks;
 mod relay;
 
 use std::sync::Arc;
@@ -43,6 +44,9 @@ enum Scenario {
     /// D documents x K clients each (one writer, K-1 readers), all at once:
     /// aggregate updates/s and latency.
     ManyDocs(ManyDocsArgs),
+    /// Acknowledged updates/s and ack latency through yrelay's POST endpoint
+    /// (durable acks; use with --durability store to measure the store).
+    Acks(acks::AcksArgs),
     /// C idle connections over D documents: the server's RSS and idle CPU
     /// (read from /proc of --server-pid).
     Idle(IdleArgs),
@@ -118,6 +122,7 @@ async fn main() {
         Scenario::Fanout(args) => fanout(args).await,
         Scenario::ManyDocs(args) => many_docs(args).await,
         Scenario::Idle(args) => idle(args).await,
+        Scenario::Acks(args) => acks::run(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
     };
     if let Err(e) = outcome {
