@@ -34,12 +34,7 @@ impl DocHub {
         addr: &DocAddress,
         sv: &StateVector,
     ) -> Result<Option<Vec<u8>>, HubError> {
-        let doc = self.live(addr).await?;
-        if doc.is_empty() {
-            return Ok(None);
-        }
-        let state = doc.lock();
-        Ok(Some(state.awareness.doc().transact().encode_diff_v1(sv)))
+        Ok(self.sync_state(addr, sv).await?.map(|(diff, _)| diff))
     }
 
     /// What a peer with `sv` misses and the server's state vector (both v1),
