@@ -96,7 +96,10 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
         );
         let started = Instant::now();
         let socket = stream.get_mut();
-        socket.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        socket
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         socket.write_all(&update).await.map_err(|e| e.to_string())?;
         let status = read_response(&mut stream).await?;
         if status != 200 {
@@ -112,7 +115,10 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
 /// Reads one response (status line, headers, Content-Length body).
 async fn read_response(stream: &mut BufReader<TcpStream>) -> Result<u16, String> {
     let mut line = String::new();
-    stream.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    stream
+        .read_line(&mut line)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = line
         .split_whitespace()
         .nth(1)
@@ -121,7 +127,10 @@ async fn read_response(stream: &mut BufReader<TcpStream>) -> Result<u16, String>
     let mut length = 0usize;
     loop {
         line.clear();
-        stream.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        stream
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
         if line == "\r\n" || line.is_empty() {
             break;
         }
@@ -132,6 +141,9 @@ async fn read_response(stream: &mut BufReader<TcpStream>) -> Result<u16, String>
         }
     }
     let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(status)
 }
