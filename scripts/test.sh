@@ -70,6 +70,7 @@ target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers
 target/debug/yrelay-bench many-docs --url "ws://$addr/v1/ws/smoke/{room}" --docs 3 --clients 3 --updates 20 --rate 200
 target/debug/yrelay-bench idle --url "ws://$addr/v1/ws/smoke/{room}" --connections 20 --docs 4 --server-pid $smoke_pid --hold 0.2
 target/debug/yrelay-bench acks --addr "$addr" --workers 2 --docs 1 --seconds 0.5
+target/debug/yrelay-bench join --url "ws://$addr/v1/ws/smoke/{room}" --updates 50 --joins 2
 relay_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 target/debug/yrelay-bench relay --listen "127.0.0.1:$relay_port" 2>"$smoke_dir/relay.log" &
 relay_pid=$!

@@ -11,6 +11,7 @@
 //! floor (a bare frame-forwarding relay) to compare against.
 
 mod acks;
+mod join;
 mod relay;
 
 use std::sync::Arc;
@@ -47,6 +48,9 @@ enum Scenario {
     /// Acknowledged updates/s and ack latency through yrelay's POST endpoint
     /// (durable acks; use with --durability store to measure the store).
     Acks(acks::AcksArgs),
+    /// Connect-to-synced time of new clients on a document with many stored
+    /// updates (cold with --settle and a short --idle-unload-secs).
+    Join(join::JoinArgs),
     /// C idle connections over D documents: the server's RSS and idle CPU
     /// (read from /proc of --server-pid).
     Idle(IdleArgs),
@@ -123,6 +127,7 @@ async fn main() {
         Scenario::ManyDocs(args) => many_docs(args).await,
         Scenario::Idle(args) => idle(args).await,
         Scenario::Acks(args) => acks::run(args).await,
+        Scenario::Join(args) => join::run(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
     };
     if let Err(e) = outcome {
