@@ -228,6 +228,16 @@ impl Auth {
         self.permit(token, |c| c.doc_mode(addr), || addr.to_string())
     }
 
+    /// What `token` allows on one document, which must include writing
+    /// (`ReadOnly` otherwise).
+    pub fn writer(&self, token: Option<&str>, addr: &DocAddress) -> Result<Permit, AuthError> {
+        let permit = self.doc(token, addr)?;
+        if !permit.can_write() {
+            return Err(AuthError::ReadOnly(addr.to_string()));
+        }
+        Ok(permit)
+    }
+
     /// What `token` allows on a whole space (at least read).
     pub fn space(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
         self.permit(token, |c| c.space_mode(space), || format!("space {space}"))

@@ -14,11 +14,12 @@ use axum::http::{StatusCode, header};
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::decode_state_vector;
+use yrelay_protocol::{AddressError, DocAddress};
 use yrs::StateVector;
 
 use crate::http_error::ApiError;
+use crate::hub::Ack;
 use crate::metrics;
 
 /// base64url with or without padding (state vectors in query strings).
@@ -36,20 +37,19 @@ pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
+fn bad_id(e: AddressError) -> ApiError {
+    metrics::rejected("bad_doc_id");
+    ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
+}
+
 /// A `{space}/{doc}` from the path, or 400 `BAD_DOC_ID`.
 pub fn address(space: &str, doc: &str) -> Result<DocAddress, ApiError> {
-    DocAddress::parse(space, doc).map_err(|e| {
-        metrics::rejected("bad_doc_id");
-        ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
-    })
+    DocAddress::parse(space, doc).map_err(bad_id)
 }
 
 /// A space id from the path, or 400 `BAD_DOC_ID`.
 pub fn space(space: &str) -> Result<(), ApiError> {
-    yrelay_protocol::address::check_space_id(space).map_err(|e| {
-        metrics::rejected("bad_doc_id");
-        ApiError::new(StatusCode::BAD_REQUEST, "BAD_DOC_ID", e.to_string())
-    })
+    yrelay_protocol::address::check_space_id(space).map_err(bad_id)
 }
 
 /// The request body, within the size limit (413 `BODY_TOO_LARGE` past it).
@@ -65,6 +65,14 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         } else {
             bad_request("BAD_BODY", rejection.body_text())
         }
+    })
+}
+
+/// What the writer of an accepted update is told: `{"cursor", "timestamp"}`.
+pub fn ack_json(ack: &Ack) -> serde_json::Value {
+    serde_json::json!({
+        "cursor": ack.cursor.map(|c| c.to_string()),
+        "timestamp": ack.timestamp_ms,
     })
 }
 

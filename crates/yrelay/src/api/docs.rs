@@ -17,8 +17,9 @@ use serde::Deserialize;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::json_to_update;
 
-use crate::auth::{AuthError, Permit};
-use crate::edge::{Credentials, address, bad_request, body, query, query_state_vector, space};
+use crate::edge::{
+    Credentials, ack_json, address, bad_request, body, query, query_state_vector, space,
+};
 use crate::http_error::ApiError;
 use crate::server::AppState;
 use crate::store::DocMeta;
@@ -40,19 +41,6 @@ fn not_found(addr: &DocAddress) -> ApiError {
         "DOC_NOT_FOUND",
         format!("document {addr} does not exist"),
     )
-}
-
-/// The caller's permit on `addr`, which must allow writing.
-fn writer(
-    app: &AppState,
-    credentials: &Credentials,
-    addr: &DocAddress,
-) -> Result<Permit, ApiError> {
-    let permit = app.auth.doc(credentials.token(), addr)?;
-    if !permit.can_write() {
-        return Err(AuthError::ReadOnly(addr.to_string()).into());
-    }
-    Ok(permit)
 }
 
 #[derive(Deserialize)]
@@ -147,7 +135,7 @@ pub async fn import(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    writer(&app, &credentials, &addr)?;
+    app.auth.writer(credentials.token(), &addr)?;
     let payload = body(payload)?;
     let root = query(query_string)?.root.unwrap_or_else(|| "root".into());
     if root.is_empty() {
@@ -158,14 +146,7 @@ pub async fn import(
     let update =
         json_to_update(&root, value).map_err(|e| bad_request("BAD_JSON", e.to_string()))?;
     match app.hub.import(&addr, update).await? {
-        Some(ack) => Ok((
-            StatusCode::CREATED,
-            Json(serde_json::json!({
-                "cursor": ack.cursor.map(|c| c.to_string()),
-                "timestamp": ack.timestamp_ms,
-            })),
-        )
-            .into_response()),
+        Some(ack) => Ok((StatusCode::CREATED, Json(ack_json(&ack))).into_response()),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
             "DOC_EXISTS",
@@ -189,7 +170,7 @@ pub async fn patch(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    writer(&app, &credentials, &addr)?;
+    app.auth.writer(credentials.token(), &addr)?;
     let payload = body(payload)?;
     // An object only (serde would also take a struct from an array).
     let patch = serde_json::from_slice::<serde_json::Value>(&payload)
@@ -220,7 +201,7 @@ pub async fn delete(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    writer(&app, &credentials, &addr)?;
+    app.auth.writer(credentials.token(), &addr)?;
     if app.hub.delete(&addr).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

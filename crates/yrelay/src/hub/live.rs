@@ -146,12 +146,7 @@ impl LiveDoc {
     /// Whether the document holds anything (a document never written, or
     /// only ever sent empty updates, does not).
     pub(super) fn is_empty(&self) -> bool {
-        self.lock()
-            .awareness
-            .doc()
-            .transact()
-            .state_vector()
-            .is_empty()
+        self.lock().is_empty()
     }
 
     /// Which event an update about to be accepted announces to the space:
@@ -159,8 +154,7 @@ impl LiveDoc {
     /// second per document and instance, or nothing.
     pub(super) fn space_event_due(&self) -> Option<SpaceEvent> {
         let mut state = self.lock();
-        let empty = state.awareness.doc().transact().state_vector().is_empty();
-        let due = if empty {
+        let due = if state.is_empty() {
             SpaceEvent::Created
         } else if state
             .announced
@@ -286,6 +280,11 @@ impl LiveDoc {
 }
 
 impl DocState {
+    /// Whether the replica holds nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.awareness.doc().transact().state_vector().is_empty()
+    }
+
     /// Applies an entry to the replica; false when it was already applied
     /// (de-duplication by cursor).
     fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {

@@ -34,7 +34,8 @@ impl DocHub {
         addr: &DocAddress,
         sv: &StateVector,
     ) -> Result<Option<Vec<u8>>, HubError> {
-        Ok(self.sync_state(addr, sv).await?.map(|(diff, _)| diff))
+        self.read_replica(addr, |doc| doc.transact().encode_diff_v1(sv))
+            .await
     }
 
     /// What a peer with `sv` misses and the server's state vector (both v1),
@@ -45,16 +46,11 @@ impl DocHub {
         sv: &StateVector,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, HubError> {
         use yrs::updates::encoder::Encode;
-        let doc = self.live(addr).await?;
-        if doc.is_empty() {
-            return Ok(None);
-        }
-        let state = doc.lock();
-        let txn = state.awareness.doc().transact();
-        Ok(Some((
-            txn.encode_diff_v1(sv),
-            txn.state_vector().encode_v1(),
-        )))
+        self.read_replica(addr, |doc| {
+            let txn = doc.transact();
+            (txn.encode_diff_v1(sv), txn.state_vector().encode_v1())
+        })
+        .await
     }
 
     /// The document's root types as JSON, or `None` when it was never written.
@@ -62,12 +58,19 @@ impl DocHub {
         &self,
         addr: &DocAddress,
     ) -> Result<Option<serde_json::Value>, HubError> {
+        self.read_replica(addr, doc_to_json).await
+    }
+
+    /// `read` on the live replica of `addr` (loaded if needed), or `None`
+    /// when the document holds nothing (was never written).
+    async fn read_replica<T>(
+        &self,
+        addr: &DocAddress,
+        read: impl FnOnce(&yrs::Doc) -> T,
+    ) -> Result<Option<T>, HubError> {
         let doc = self.live(addr).await?;
-        if doc.is_empty() {
-            return Ok(None);
-        }
         let state = doc.lock();
-        Ok(Some(doc_to_json(state.awareness.doc())))
+        Ok((!state.is_empty()).then(|| read(state.awareness.doc())))
     }
 
     /// Creates a document from `update` (built from imported JSON), exactly

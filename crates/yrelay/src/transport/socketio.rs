@@ -113,11 +113,7 @@ enum SpaceType {
 
 impl SpaceRef {
     fn name(&self) -> String {
-        let kind = match self.space_type {
-            SpaceType::Workspace => "workspace",
-            SpaceType::Userspace => "userspace",
-        };
-        format!("{kind}:{}", self.space_id)
+        format!("{}:{}", space_type(self), self.space_id)
     }
 
     /// The space's id on the other transports.
@@ -409,9 +405,9 @@ impl Gateway {
         addr: &DocAddress,
         space: &SpaceRef,
     ) -> Result<(), Value> {
-        match self.app.auth.doc(self.token(socket).as_deref(), addr) {
-            Ok(permit) if permit.can_write() => Ok(()),
-            Ok(_) | Err(AuthError::ReadOnly(_) | AuthError::Denied(_)) => {
+        match self.app.auth.writer(self.token(socket).as_deref(), addr) {
+            Ok(_) => Ok(()),
+            Err(AuthError::ReadOnly(_) | AuthError::Denied(_)) => {
                 metrics::rejected("read_only");
                 Err(error(
                     403,

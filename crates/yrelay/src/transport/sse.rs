@@ -28,8 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
-use crate::auth::AuthError;
-use crate::edge::{Credentials, address, bad_request, body, query, query_state_vector};
+use crate::edge::{Credentials, ack_json, address, bad_request, body, query, query_state_vector};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::log::LogCursor;
@@ -176,9 +175,7 @@ pub async fn post_update(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    if !app.auth.doc(credentials.token(), &addr)?.can_write() {
-        return Err(AuthError::ReadOnly(addr.to_string()).into());
-    }
+    app.auth.writer(credentials.token(), &addr)?;
     let payload = body(payload)?;
     let update = check_update(payload.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
@@ -188,10 +185,7 @@ pub async fn post_update(
         .hub
         .submit_update(&addr, update, None, TRANSPORT)
         .await?;
-    Ok(Json(serde_json::json!({
-        "cursor": ack.cursor.map(|c| c.to_string()),
-        "timestamp": ack.timestamp_ms,
-    })))
+    Ok(Json(ack_json(&ack)))
 }
 
 /// `POST /v1/docs/{space}/{doc}/sync`
