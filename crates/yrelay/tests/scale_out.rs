@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::services::{PostgresServer, RedisServer};
+use common::services::{PostgresServer, RedisCluster, RedisServer};
 use common::{TestServer, WAIT, converge, covers};
 use yrelay_client::WsClient;
 use yrelay_protocol::DocAddress;
@@ -12,8 +12,9 @@ use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact};
 
 const DOC: &str = "team/shared";
 
-struct Cluster {
-    redis: RedisServer,
+/// Instances on one log and one store (`R`: a Redis server or cluster).
+struct Cluster<R = RedisServer> {
+    redis: R,
     pg: PostgresServer,
     instances: Vec<TestServer>,
     _dirs: Vec<tempfile::TempDir>,
@@ -22,17 +23,24 @@ struct Cluster {
 impl Cluster {
     async fn start(n: usize, extra: &[&str]) -> Self {
         let redis = RedisServer::start().await;
+        let url = redis.url();
+        Cluster::start_on(redis, &url, n, extra).await
+    }
+}
+
+impl<R> Cluster<R> {
+    async fn start_on(redis: R, log: &str, n: usize, extra: &[&str]) -> Self {
         let pg = PostgresServer::start().await;
         let mut instances = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
-            let (store, log) = (pg.url(), redis.url());
+            let store = pg.url();
             let mut args = vec![
                 "--store",
                 &store,
                 "--log",
-                &log,
+                log,
                 "--compact-idle-secs",
                 "0.2",
             ];
@@ -50,9 +58,13 @@ impl Cluster {
 
     /// The document as the store alone holds it (normal form).
     async fn stored_state(&self) -> Option<Vec<u8>> {
+        self.stored_state_of(DOC).await
+    }
+
+    async fn stored_state_of(&self, doc: &str) -> Option<Vec<u8>> {
         let store = yrelay::store::open(&self.pg.url()).await.ok()?;
         let stored = store
-            .load(&DocAddress::parse_path(DOC).unwrap())
+            .load(&DocAddress::parse_path(doc).unwrap())
             .await
             .ok()??;
         let parts = stored
@@ -64,9 +76,13 @@ impl Cluster {
 
     /// Waits until the store alone holds exactly `expected`.
     async fn store_catches_up(&self, expected: &[u8]) {
+        self.store_catches_up_on(DOC, expected).await
+    }
+
+    async fn store_catches_up_on(&self, doc: &str, expected: &[u8]) {
         let poll = async {
             loop {
-                if self.stored_state().await.as_deref() == Some(expected) {
+                if self.stored_state_of(doc).await.as_deref() == Some(expected) {
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -79,7 +95,11 @@ impl Cluster {
 }
 
 async fn connect(server: &TestServer, doc: Doc) -> WsClient {
-    let client = WsClient::connect(&server.ws_url(DOC), doc).await.unwrap();
+    connect_to(server, DOC, doc).await
+}
+
+async fn connect_to(server: &TestServer, name: &str, doc: Doc) -> WsClient {
+    let client = WsClient::connect(&server.ws_url(name), doc).await.unwrap();
     client.wait_synced(WAIT).await.unwrap();
     client
 }
@@ -152,7 +172,7 @@ async fn three_instances_converge_and_the_store_holds_everything() {
     let drained = async {
         loop {
             let owed: i64 = redis::cmd("ZCARD")
-                .arg("yrelay:backlog")
+                .arg("yrelay:{backlog}")
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -265,14 +285,12 @@ async fn durability_store_keeps_every_acknowledged_update_when_redis_loses_every
 
 /// `yrelay worker`: the compactor alone.
 fn worker(cluster: &Cluster) -> tokio::process::Child {
+    worker_on(&cluster.pg, &cluster.redis.url())
+}
+
+fn worker_on(pg: &PostgresServer, log: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_yrelay"))
-        .args([
-            "worker",
-            "--store",
-            &cluster.pg.url(),
-            "--log",
-            &cluster.redis.url(),
-        ])
+        .args(["worker", "--store", &pg.url(), "--log", log])
         .args(["--compact-idle-secs", "0.2"])
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -424,5 +442,67 @@ async fn space_events_reach_every_instance() {
     assert_eq!(
         (deleted.event.as_str(), data(&deleted)["doc"].as_str()),
         ("doc.deleted", Some("one"))
+    );
+}
+
+#[tokio::test]
+async fn a_redis_cluster_spreads_documents_over_its_nodes_and_instances_converge() {
+    let redis = RedisCluster::start(3).await;
+    let url = redis.url();
+    let cluster = Cluster::start_on(redis, &url, 3, &["--no-compactor"]).await;
+    // the compactor, given the cluster as a list of seed nodes
+    let _worker = worker_on(&cluster.pg, &cluster.redis.seeds());
+    let names: Vec<String> = (0..6).map(|i| format!("team/doc-{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let a = connect_to(&cluster.instances[i % 3], name, Doc::new()).await;
+        let b = connect_to(&cluster.instances[(i + 1) % 3], name, Doc::new()).await;
+        clients.push((a, b));
+    }
+    let mut seed = 0x2545f4914f6cdd1d;
+    for round in 0..4 {
+        for (a, b) in &clients {
+            edit(a, &mut seed, 5 + round);
+            edit(b, &mut seed, 5 + round);
+        }
+    }
+    clients[0]
+        .0
+        .set_awareness(&serde_json::json!({"user": "ann"}));
+    clients[0]
+        .1
+        .wait_for("presence", WAIT, |c| {
+            c.peers().iter().any(|(_, s)| s.contains("ann"))
+        })
+        .await
+        .unwrap();
+    for (name, (a, b)) in names.iter().zip(&clients) {
+        let state = converge(&[a, b]).await;
+        cluster.store_catches_up_on(name, &state).await;
+    }
+
+    // The documents' logs live on more than one node.
+    let mut nodes_with_logs = 0;
+    for port in &cluster.redis.ports {
+        let node = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = node.get_multiplexed_async_connection().await.unwrap();
+        let logs: Vec<String> = redis::cmd("KEYS")
+            .arg("yrelay:*:log")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        nodes_with_logs += usize::from(!logs.is_empty());
+    }
+    assert!(nodes_with_logs >= 2, "logs on {nodes_with_logs} node(s)");
+
+    // A cold instance serves a document at once.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, log) = (cluster.pg.url(), cluster.redis.url());
+    let cold = TestServer::start(dir.path(), &["--store", &store, "--log", &log]).await;
+    let late = connect_to(&cold, &names[5], Doc::new()).await;
+    let (a, b) = &clients[5];
+    assert_eq!(
+        merge_updates([late.state().as_slice()]).unwrap(),
+        converge(&[a, b]).await
     );
 }

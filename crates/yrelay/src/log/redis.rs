@@ -1,31 +1,49 @@
-//! The Redis Streams log of scaled-out deployments.
+//! The Redis Streams log of scaled-out deployments, on one Redis server or a
+//! Redis Cluster (detected from the server, or named by several seed URLs).
 //!
-//! Keys are hash-tagged per document so that all of a document's keys share
-//! a Redis Cluster slot:
+//! Keys are hash-tagged per document, so all of a document's keys share a
+//! cluster slot and the scripts that touch several of them stay atomic:
 //! - `yrelay:{space/doc}:log`: the update stream (`XADD` ids are the cursors);
 //! - `yrelay:{space/doc}:aw`: awareness and notices (field `k` = `a`/`n`),
 //!   a stream capped at a few entries (relayed, never persisted);
 //! - `yrelay:{space/doc}:trimmed`: the highest cursor trimmed away;
-//! - `yrelay:{space/doc}:lease`: the compactor lease.
+//! - `yrelay:{space/doc}:lease`: the compactor lease;
+//! - `yrelay:{space/doc}:subs`: the inboxes of the instances that follow the
+//!   document (inbox → registration token).
 //!
-//! `yrelay:backlog` (a sorted set by first-append time) lists documents whose
-//! log holds updates the store may not have.
+//! Fan-out. A multi-key `XREAD` over every followed document would need all
+//! of them in one hash slot, which a cluster cannot give. Instead each
+//! instance blocks on one stream of its own, its inbox `yrelay:inbox:{id}`,
+//! on its own connection (response timeout longer than the block), however
+//! many documents it follows. An append adds the entry and reads the
+//! followers in one script, then rings each follower's inbox with the
+//! document's name (this instance's own bell is rung in-process). A rung
+//! instance reads the document's streams from its feeds' positions, so a
+//! bell that comes late, twice or for an entry already read loses and
+//! repeats nothing. An inbox expires a minute after its instance stops
+//! renewing it; an append that finds a follower's inbox gone (and its
+//! registration older than that) forgets the follower.
 //!
-//! One reader task per process serves every subscription with batched
-//! blocking `XREAD`s on its own connection (response timeout longer than the
-//! block). A new subscription wakes it through the process's own wake stream.
+//! `yrelay:{backlog}` (a sorted set by first-append time) lists documents
+//! whose log may hold updates the store does not have;
+//! `yrelay:{backlog}:clearing` holds the ones a compactor is taking off it.
+//!
 //! When Redis fails, every feed ends; the hub resumes by cursor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use futures_util::future::join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::mpsc;
+use redis::{Cmd, RedisFuture, Value};
+use tokio::sync::{Notify, mpsc};
 use yrelay_protocol::DocAddress;
 
 use super::{EntryKind, Log, LogCursor, LogEntry, LogError, Origin, Subscription};
@@ -33,7 +51,23 @@ use crate::clock::now_ms;
 
 const FEED_BOUND: usize = 4096;
 const BLOCK: Duration = Duration::from_secs(2);
-const BACKLOG_KEY: &str = "yrelay:backlog";
+const TIMEOUT: Duration = Duration::from_secs(5);
+const BACKLOG_KEY: &str = "yrelay:{backlog}";
+const CLEARING_KEY: &str = "yrelay:{backlog}:clearing";
+/// An inbox outlives its instance's last renewal by this long.
+const INBOX_TTL: Duration = Duration::from_secs(60);
+const INBOX_RENEW: Duration = Duration::from_secs(10);
+/// A cap for an inbox nobody reads any more (its instance trims what it read).
+const INBOX_CAP: usize = 100_000;
+/// Entries read per stream and request.
+const READ_COUNT: usize = 1024;
+
+/// Adds an entry to `KEYS[1]` (`XADD` arguments in `ARGV`) and returns its id
+/// with the document's followers (`KEYS[2]`, field/value pairs).
+const APPEND: &str =
+    "return {redis.call('XADD', KEYS[1], unpack(ARGV)), redis.call('HGETALL', KEYS[2])}";
+/// Deletes a registration if it is still the given one.
+const FORGET: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
 fn key(addr: &DocAddress, part: &str) -> String {
     format!("yrelay:{{{addr}}}:{part}")
@@ -43,53 +77,280 @@ fn unavailable(e: redis::RedisError) -> LogError {
     LogError::Unavailable(e.to_string())
 }
 
+/// A connection to one Redis server or to a cluster (which routes each
+/// command to the node of its key's slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the log lives: the seed URLs and whether they form a cluster.
+struct Target {
+    seeds: Vec<String>,
+    cluster: bool,
+}
+
+impl Target {
+    async fn detect(setting: &str) -> Result<Self, LogError> {
+        let seeds: Vec<String> = setting.split(',').map(|s| s.trim().to_string()).collect();
+        if seeds.len() > 1 {
+            return Ok(Self {
+                seeds,
+                cluster: true,
+            });
+        }
+        let client = redis::Client::open(seeds[0].as_str()).map_err(unavailable)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable)?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            seeds,
+            cluster: info.contains("cluster_enabled:1"),
+        })
+    }
+
+    /// A connection whose requests time out after `response_timeout`.
+    async fn connect(&self, response_timeout: Duration) -> Result<Conn, LogError> {
+        if self.cluster {
+            let client = ClusterClient::builder(self.seeds.clone())
+                .connection_timeout(TIMEOUT)
+                .response_timeout(response_timeout)
+                .build()
+                .map_err(unavailable)?;
+            let conn = client.get_async_connection().await.map_err(unavailable)?;
+            return Ok(Conn::Cluster(conn));
+        }
+        let client = redis::Client::open(self.seeds[0].as_str()).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(response_timeout));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Conn::Single(conn))
+    }
+}
+
 pub struct RedisLog {
-    conn: ConnectionManager,
-    feeds: Arc<Mutex<Feeds>>,
-    wake_key: String,
+    conn: Conn,
+    shared: Arc<Shared>,
+}
+
+/// What the log, its reader and fetcher tasks and the subscriptions share.
+struct Shared {
+    inbox: String,
+    feeds: Mutex<Feeds>,
+    /// Documents rung and not yet read.
+    rung: Mutex<HashSet<String>>,
+    ring: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct Feeds {
     next_id: u64,
-    /// Subscription id → its document, stream positions and sender.
+    next_token: u64,
+    /// The followed documents by name (`space/doc`).
+    docs: HashMap<String, DocFeeds>,
+}
+
+struct DocFeeds {
+    addr: DocAddress,
+    /// This instance's registration in the document's followers.
+    token: String,
     subs: HashMap<u64, Feed>,
 }
 
+/// One subscription's stream positions and sender.
 struct Feed {
-    addr: DocAddress,
     log_last: String,
     aw_last: String,
     tx: mpsc::Sender<LogEntry>,
 }
 
 impl RedisLog {
-    pub async fn connect(url: &str) -> Result<Self, LogError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(unavailable)?;
-        let wake_key = format!("yrelay:wake:{}:{}", std::process::id(), now_ms());
-        let feeds = Arc::new(Mutex::new(Feeds::default()));
-        tokio::spawn(reader(client, feeds.clone(), wake_key.clone()));
-        Ok(Self {
-            conn,
-            feeds,
-            wake_key,
-        })
+    /// Connects to `setting`: one `redis://` URL (a cluster is detected), or
+    /// several comma-separated seed URLs of a cluster.
+    pub async fn connect(setting: &str) -> Result<Self, LogError> {
+        let target = Target::detect(setting).await?;
+        let mut conn = target.connect(TIMEOUT).await?;
+        let reader_conn = target.connect(BLOCK + TIMEOUT).await?;
+        let id = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let inbox = format!("yrelay:inbox:{{{id:016x}}}");
+        let start = open_inbox(&mut conn, &inbox).await?;
+        let shared = Arc::new(Shared {
+            inbox,
+            feeds: Mutex::new(Feeds::default()),
+            rung: Mutex::new(HashSet::new()),
+            ring: Arc::new(Notify::new()),
+        });
+        tokio::spawn(reader(
+            reader_conn,
+            conn.clone(),
+            Arc::downgrade(&shared),
+            start,
+        ));
+        tokio::spawn(fetcher(
+            conn.clone(),
+            Arc::downgrade(&shared),
+            shared.ring.clone(),
+        ));
+        tracing::info!(cluster = target.cluster, inbox = %shared.inbox, "redis log connected");
+        Ok(Self { conn, shared })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Adds an entry to one of the document's streams (`XADD` arguments
+    /// after the key); returns its id and the document's followers.
+    async fn add(
+        &self,
+        addr: &DocAddress,
+        stream: &str,
+        xadd: &[&[u8]],
+    ) -> Result<(String, Vec<String>), LogError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND)
+            .arg(2)
+            .arg(key(addr, stream))
+            .arg(key(addr, "subs"));
+        for arg in xadd {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    /// Rings the followers' inboxes (`followers`: inbox/token pairs).
+    async fn ring_followers(&self, addr: &DocAddress, followers: &[String]) {
+        let rings = followers.chunks_exact(2).map(|pair| {
+            let (inbox, token) = (&pair[0], &pair[1]);
+            let mut conn = self.conn();
+            async move {
+                if *inbox == self.shared.inbox {
+                    self.shared.rang(addr.to_string());
+                    return;
+                }
+                if let Err(e) = ring(&mut conn, addr, inbox, token).await {
+                    // The entry is in the log: the follower reads it with
+                    // its next bell, or resumes by cursor if its Redis failed.
+                    tracing::warn!(error = %e, %inbox, "redis log could not ring a follower");
+                }
+            }
+        });
+        join_all(rings).await;
     }
 }
 
-fn lock(feeds: &Mutex<Feeds>) -> std::sync::MutexGuard<'_, Feeds> {
-    feeds.lock().unwrap_or_else(|p| p.into_inner())
+impl Shared {
+    fn rang(&self, name: String) {
+        lock(&self.rung).insert(name);
+        self.ring.notify_one();
+    }
+}
+
+/// Rings a follower's inbox; forgets the follower when its inbox is gone.
+async fn ring(
+    conn: &mut Conn,
+    addr: &DocAddress,
+    inbox: &str,
+    token: &str,
+) -> Result<(), redis::RedisError> {
+    let added: Option<String> = redis::cmd("XADD")
+        .arg(inbox)
+        .arg("NOMKSTREAM")
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_CAP)
+        .arg("*")
+        .arg("d")
+        .arg(addr.to_string())
+        .query_async(conn)
+        .await?;
+    let registered_ms = token
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<i64>().ok())
+        .unwrap_or(0);
+    // A fresh registration may come before its inbox (see `subscribe`).
+    if added.is_none() && now_ms() - registered_ms > INBOX_TTL.as_millis() as i64 {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(FORGET)
+            .arg(1)
+            .arg(key(addr, "subs"))
+            .arg(inbox)
+            .arg(token)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Creates (or keeps) the inbox, renews its expiry, and returns the id from
+/// which to read it.
+async fn open_inbox(conn: &mut Conn, inbox: &str) -> Result<String, LogError> {
+    let id: String = redis::cmd("XADD")
+        .arg(inbox)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_CAP)
+        .arg("*")
+        .arg("h")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(inbox)
+        .arg(INBOX_TTL.as_millis() as u64)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(id)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn origin_text(origin: Option<Origin>) -> String {
@@ -133,7 +394,7 @@ fn entry_from(id: &str, map: &HashMap<String, Value>, kind: EntryKind) -> Option
 }
 
 /// The id of a stream's newest entry (`0-0` when empty).
-async fn last_id(conn: &mut ConnectionManager, stream: &str) -> Result<String, LogError> {
+async fn last_id(conn: &mut Conn, stream: &str) -> Result<String, LogError> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
@@ -166,26 +427,20 @@ impl Log for RedisLog {
         update: Arc<[u8]>,
         origin: Option<Origin>,
     ) -> Result<LogEntry, LogError> {
+        let origin_text = origin_text(origin);
+        let xadd: [&[u8]; 5] = [b"*", b"p", &update, b"o", origin_text.as_bytes()];
+        let (id, followers) = self.add(addr, "log", &xadd).await?;
+        // Owed to the store from now on (NX: keep the oldest time); after
+        // the append, so a compactor clearing the document sees the append.
         let mut conn = self.conn();
-        let id: String = redis::cmd("XADD")
-            .arg(key(addr, "log"))
-            .arg("*")
-            .arg("p")
-            .arg(&*update)
-            .arg("o")
-            .arg(origin_text(origin))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        // Owed to the store from now on (NX: keep the oldest time).
-        let _: () = redis::cmd("ZADD")
-            .arg(BACKLOG_KEY)
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(BACKLOG_KEY)
             .arg("NX")
             .arg(now_ms())
-            .arg(addr.to_string())
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(addr.to_string());
+        let owed = zadd.query_async::<()>(&mut conn);
+        let (owed, ()) = tokio::join!(owed, self.ring_followers(addr, &followers));
+        owed.map_err(unavailable)?;
         let cursor = LogCursor::from_str(&id).map_err(|e| LogError::Unavailable(e.to_string()))?;
         Ok(LogEntry {
             cursor: Some(cursor),
@@ -203,37 +458,65 @@ impl Log for RedisLog {
         payload: Arc<[u8]>,
         origin: Option<Origin>,
     ) -> Result<(), LogError> {
-        let _: String = redis::cmd("XADD")
-            .arg(key(addr, "aw"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(64)
-            .arg("*")
-            .arg("p")
-            .arg(&*payload)
-            .arg("o")
-            .arg(origin_text(origin))
-            .arg("k")
-            .arg(if kind == EntryKind::Notice { "n" } else { "a" })
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let origin_text = origin_text(origin);
+        let k: &[u8] = if kind == EntryKind::Notice {
+            b"n"
+        } else {
+            b"a"
+        };
+        let args: [&[u8]; 10] = [
+            b"MAXLEN",
+            b"~",
+            b"64",
+            b"*",
+            b"p",
+            &payload,
+            b"o",
+            origin_text.as_bytes(),
+            b"k",
+            k,
+        ];
+        let (_, followers) = self.add(addr, "aw", &args).await?;
+        self.ring_followers(addr, &followers).await;
         Ok(())
     }
 
     async fn subscribe(&self, addr: &DocAddress) -> Result<Subscription, LogError> {
         let mut conn = self.conn();
+        // The inbox first: an append that rings a registration whose inbox
+        // is missing may forget it.
+        open_inbox(&mut conn, &self.shared.inbox).await?;
+        let token = {
+            let mut feeds = lock(&self.shared.feeds);
+            feeds.next_token += 1;
+            format!("{}-{}", now_ms(), feeds.next_token)
+        };
+        // Registered before the positions are read: every entry after them
+        // rings this instance.
+        let _: i64 = redis::cmd("HSET")
+            .arg(key(addr, "subs"))
+            .arg(&self.shared.inbox)
+            .arg(&token)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let log_last = last_id(&mut conn, &key(addr, "log")).await?;
         let aw_last = last_id(&mut conn, &key(addr, "aw")).await?;
         let (tx, rx) = mpsc::channel(FEED_BOUND);
+        let name = addr.to_string();
         let id = {
-            let mut feeds = lock(&self.feeds);
+            let mut feeds = lock(&self.shared.feeds);
             let id = feeds.next_id;
             feeds.next_id += 1;
-            feeds.subs.insert(
+            let doc = feeds.docs.entry(name.clone()).or_insert_with(|| DocFeeds {
+                addr: addr.clone(),
+                token: token.clone(),
+                subs: HashMap::new(),
+            });
+            doc.token = token;
+            doc.subs.insert(
                 id,
                 Feed {
-                    addr: addr.clone(),
                     log_last,
                     aw_last,
                     tx,
@@ -241,17 +524,10 @@ impl Log for RedisLog {
             );
             id
         };
-        let _: Result<String, _> = redis::cmd("XADD")
-            .arg(&self.wake_key)
-            .arg("MAXLEN")
-            .arg(8)
-            .arg("*")
-            .arg("w")
-            .arg(1)
-            .query_async(&mut conn)
-            .await;
         let guard = Unsubscribe {
-            feeds: Arc::downgrade(&self.feeds),
+            shared: Arc::downgrade(&self.shared),
+            conn,
+            name,
             id,
         };
         Ok(Subscription::new(rx, Box::new(guard)))
@@ -292,32 +568,27 @@ impl Log for RedisLog {
     }
 
     async fn trim(&self, addr: &DocAddress, upto: LogCursor) -> Result<(), LogError> {
-        let mut conn = self.conn();
         let min_id = LogCursor {
             ms: upto.ms,
             seq: upto.seq + 1,
         };
-        let _: i64 = redis::cmd("XTRIM")
-            .arg(key(addr, "log"))
-            .arg("MINID")
-            .arg(min_id.to_string())
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        // Remember how far we trimmed (never lower it).
-        let script = "local c = redis.call('GET', KEYS[1])
-            if not c then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+        // Trim and remember how far (never lowering it), in one step.
+        let script = "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+            local c = redis.call('GET', KEYS[2])
+            if not c then redis.call('SET', KEYS[2], ARGV[1]) return 1 end
             local cm, cs = string.match(c, '(%d+)-(%d+)')
             local nm, ns = string.match(ARGV[1], '(%d+)-(%d+)')
             if tonumber(nm) > tonumber(cm) or (tonumber(nm) == tonumber(cm) and tonumber(ns) > tonumber(cs)) then
-              redis.call('SET', KEYS[1], ARGV[1]) end
+              redis.call('SET', KEYS[2], ARGV[1]) end
             return 1";
         let _: i64 = redis::cmd("EVAL")
             .arg(script)
-            .arg(1)
+            .arg(2)
+            .arg(key(addr, "log"))
             .arg(key(addr, "trimmed"))
             .arg(upto.to_string())
-            .query_async(&mut conn)
+            .arg(min_id.to_string())
+            .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -332,8 +603,13 @@ impl Log for RedisLog {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let _: i64 = redis::cmd("ZREM")
+        let script =
+            "redis.call('ZREM', KEYS[1], ARGV[1]) return redis.call('ZREM', KEYS[2], ARGV[1])";
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(2)
             .arg(BACKLOG_KEY)
+            .arg(CLEARING_KEY)
             .arg(addr.to_string())
             .query_async(&mut conn)
             .await
@@ -350,16 +626,32 @@ impl Log for RedisLog {
     }
 
     async fn backlog(&self, limit: usize) -> Result<Vec<DocAddress>, LogError> {
-        let members: Vec<String> = redis::cmd("ZRANGE")
+        // Both sets, oldest first: a document being cleared by a compactor
+        // that died stays listed (its lease keeps a live one to itself).
+        let script = "local a = redis.call('ZRANGE', KEYS[1], 0, ARGV[1], 'WITHSCORES')
+            local b = redis.call('ZRANGE', KEYS[2], 0, ARGV[1], 'WITHSCORES')
+            for i = 1, #b do a[#a + 1] = b[i] end
+            return a";
+        let flat: Vec<String> = redis::cmd("EVAL")
+            .arg(script)
+            .arg(2)
             .arg(BACKLOG_KEY)
-            .arg(0)
+            .arg(CLEARING_KEY)
             .arg(limit.saturating_sub(1))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(members
-            .iter()
-            .filter_map(|m| DocAddress::parse_path(m).ok())
+        let mut pairs: Vec<(&str, f64)> = flat
+            .chunks_exact(2)
+            .map(|p| (p[0].as_str(), p[1].parse().unwrap_or(0.0)))
+            .collect();
+        pairs.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut seen = HashSet::new();
+        Ok(pairs
+            .into_iter()
+            .filter(|(m, _)| seen.insert(*m))
+            .filter_map(|(m, _)| DocAddress::parse_path(m).ok())
+            .take(limit)
             .collect())
     }
 
@@ -368,18 +660,42 @@ impl Log for RedisLog {
         addr: &DocAddress,
         persisted: Option<LogCursor>,
     ) -> Result<(), LogError> {
-        // Atomic: an append after the store's cursor keeps the document listed.
-        let script = "local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-            if #last == 0 or last[1][1] == ARGV[2] then return redis.call('ZREM', KEYS[2], ARGV[1]) end
-            return 0";
+        // The log and the backlog are in different slots, so this takes
+        // three steps, each atomic: move the document to `clearing`; see
+        // whether its log holds more than the store; move it back if so,
+        // else drop it. An append after the first step re-lists it itself;
+        // one before the second is seen there; a compactor dying in between
+        // leaves it in `clearing`, which is still listed.
+        let name = addr.to_string();
+        let mut conn = self.conn();
+        let claim = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+            if s then redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('ZADD', KEYS[2], s, ARGV[1]) end
+            return 1";
         let _: i64 = redis::cmd("EVAL")
-            .arg(script)
+            .arg(claim)
             .arg(2)
-            .arg(key(addr, "log"))
             .arg(BACKLOG_KEY)
-            .arg(addr.to_string())
-            .arg(persisted.map(|c| c.to_string()).unwrap_or_default())
-            .query_async(&mut self.conn())
+            .arg(CLEARING_KEY)
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let last = last_id(&mut conn, &key(addr, "log")).await?;
+        let persisted = persisted.map(|c| c.to_string());
+        let owed = last != "0-0" && Some(&last) != persisted.as_ref();
+        let settle = "local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+            redis.call('ZREM', KEYS[2], ARGV[1])
+            if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 'NX', s or ARGV[3], ARGV[1]) end
+            return 1";
+        let _: i64 = redis::cmd("EVAL")
+            .arg(settle)
+            .arg(2)
+            .arg(BACKLOG_KEY)
+            .arg(CLEARING_KEY)
+            .arg(&name)
+            .arg(if owed { "1" } else { "0" })
+            .arg(now_ms())
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -421,130 +737,247 @@ impl Log for RedisLog {
 }
 
 struct Unsubscribe {
-    feeds: std::sync::Weak<Mutex<Feeds>>,
+    shared: Weak<Shared>,
+    conn: Conn,
+    name: String,
     id: u64,
 }
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        if let Some(feeds) = self.feeds.upgrade() {
-            lock(&feeds).subs.remove(&self.id);
-        }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let forget = {
+            let mut feeds = lock(&shared.feeds);
+            let Some(doc) = feeds.docs.get_mut(&self.name) else {
+                return;
+            };
+            doc.subs.remove(&self.id);
+            if !doc.subs.is_empty() {
+                return;
+            }
+            let doc = feeds.docs.remove(&self.name).expect("present");
+            (doc.addr, doc.token)
+        };
+        // The last feed of the document here: stop following it (unless a
+        // newer subscription registered again meanwhile).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let inbox = shared.inbox.clone();
+        runtime.spawn(async move {
+            let (addr, token) = forget;
+            let _: Result<i64, _> = redis::cmd("EVAL")
+                .arg(FORGET)
+                .arg(1)
+                .arg(key(&addr, "subs"))
+                .arg(inbox)
+                .arg(token)
+                .query_async(&mut conn)
+                .await;
+        });
     }
 }
 
-/// The process's blocking reader: one `XREAD` over every subscribed stream.
-async fn reader(client: redis::Client, feeds: Arc<Mutex<Feeds>>, wake_key: String) {
-    let mut wake_last = "$".to_string();
-    let mut conn: Option<MultiplexedConnection> = None;
+/// Blocks on the instance's inbox and hands the documents rung to the
+/// fetcher; renews the inbox.
+async fn reader(mut blocking: Conn, mut conn: Conn, shared: Weak<Shared>, mut position: String) {
+    let mut renewed = Instant::now();
+    let (mut trimmed, mut trimmed_at) = (position.clone(), Instant::now());
     loop {
-        if Arc::strong_count(&feeds) == 1 {
+        let Some(log) = shared.upgrade() else {
             return; // the log was dropped
-        }
-        let connection = match conn.as_mut() {
-            Some(c) => c,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-                match client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                {
-                    Ok(c) => conn.insert(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redis log reader cannot connect; retrying");
-                        end_all_feeds(&feeds);
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        continue;
-                    }
-                }
-            }
         };
-        // Streams and positions to read, one position per stream (the lowest).
-        let mut streams: Vec<(String, String)> = vec![(wake_key.clone(), wake_last.clone())];
-        {
-            let f = lock(&feeds);
-            let mut positions: HashMap<String, String> = HashMap::new();
-            for feed in f.subs.values() {
-                for (k, last) in [
-                    (key(&feed.addr, "log"), &feed.log_last),
-                    (key(&feed.addr, "aw"), &feed.aw_last),
-                ] {
-                    let slot = positions.entry(k).or_insert_with(|| last.clone());
-                    if cursor_lt(last, slot) {
-                        *slot = last.clone();
+        let inbox = log.inbox.clone();
+        drop(log);
+        if renewed.elapsed() >= INBOX_RENEW {
+            let kept: Result<i64, _> = redis::cmd("PEXPIRE")
+                .arg(&inbox)
+                .arg(INBOX_TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await;
+            if let Ok(kept) = kept {
+                renewed = Instant::now();
+                if kept == 0 {
+                    // Redis lost it (restarted empty): bells may be lost.
+                    tracing::warn!(%inbox, "redis log inbox was gone; feeds will resume by cursor");
+                    end_all_feeds(&shared);
+                    if let Ok(start) = open_inbox(&mut conn, &inbox).await {
+                        position = start;
                     }
                 }
             }
-            streams.extend(positions);
         }
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1024)
+        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS");
-        for (k, _) in &streams {
-            cmd.arg(k);
-        }
-        for (_, id) in &streams {
-            cmd.arg(id);
-        }
-        let reply: Result<Option<StreamReadReply>, _> = cmd.query_async(connection).await;
+            .arg("STREAMS")
+            .arg(&inbox)
+            .arg(&position)
+            .query_async(&mut blocking)
+            .await;
         let reply = match reply {
             Ok(Some(reply)) => reply,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "redis log read failed; feeds will resume by cursor");
-                conn = None;
-                end_all_feeds(&feeds);
+                end_all_feeds(&shared);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Ok(start) = open_inbox(&mut conn, &inbox).await {
+                    position = start;
+                    renewed = Instant::now();
+                }
                 continue;
             }
         };
-        let mut f = lock(&feeds);
-        for stream in reply.keys {
-            if stream.key == wake_key {
-                if let Some(last) = stream.ids.last() {
-                    wake_last = last.id.clone();
-                }
-                continue;
-            }
-            let is_log = stream.key.ends_with(":log");
-            let kind = if is_log {
-                EntryKind::Update
-            } else {
-                EntryKind::Awareness
-            };
-            let mut dead = Vec::new();
-            for (sub_id, feed) in f.subs.iter_mut() {
-                let feed_key = key(&feed.addr, if is_log { "log" } else { "aw" });
-                if feed_key != stream.key {
-                    continue;
-                }
-                let last = if is_log {
-                    &mut feed.log_last
-                } else {
-                    &mut feed.aw_last
-                };
-                for e in &stream.ids {
-                    if !cursor_lt(last, &e.id) {
-                        continue;
-                    }
-                    *last = e.id.clone();
-                    if let Some(entry) = entry_from(&e.id, &e.map, kind.clone())
-                        && feed.tx.try_send(entry).is_err()
-                    {
-                        dead.push(*sub_id);
-                        break;
-                    }
-                }
-            }
-            for id in dead {
-                f.subs.remove(&id); // a full or closed feed ends; its owner resumes
+        let Some(log) = shared.upgrade() else {
+            return;
+        };
+        let mut rang = false;
+        for e in reply.keys.iter().flat_map(|s| &s.ids) {
+            position = e.id.clone();
+            if let Some(name) = field(&e.map, "d").and_then(|d| std::str::from_utf8(d).ok()) {
+                lock(&log.rung).insert(name.to_string());
+                rang = true;
             }
         }
+        if rang {
+            log.ring.notify_one();
+        }
+        drop(log);
+        // Drop what was read (rarely: one request per read-everything).
+        if position != trimmed && trimmed_at.elapsed() >= Duration::from_secs(1) {
+            let _: Result<i64, _> = redis::cmd("XTRIM")
+                .arg(&inbox)
+                .arg("MINID")
+                .arg(&position)
+                .query_async(&mut conn)
+                .await;
+            (trimmed, trimmed_at) = (position.clone(), Instant::now());
+        }
     }
+}
+
+/// Reads the rung documents' streams and feeds the subscriptions.
+async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>) {
+    loop {
+        let Some(log) = shared.upgrade() else {
+            return;
+        };
+        let rung: Vec<String> = lock(&log.rung).drain().collect();
+        if rung.is_empty() {
+            drop(log);
+            // Wakes when rung (a ring while busy leaves a permit), or now
+            // and then to notice the log was dropped.
+            let _ = tokio::time::timeout(BLOCK, ring.notified()).await;
+            continue;
+        }
+        let reads = rung.into_iter().filter_map(|name| {
+            let positions = {
+                let feeds = lock(&log.feeds);
+                let doc = feeds.docs.get(&name)?;
+                let mut subs = doc.subs.values();
+                let first = subs.next()?;
+                let (mut log_from, mut aw_from) = (first.log_last.clone(), first.aw_last.clone());
+                for feed in subs {
+                    if cursor_lt(&feed.log_last, &log_from) {
+                        log_from = feed.log_last.clone();
+                    }
+                    if cursor_lt(&feed.aw_last, &aw_from) {
+                        aw_from = feed.aw_last.clone();
+                    }
+                }
+                (doc.addr.clone(), log_from, aw_from)
+            };
+            let mut conn = conn.clone();
+            let log = &log;
+            Some(async move {
+                let (addr, log_from, aw_from) = positions;
+                match read_streams(&mut conn, &addr, log_from, aw_from).await {
+                    Ok(entries) => deliver(log, &name, entries),
+                    Err(e) => {
+                        tracing::warn!(error = %e, doc = %addr, "redis log read failed; feeds will resume by cursor");
+                        if let Some(doc) = lock(&log.feeds).docs.get_mut(&name) {
+                            doc.subs.clear();
+                        }
+                    }
+                }
+            })
+        });
+        join_all(reads).await;
+    }
+}
+
+/// The entries of a document's log and awareness streams after the given
+/// positions (all of them, in requests of [`READ_COUNT`]).
+async fn read_streams(
+    conn: &mut Conn,
+    addr: &DocAddress,
+    mut log_from: String,
+    mut aw_from: String,
+) -> Result<Vec<(EntryKind, String, LogEntry)>, redis::RedisError> {
+    let (log_key, aw_key) = (key(addr, "log"), key(addr, "aw"));
+    let mut out = Vec::new();
+    loop {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(&log_key)
+            .arg(&aw_key)
+            .arg(&log_from)
+            .arg(&aw_from)
+            .query_async(conn)
+            .await?;
+        let mut more = false;
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let (kind, from) = if stream.key == log_key {
+                (EntryKind::Update, &mut log_from)
+            } else {
+                (EntryKind::Awareness, &mut aw_from)
+            };
+            more |= stream.ids.len() >= READ_COUNT;
+            for e in &stream.ids {
+                *from = e.id.clone();
+                if let Some(entry) = entry_from(&e.id, &e.map, kind.clone()) {
+                    out.push((kind.clone(), e.id.clone(), entry));
+                }
+            }
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// Sends each feed of `name` the entries past its positions; a feed that is
+/// full or closed ends (its owner resumes by cursor).
+fn deliver(shared: &Shared, name: &str, entries: Vec<(EntryKind, String, LogEntry)>) {
+    let mut feeds = lock(&shared.feeds);
+    let Some(doc) = feeds.docs.get_mut(name) else {
+        return;
+    };
+    doc.subs.retain(|_, feed| {
+        for (kind, id, entry) in &entries {
+            let last = if *kind == EntryKind::Update {
+                &mut feed.log_last
+            } else {
+                &mut feed.aw_last
+            };
+            if !cursor_lt(last, id) {
+                continue;
+            }
+            *last = id.clone();
+            if feed.tx.try_send(entry.clone()).is_err() {
+                return false;
+            }
+        }
+        true
+    });
 }
 
 /// `a < b` for stream ids (`0-0` smallest).
@@ -555,6 +988,10 @@ fn cursor_lt(a: &str, b: &str) -> bool {
     }
 }
 
-fn end_all_feeds(feeds: &Mutex<Feeds>) {
-    lock(feeds).subs.clear();
+fn end_all_feeds(shared: &Weak<Shared>) {
+    if let Some(shared) = shared.upgrade() {
+        for doc in lock(&shared.feeds).docs.values_mut() {
+            doc.subs.clear();
+        }
+    }
 }

@@ -34,6 +34,16 @@ where
         .unwrap_or_else(|_| panic!("{what} did not become ready"));
 }
 
+async fn redis_answers(port: u16) -> bool {
+    redis_query(port, redis::cmd("PING")).await.is_some()
+}
+
+async fn redis_query(port: u16, cmd: redis::Cmd) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    cmd.query_async::<String>(&mut conn).await.ok()
+}
+
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
@@ -75,19 +85,7 @@ impl RedisServer {
             .expect("redis-server (install with: apt-get install redis-server)");
         self.child = Some(child);
         let port = self.port;
-        wait_ready("redis", || async move {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-                return false;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return false;
-            };
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .is_ok()
-        })
-        .await;
+        wait_ready("redis", || redis_answers(port)).await;
     }
 
     pub async fn kill(&mut self) {
@@ -110,6 +108,97 @@ impl RedisServer {
             }
         }
         self.spawn().await;
+    }
+}
+
+/// A Redis Cluster of private redis-server primaries (no replicas).
+pub struct RedisCluster {
+    _nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_cluster_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server (install with: apt-get install redis-server)");
+            nodes.push(child);
+            let port = *port;
+            wait_ready("redis cluster node", || redis_answers(port)).await;
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli (install with: apt-get install redis-tools)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for port in &ports {
+            let port = *port;
+            wait_ready("redis cluster", || async move {
+                let mut info = redis::cmd("CLUSTER");
+                info.arg("INFO");
+                redis_query(port, info)
+                    .await
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            })
+            .await;
+        }
+        Self {
+            _nodes: nodes,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// One node's URL (yrelay finds the others).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// Every node's URL, comma-separated (the seed list form).
+    pub fn seeds(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
     }
 }
 
