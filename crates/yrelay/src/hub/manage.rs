@@ -120,6 +120,17 @@ impl DocHub {
         }
         if let (Some(_), Some(blocked)) = (&meta, blocked) {
             self.notify(addr, DocNotice::Blocked(blocked)).await?;
+            // Read your writes here; the notice reaches every instance
+            // (this one too, a moment later) through the log.
+            let live = self
+                .inner
+                .lock_docs()
+                .get(addr)
+                .and_then(|s| s.doc.get())
+                .cloned();
+            if let Some(doc) = live {
+                doc.lock().blocked = blocked;
+            }
             tracing::info!(doc = %addr, blocked, "document blocked flag changed");
         }
         Ok(meta)
