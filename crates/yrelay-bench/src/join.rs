@@ -5,7 +5,8 @@
 //! every client waits S seconds after the previous one left, so that a
 //! server started with a shorter `--idle-unload-secs` serves each join cold
 //! (from the store); start it with `--no-compactor` to measure uncompacted
-//! history.
+//! history. `--payload-bytes` makes each update carry a string that long
+//! (e.g. 80 updates of 256 KiB: a 20 MB document).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ pub struct JoinArgs {
     /// Separate updates stored before the joins.
     #[arg(long, default_value_t = 100_000)]
     updates: usize,
+    /// Bytes of text per update (0: each update adds one number).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
     #[arg(long, default_value_t = 10)]
     joins: usize,
     /// Seconds between one client leaving and the next joining.
@@ -42,13 +46,23 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
     eprintln!("join: storing {} updates", args.updates);
     for i in 0..args.updates {
         writer.edit(|txn| {
-            list.push_back(txn, i as i64);
+            if args.payload_bytes > 0 {
+                let text = format!("{i:08}").repeat(args.payload_bytes / 8 + 1);
+                list.push_back(txn, &text[..args.payload_bytes]);
+            } else {
+                list.push_back(txn, i as i64);
+            }
         });
         if args.updates >= 10 && (i + 1) % (args.updates / 10) == 0 {
             eprintln!("  sent {}/{}", i + 1, args.updates);
         }
     }
     let target = writer.doc().transact().state_vector();
+    let doc_bytes = writer
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default())
+        .len();
     // Stored: a fresh client sees all of it.
     let check = WsClient::connect(&url, Doc::new())
         .await
@@ -88,6 +102,7 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
     let result = serde_json::json!({
         "scenario": "join",
         "updates": args.updates,
+        "doc_bytes": doc_bytes,
         "joins": args.joins,
         "settle_seconds": args.settle,
         "join_ms": super::latency_json(&histogram),
@@ -96,8 +111,9 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
         println!("{result}");
     } else {
         println!(
-            "join: {} stored updates, {} joins (settle {:.1} s): connect to synced {}",
+            "join: {} stored updates ({:.1} MB), {} joins (settle {:.1} s): connect to synced {}",
             args.updates,
+            doc_bytes as f64 / 1e6,
             args.joins,
             args.settle,
             super::latency_text(&histogram).replace("latency ms", "ms")

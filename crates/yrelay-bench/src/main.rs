@@ -2,10 +2,13 @@
 //! clients. Works against any y-websocket server (the room path is given as
 //! a URL template).
 //!
-//! Scenario `fanout`: one writer pushes numbered items into a Y.Array at a
-//! fixed rate; N readers apply what they receive to their own documents and
-//! record, per item, the time from send to receipt. Prints percentiles (HDR
-//! histogram) and checks that every reader converged to the writer's state.
+//! Scenario `fanout`: one writer pushes items (each its send time, wall-clock
+//! µs) into a Y.Array at a fixed rate; N readers apply what they receive to
+//! their own documents and record, per item, the time from send to receipt.
+//! Prints percentiles (HDR histogram) and checks that every reader converged
+//! to the writer's state. `--processes P` spreads the readers over P
+//! processes on this machine (the send time travels in the item, so any
+//! process can measure it), so one process's CPU is never the limit.
 //! `many-docs` runs that on D documents at once; `idle` holds C connections
 //! and reads the server's memory and CPU from /proc; `relay` serves the
 //! floor (a bare frame-forwarding relay) to compare against.
@@ -14,19 +17,21 @@ mod acks;
 mod join;
 mod relay;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use yrelay_client::WsClient;
 use yrelay_protocol::sync::{self, ClientMessage};
 use yrelay_protocol::update::{apply_update, merge_updates};
+use yrs::any::Number;
 use yrs::updates::encoder::Encode;
-use yrs::{Array, Doc, ReadTxn, StateVector, Transact};
+use yrs::{Any, Array, Doc, Out, ReadTxn, StateVector, Transact};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +59,10 @@ enum Scenario {
     /// C idle connections over D documents: the server's RSS and idle CPU
     /// (read from /proc of --server-pid).
     Idle(IdleArgs),
+    /// A share of a fan-out's readers, run by `fanout --processes` in a
+    /// process of its own (prints `synced`, then its result as JSON).
+    #[command(hide = true)]
+    Readers(ReadersArgs),
     /// Serve the floor: a bare frame-forwarding WebSocket relay (no CRDT, no
     /// storage) to run the same scenarios against.
     Relay {
@@ -76,9 +85,28 @@ struct FanoutArgs {
     /// Updates per second sent by the writer.
     #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// Processes to spread the readers over (this one included).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct ReadersArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    room: String,
+    /// Index of this share's first reader (readers go round-robin over the
+    /// URLs by index).
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    readers: usize,
+    #[arg(long)]
+    updates: usize,
 }
 
 #[derive(clap::Args)]
@@ -128,6 +156,7 @@ async fn main() {
         Scenario::Idle(args) => idle(args).await,
         Scenario::Acks(args) => acks::run(args).await,
         Scenario::Join(args) => join::run(args).await,
+        Scenario::Readers(args) => readers_process(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
     };
     if let Err(e) = outcome {
@@ -136,61 +165,200 @@ async fn main() {
     }
 }
 
-/// Send times of the writer's items, in µs since the start.
-struct SendTimes {
-    start: Instant,
-    sent: Vec<AtomicU64>,
-}
-
 /// What one room's run measured.
 struct RoomOutcome {
     latencies: Histogram<u64>,
     diverged: usize,
 }
 
-/// One writer and `readers` readers on one room: the writer sends `updates`
-/// items at `rate`/s; readers record send-to-receipt latency per item.
+/// Readers connected to a room and synced, each a task that ends once it
+/// has every item.
+struct Readers {
+    tasks: Vec<tokio::task::JoinHandle<Result<ReaderOutcome, String>>>,
+}
+
+impl Readers {
+    /// Connects readers `first..first + count` (round-robin over `urls`) and
+    /// waits until each is synced.
+    async fn connect(
+        urls: &[String],
+        first: usize,
+        count: usize,
+        updates: usize,
+    ) -> Result<Self, String> {
+        let mut tasks = Vec::with_capacity(count);
+        let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(count.max(1));
+        for i in first..first + count {
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(
+                &urls[i % urls.len()],
+                Some(yrelay_client::config()),
+                true,
+            )
+            .await
+            .map_err(|e| format!("reader connect: {e}"))?;
+            tasks.push(tokio::spawn(read(socket, updates, synced_tx.clone())));
+        }
+        for _ in 0..count {
+            synced_rx
+                .recv()
+                .await
+                .ok_or("a reader ended before syncing")?;
+        }
+        Ok(Self { tasks })
+    }
+
+    /// Waits for every reader: their latencies, and each one's final state
+    /// (its hash).
+    async fn finish(self) -> Result<(Histogram<u64>, Vec<u64>), String> {
+        let mut latencies = histogram()?;
+        let mut states = Vec::new();
+        for task in self.tasks {
+            let outcome = tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .map_err(|_| "a reader did not receive every update within 120 s")?
+                .map_err(|e| e.to_string())??;
+            latencies
+                .add(&outcome.latencies)
+                .map_err(|e| e.to_string())?;
+            states.push(state_hash(&outcome.state));
+        }
+        Ok((latencies, states))
+    }
+}
+
+fn state_hash(state: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    state.hash(&mut h);
+    h.finish()
+}
+
+/// Wall-clock µs: the send time the writer puts in each item and readers in
+/// any process subtract from their receipt time.
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A share of the readers in a child process (`readers` subcommand).
+struct ChildReaders {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ChildReaders {
+    async fn spawn(
+        template: &str,
+        room: &str,
+        first: usize,
+        count: usize,
+        updates: usize,
+    ) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("readers")
+            .args(["--url", template, "--room", room])
+            .args([
+                "--first",
+                &first.to_string(),
+                "--readers",
+                &count.to_string(),
+            ])
+            .args(["--updates", &updates.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn a reader process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    async fn line(&mut self) -> Result<String, String> {
+        self.lines
+            .next_line()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "a reader process ended early (see its error above)".to_string())
+    }
+
+    async fn finish(mut self) -> Result<(Histogram<u64>, Vec<u64>), String> {
+        let line = self.line().await?;
+        let _ = self.child.wait().await;
+        let result: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+        let mut latencies = histogram()?;
+        for pair in result["buckets"].as_array().ok_or("no buckets")? {
+            let (value, count) = (pair[0].as_u64(), pair[1].as_u64());
+            latencies
+                .record_n(value.unwrap_or(1), count.unwrap_or(0))
+                .map_err(|e| e.to_string())?;
+        }
+        let states = result["states"]
+            .as_array()
+            .ok_or("no states")?
+            .iter()
+            .filter_map(|s| s.as_str()?.parse().ok())
+            .collect();
+        Ok((latencies, states))
+    }
+}
+
+/// `readers`: connect a share, say `synced`, then print the result.
+async fn readers_process(args: ReadersArgs) -> Result<(), String> {
+    let urls = room_urls(&args.url, &args.room);
+    let readers = Readers::connect(&urls, args.first, args.readers, args.updates).await?;
+    println!("synced");
+    let (latencies, states) = readers.finish().await?;
+    let buckets: Vec<[u64; 2]> = latencies
+        .iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect();
+    let states: Vec<String> = states.iter().map(u64::to_string).collect();
+    println!(
+        "{}",
+        serde_json::json!({ "buckets": buckets, "states": states })
+    );
+    Ok(())
+}
+
+fn room_urls(template: &str, room: &str) -> Vec<String> {
+    template
+        .split(',')
+        .map(|u| u.trim().replace("{room}", room))
+        .collect()
+}
+
+/// One writer and `readers` readers (spread over `processes` processes) on
+/// one room: the writer sends `updates` items at `rate`/s; readers record
+/// send-to-receipt latency per item.
 async fn run_room(
     template: &str,
     readers: usize,
     updates: usize,
     rate: u64,
+    processes: usize,
     progress: bool,
 ) -> Result<RoomOutcome, String> {
     let room = format!("bench-{}-{}", std::process::id(), nanos());
-    let urls: Vec<String> = template
-        .split(',')
-        .map(|u| u.trim().replace("{room}", &room))
-        .collect();
-    let url = urls[0].clone();
-    let times = Arc::new(SendTimes {
-        start: Instant::now(),
-        sent: (0..updates).map(|_| AtomicU64::new(0)).collect(),
-    });
-    let mut tasks = Vec::with_capacity(readers);
-    let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(readers.max(1));
-    for i in 0..readers {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(
-            &urls[i % urls.len()],
-            Some(yrelay_client::config()),
-            true,
-        )
-        .await
-        .map_err(|e| format!("reader connect: {e}"))?;
-        tasks.push(tokio::spawn(read(
-            socket,
-            times.clone(),
-            updates,
-            synced_tx.clone(),
-        )));
+    let urls = room_urls(template, &room);
+    // Shares: this process takes the first, children the rest.
+    let processes = processes.clamp(1, readers.max(1));
+    let share = |p: usize| readers * (p + 1) / processes - readers * p / processes;
+    let mut children = Vec::new();
+    for p in 1..processes {
+        let first = readers * p / processes;
+        let mut child = ChildReaders::spawn(template, &room, first, share(p), updates).await?;
+        let said = child.line().await?;
+        if said != "synced" {
+            return Err(format!("a reader process said {said:?}"));
+        }
+        children.push(child);
     }
-    for _ in 0..readers {
-        synced_rx
-            .recv()
-            .await
-            .ok_or("a reader ended before syncing")?;
-    }
-    let writer = WsClient::connect(&url, Doc::new())
+    let local = Readers::connect(&urls, 0, share(0), updates).await?;
+    let writer = WsClient::connect(&urls[0], Doc::new())
         .await
         .map_err(|e| e.to_string())?;
     writer
@@ -201,32 +369,27 @@ async fn run_room(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     for i in 0..updates {
         tick.tick().await;
-        times.sent[i].store(times.start.elapsed().as_micros() as u64, Ordering::Relaxed);
         writer.edit(|txn| {
-            seq.push_back(txn, i as i64);
+            seq.push_back(txn, wall_us());
         });
         if progress && updates >= 10 && (i + 1) % (updates / 10) == 0 {
             eprintln!("  sent {}/{}", i + 1, updates);
         }
     }
-    let mut latencies = histogram()?;
     let expected = merge_updates([writer.state().as_slice()]).map_err(|e| e.to_string())?;
-    let mut diverged = 0;
-    for task in tasks {
-        let outcome = tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .map_err(|_| "a reader did not receive every update within 120 s")?
-            .map_err(|e| e.to_string())??;
-        latencies
-            .add(&outcome.latencies)
-            .map_err(|e| e.to_string())?;
-        if outcome.state != expected {
-            diverged += 1;
-        }
+    let expected = state_hash(&expected);
+    let (mut latencies, mut states) = local.finish().await?;
+    for child in children {
+        let (h, s) = child.finish().await?;
+        latencies.add(&h).map_err(|e| e.to_string())?;
+        states.extend(s);
+    }
+    if states.len() != readers {
+        return Err(format!("{} of {readers} readers reported", states.len()));
     }
     Ok(RoomOutcome {
         latencies,
-        diverged,
+        diverged: states.iter().filter(|s| **s != expected).count(),
     })
 }
 
@@ -253,16 +416,25 @@ fn latency_text(h: &Histogram<u64>) -> String {
 async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let instances = args.url.split(',').count();
     eprintln!(
-        "fanout: {} readers over {instances} instance(s), {} updates at {}/s",
-        args.readers, args.updates, args.rate
+        "fanout: {} readers over {instances} instance(s) and {} process(es), {} updates at {}/s",
+        args.readers, args.processes, args.updates, args.rate
     );
     let started = Instant::now();
-    let outcome = run_room(&args.url, args.readers, args.updates, args.rate, true).await?;
+    let outcome = run_room(
+        &args.url,
+        args.readers,
+        args.updates,
+        args.rate,
+        args.processes,
+        true,
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let h = &outcome.latencies;
     let result = serde_json::json!({
         "scenario": "fanout",
         "instances": instances,
+        "processes": args.processes,
         "readers": args.readers,
         "updates": args.updates,
         "rate": args.rate,
@@ -308,7 +480,7 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
             let url = args.url.clone();
             let (readers, updates, rate) =
                 (args.clients.saturating_sub(1), args.updates, args.rate);
-            tokio::spawn(async move { run_room(&url, readers, updates, rate, false).await })
+            tokio::spawn(async move { run_room(&url, readers, updates, rate, 1, false).await })
         })
         .collect();
     let mut latencies = histogram()?;
@@ -460,15 +632,13 @@ type Socket =
 /// the latency of every item that became visible.
 async fn read(
     socket: Socket,
-    times: Arc<SendTimes>,
     updates: usize,
     synced: tokio::sync::mpsc::Sender<()>,
 ) -> Result<ReaderOutcome, String> {
     let (mut sink, mut stream) = socket.split();
     let doc = Doc::new();
     let seq = doc.get_or_insert_array("seq");
-    let mut latencies =
-        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?;
+    let mut latencies = histogram()?;
     let sv = StateVector::default().encode_v1();
     sink.send(Message::Binary(sync::encode_sync_step1(&sv).into()))
         .await
@@ -484,7 +654,7 @@ async fn read(
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("reader connection ended".into()),
         };
-        let now = times.start.elapsed().as_micros() as u64;
+        let now = wall_us();
         for message in sync::decode_frame(&frame).map_err(|e| e.to_string())? {
             match message {
                 ClientMessage::SyncStep1(_) => {
@@ -503,13 +673,19 @@ async fn read(
                 _ => {}
             }
         }
-        let visible = seq.len(&doc.transact()) as usize;
+        let txn = doc.transact();
+        let visible = seq.len(&txn) as usize;
         for i in seen..visible.min(updates) {
-            let sent = times.sent[i].load(Ordering::Relaxed);
+            let sent = match seq.get(&txn, i as u32) {
+                Some(Out::Any(Any::Number(Number::Int(us)))) => us,
+                Some(Out::Any(Any::Number(Number::Float(us)))) => us as i64,
+                _ => return Err(format!("item {i} is not a send time")),
+            };
             latencies
-                .record(now.saturating_sub(sent).max(1))
+                .record(now.saturating_sub(sent).max(1) as u64)
                 .map_err(|e| e.to_string())?;
         }
+        drop(txn);
         seen = seen.max(visible);
     }
     let state = merge_updates([doc
