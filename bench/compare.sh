@@ -14,12 +14,14 @@
 #
 #   bash bench/compare.sh                 # readers 10 and 50, 2000 updates at 500/s
 #   READERS="10 50 1000" UPDATES=500 RATE=100 bash bench/compare.sh
+#   PROCESSES=2 ...                       # readers spread over 2 generator processes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${BENCH_CACHE:-target/bench-cache}
 readers=${READERS:-10 50}
 updates=${UPDATES:-2000}
 rate=${RATE:-500}
+processes=${PROCESSES:-1}
 mkdir -p "$cache"
 
 echo "== building yrelay and yrelay-bench (release)" >&2
@@ -51,9 +53,9 @@ wait_port() {
 # run NAME URL: the fan-out for every reader count against one server.
 run() {
   for n in $readers; do
-    echo "== $1: $n readers, $updates updates at $rate/s" >&2
+    echo "== $1: $n readers ($processes process(es)), $updates updates at $rate/s" >&2
     # A run whose readers diverged still prints its JSON (converged: false).
-    if ! target/release/yrelay-bench fanout --url "$2" --readers "$n" --updates "$updates" --rate "$rate" --json \
+    if ! target/release/yrelay-bench fanout --url "$2" --readers "$n" --updates "$updates" --rate "$rate" --processes "$processes" --json \
       > "$results/$1-$n.json"; then
       echo "   $1 with $n readers: see converged" >&2
       [ -s "$results/$1-$n.json" ] || rm -f "$results/$1-$n.json"
