@@ -36,12 +36,19 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// What the connection task shares with the handle.
-/// Small reads: tungstenite zero-fills its whole read buffer (128 KiB by
-/// default) on every read attempt.
+/// The client's WebSocket settings. Small reads: tungstenite zero-fills its
+/// whole read buffer (128 KiB by default) on every read attempt. No frame or
+/// message limit: a client trusts its server, and the first sync of a large
+/// document is one message as large as the document (tungstenite's default
+/// 16 MiB frame limit refused a 20 MB document).
 pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_frame_size(None)
+        .max_message_size(None)
 }
+
+/// What the connection task shares with the handle.
 
 struct Shared {
     doc: Doc,
