@@ -49,7 +49,6 @@ pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
 }
 
 /// What the connection task shares with the handle.
-
 struct Shared {
     doc: Doc,
     awareness: Mutex<Awareness>,
