@@ -164,9 +164,10 @@ pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreEr
     let Some(stored) = store.load(addr).await? else {
         return Ok(());
     };
-    let Some(&(upto, _)) = stored.updates.last() else {
+    if stored.updates.is_empty() {
         return Ok(());
-    };
+    }
+    let merged: Vec<i64> = stored.updates.iter().map(|(id, _)| *id).collect();
     let started = Instant::now();
     let count = stored.updates.len();
     let before: usize = stored.snapshot.as_ref().map_or(0, Vec::len)
@@ -184,7 +185,7 @@ pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreEr
     .await
     .map_err(|e| StoreError::Corrupt(format!("compaction task failed: {e}")))?
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    store.compact(addr, &snapshot, upto).await?;
+    store.compact(addr, &snapshot, &merged).await?;
     metrics::compaction(count);
     tracing::info!(
         doc = %addr,

@@ -506,3 +506,66 @@ async fn a_redis_cluster_spreads_documents_over_its_nodes_and_instances_converge
         converge(&[a, b]).await
     );
 }
+
+/// PostgreSQL allots ids at insert, not at commit: an update committed by a
+/// slower transaction (another instance's batch) can hold a lower id than
+/// one the compactor already merged. Compaction removes only what it merged.
+#[tokio::test]
+async fn compaction_keeps_an_update_committed_late_under_a_lower_id() {
+    use std::sync::Arc;
+    use yrelay::store::NewUpdate;
+    use yrs::GetString;
+
+    let pg = PostgresServer::start().await;
+    let store = yrelay::store::open(&pg.url()).await.unwrap();
+    let addr = DocAddress::parse_path(DOC).unwrap();
+    let update = |client: u64, text: &str| {
+        let doc = Doc::with_client_id(client);
+        let t = doc.get_or_insert_text("text");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    let append = |data: Vec<u8>| NewUpdate {
+        addr: addr.clone(),
+        data: Arc::from(data),
+        log_cursor: None,
+        timestamp_ms: 1,
+    };
+    store.append(&[append(update(1, "first "))]).await.unwrap();
+    // A slow transaction takes the next id and has not committed yet.
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO doc_updates (space, doc, data, created_at) VALUES ($1, $2, $3, 1)")
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(update(2, "late "))
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    store.append(&[append(update(3, "third"))]).await.unwrap();
+
+    // The compactor reads what is committed, then the slow one commits.
+    let read = store.load(&addr).await.unwrap().unwrap();
+    assert_eq!(read.updates.len(), 2);
+    slow.commit().await.unwrap();
+    let merged: Vec<i64> = read.updates.iter().map(|(id, _)| *id).collect();
+    let snapshot = merge_updates(read.updates.iter().map(|(_, u)| u.as_slice())).unwrap();
+    store.compact(&addr, &snapshot, &merged).await.unwrap();
+
+    let after = store.load(&addr).await.unwrap().unwrap();
+    assert_eq!(after.updates.len(), 1, "the late update stays");
+    let doc = Doc::new();
+    for part in after
+        .snapshot
+        .iter()
+        .chain(after.updates.iter().map(|(_, u)| u))
+    {
+        yrelay_protocol::update::apply_update(&doc, part).unwrap();
+    }
+    let text = doc.get_or_insert_text("text");
+    let content = text.get_string(&doc.transact());
+    for word in ["first", "late", "third"] {
+        assert!(content.contains(word), "{word} in {content:?}");
+    }
+}

@@ -93,6 +93,9 @@ pub(crate) fn doc_deltas(batch: &[NewUpdate]) -> Vec<DocDelta> {
             }),
         }
     }
+    // One lock order for every transaction: batches of several instances
+    // upsert the same rows at once without deadlock.
+    deltas.sort_by(|a, b| a.addr.cmp(&b.addr));
     deltas
 }
 
@@ -117,13 +120,15 @@ pub trait Store: Send + Sync + 'static {
     /// needed and keeping their metadata current.
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError>;
 
-    /// Replaces the snapshot of `addr` and removes the appended updates with
-    /// id up to `upto_update` (which `snapshot` includes).
+    /// Replaces the snapshot of `addr` and removes the appended updates
+    /// `merged` (their ids, ascending; `snapshot` includes them). Only those:
+    /// a transaction that committed after they were read may hold a lower id
+    /// (PostgreSQL allots ids at insert, not at commit).
     async fn compact(
         &self,
         addr: &DocAddress,
         snapshot: &[u8],
-        upto_update: i64,
+        merged: &[i64],
     ) -> Result<(), StoreError>;
 
     /// Up to where the store holds the log of `addr`.

@@ -144,13 +144,13 @@ impl Store for PostgresStore {
         &self,
         addr: &DocAddress,
         snapshot: &[u8],
-        upto_update: i64,
+        merged: &[i64],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id <= $3")
+        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id = ANY($3)")
             .bind(addr.space())
             .bind(addr.doc())
-            .bind(upto_update)
+            .bind(merged)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

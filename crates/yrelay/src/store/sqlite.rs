@@ -158,13 +158,16 @@ impl Store for SqliteStore {
         &self,
         addr: &DocAddress,
         snapshot: &[u8],
-        upto_update: i64,
+        merged: &[i64],
     ) -> Result<(), StoreError> {
+        // SQLite has one writer at a time, so ids are in commit order and
+        // "up to the last merged id" is exactly the merged ones.
+        let upto = merged.last().copied().unwrap_or(0);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         sqlx::query("DELETE FROM doc_updates WHERE space = ? AND doc = ? AND id <= ?")
             .bind(addr.space())
             .bind(addr.doc())
-            .bind(upto_update)
+            .bind(upto)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
