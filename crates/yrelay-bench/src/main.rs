@@ -16,6 +16,7 @@
 mod acks;
 mod join;
 mod relay;
+mod sse;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::process::Stdio;
@@ -88,6 +89,10 @@ struct FanoutArgs {
     /// Processes to spread the readers over (this one included).
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// How readers receive: y-websocket, or yrelay's SSE event stream (the
+    /// writer always uses the WebSocket).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    readers_over: Transport,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -107,6 +112,23 @@ struct ReadersArgs {
     readers: usize,
     #[arg(long)]
     updates: usize,
+    #[arg(long, value_enum)]
+    readers_over: Transport,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Ws,
+    Sse,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -182,6 +204,7 @@ impl Readers {
     /// waits until each is synced.
     async fn connect(
         urls: &[String],
+        over: Transport,
         first: usize,
         count: usize,
         updates: usize,
@@ -189,14 +212,24 @@ impl Readers {
         let mut tasks = Vec::with_capacity(count);
         let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(count.max(1));
         for i in first..first + count {
-            let (socket, _) = tokio_tungstenite::connect_async_with_config(
-                &urls[i % urls.len()],
-                Some(yrelay_client::config()),
-                true,
-            )
-            .await
-            .map_err(|e| format!("reader connect: {e}"))?;
-            tasks.push(tokio::spawn(read(socket, updates, synced_tx.clone())));
+            let url = &urls[i % urls.len()];
+            let task = match over {
+                Transport::Ws => {
+                    let (socket, _) = tokio_tungstenite::connect_async_with_config(
+                        url,
+                        Some(yrelay_client::config()),
+                        true,
+                    )
+                    .await
+                    .map_err(|e| format!("reader connect: {e}"))?;
+                    tokio::spawn(read(socket, updates, synced_tx.clone()))
+                }
+                Transport::Sse => {
+                    let url = sse::events_url(url)?;
+                    tokio::spawn(sse::read(url, updates, synced_tx.clone()))
+                }
+            };
+            tasks.push(task);
         }
         for _ in 0..count {
             synced_rx
@@ -251,6 +284,7 @@ impl ChildReaders {
     async fn spawn(
         template: &str,
         room: &str,
+        over: Transport,
         first: usize,
         count: usize,
         updates: usize,
@@ -266,6 +300,7 @@ impl ChildReaders {
                 &count.to_string(),
             ])
             .args(["--updates", &updates.to_string()])
+            .args(["--readers-over", over.name()])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -309,7 +344,14 @@ impl ChildReaders {
 /// `readers`: connect a share, say `synced`, then print the result.
 async fn readers_process(args: ReadersArgs) -> Result<(), String> {
     let urls = room_urls(&args.url, &args.room);
-    let readers = Readers::connect(&urls, args.first, args.readers, args.updates).await?;
+    let readers = Readers::connect(
+        &urls,
+        args.readers_over,
+        args.first,
+        args.readers,
+        args.updates,
+    )
+    .await?;
     println!("synced");
     let (latencies, states) = readers.finish().await?;
     let buckets: Vec<[u64; 2]> = latencies
@@ -334,9 +376,11 @@ fn room_urls(template: &str, room: &str) -> Vec<String> {
 /// One writer and `readers` readers (spread over `processes` processes) on
 /// one room: the writer sends `updates` items at `rate`/s; readers record
 /// send-to-receipt latency per item.
+#[allow(clippy::too_many_arguments)]
 async fn run_room(
     template: &str,
     readers: usize,
+    over: Transport,
     updates: usize,
     rate: u64,
     processes: usize,
@@ -350,14 +394,15 @@ async fn run_room(
     let mut children = Vec::new();
     for p in 1..processes {
         let first = readers * p / processes;
-        let mut child = ChildReaders::spawn(template, &room, first, share(p), updates).await?;
+        let mut child =
+            ChildReaders::spawn(template, &room, over, first, share(p), updates).await?;
         let said = child.line().await?;
         if said != "synced" {
             return Err(format!("a reader process said {said:?}"));
         }
         children.push(child);
     }
-    let local = Readers::connect(&urls, 0, share(0), updates).await?;
+    let local = Readers::connect(&urls, over, 0, share(0), updates).await?;
     let writer = WsClient::connect(&urls[0], Doc::new())
         .await
         .map_err(|e| e.to_string())?;
@@ -416,13 +461,18 @@ fn latency_text(h: &Histogram<u64>) -> String {
 async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let instances = args.url.split(',').count();
     eprintln!(
-        "fanout: {} readers over {instances} instance(s) and {} process(es), {} updates at {}/s",
-        args.readers, args.processes, args.updates, args.rate
+        "fanout: {} {} readers over {instances} instance(s) and {} process(es), {} updates at {}/s",
+        args.readers,
+        args.readers_over.name(),
+        args.processes,
+        args.updates,
+        args.rate
     );
     let started = Instant::now();
     let outcome = run_room(
         &args.url,
         args.readers,
+        args.readers_over,
         args.updates,
         args.rate,
         args.processes,
@@ -435,6 +485,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         "scenario": "fanout",
         "instances": instances,
         "processes": args.processes,
+        "readers_over": args.readers_over.name(),
         "readers": args.readers,
         "updates": args.updates,
         "rate": args.rate,
@@ -480,7 +531,9 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
             let url = args.url.clone();
             let (readers, updates, rate) =
                 (args.clients.saturating_sub(1), args.updates, args.rate);
-            tokio::spawn(async move { run_room(&url, readers, updates, rate, 1, false).await })
+            tokio::spawn(async move {
+                run_room(&url, readers, Transport::Ws, updates, rate, 1, false).await
+            })
         })
         .collect();
     let mut latencies = histogram()?;
@@ -628,23 +681,81 @@ struct ReaderOutcome {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A reader: answers the server's SyncStep1, applies updates, and records
-/// the latency of every item that became visible.
+/// A reader's document and the latency of every item that became visible.
+struct Tally {
+    doc: Doc,
+    seq: yrs::ArrayRef,
+    latencies: Histogram<u64>,
+    seen: usize,
+    updates: usize,
+}
+
+impl Tally {
+    fn new(updates: usize) -> Result<Self, String> {
+        let doc = Doc::new();
+        let seq = doc.get_or_insert_array("seq");
+        Ok(Self {
+            doc,
+            seq,
+            latencies: histogram()?,
+            seen: 0,
+            updates,
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.seen >= self.updates
+    }
+
+    fn apply(&self, update: &[u8]) -> Result<(), String> {
+        apply_update(&self.doc, update).map_err(|e| e.to_string())
+    }
+
+    /// Records the items that became visible, as received at `now`.
+    fn record(&mut self, now: i64) -> Result<(), String> {
+        let txn = self.doc.transact();
+        let visible = self.seq.len(&txn) as usize;
+        for i in self.seen..visible.min(self.updates) {
+            let sent = match self.seq.get(&txn, i as u32) {
+                Some(Out::Any(Any::Number(Number::Int(us)))) => us,
+                Some(Out::Any(Any::Number(Number::Float(us)))) => us as i64,
+                _ => return Err(format!("item {i} is not a send time")),
+            };
+            self.latencies
+                .record(now.saturating_sub(sent).max(1) as u64)
+                .map_err(|e| e.to_string())?;
+        }
+        self.seen = self.seen.max(visible);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ReaderOutcome, String> {
+        let state = merge_updates([self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .as_slice()])
+        .map_err(|e| e.to_string())?;
+        Ok(ReaderOutcome {
+            latencies: self.latencies,
+            state,
+        })
+    }
+}
+
+/// A WebSocket reader: answers the server's SyncStep1, applies updates.
 async fn read(
     socket: Socket,
     updates: usize,
     synced: tokio::sync::mpsc::Sender<()>,
 ) -> Result<ReaderOutcome, String> {
     let (mut sink, mut stream) = socket.split();
-    let doc = Doc::new();
-    let seq = doc.get_or_insert_array("seq");
-    let mut latencies = histogram()?;
+    let mut tally = Tally::new(updates)?;
     let sv = StateVector::default().encode_v1();
     sink.send(Message::Binary(sync::encode_sync_step1(&sv).into()))
         .await
         .map_err(|e| e.to_string())?;
-    let mut seen = 0usize;
-    while seen < updates {
+    while !tally.done() {
         let frame = match stream.next().await {
             Some(Ok(Message::Binary(frame))) => frame,
             Some(Ok(Message::Close(frame))) => {
@@ -664,34 +775,14 @@ async fn read(
                         .map_err(|e| e.to_string())?;
                 }
                 ClientMessage::SyncStep2(update) => {
-                    apply_update(&doc, &update).map_err(|e| e.to_string())?;
+                    tally.apply(&update)?;
                     let _ = synced.send(()).await;
                 }
-                ClientMessage::Update(update) => {
-                    apply_update(&doc, &update).map_err(|e| e.to_string())?
-                }
+                ClientMessage::Update(update) => tally.apply(&update)?,
                 _ => {}
             }
         }
-        let txn = doc.transact();
-        let visible = seq.len(&txn) as usize;
-        for i in seen..visible.min(updates) {
-            let sent = match seq.get(&txn, i as u32) {
-                Some(Out::Any(Any::Number(Number::Int(us)))) => us,
-                Some(Out::Any(Any::Number(Number::Float(us)))) => us as i64,
-                _ => return Err(format!("item {i} is not a send time")),
-            };
-            latencies
-                .record(now.saturating_sub(sent).max(1) as u64)
-                .map_err(|e| e.to_string())?;
-        }
-        drop(txn);
-        seen = seen.max(visible);
+        tally.record(now)?;
     }
-    let state = merge_updates([doc
-        .transact()
-        .encode_state_as_update_v1(&StateVector::default())
-        .as_slice()])
-    .map_err(|e| e.to_string())?;
-    Ok(ReaderOutcome { latencies, state })
+    tally.finish()
 }
