@@ -16,6 +16,7 @@
 mod acks;
 mod join;
 mod relay;
+mod sio;
 mod sse;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -89,8 +90,8 @@ struct FanoutArgs {
     /// Processes to spread the readers over (this one included).
     #[arg(long, default_value_t = 1)]
     processes: usize,
-    /// How readers receive: y-websocket, or yrelay's SSE event stream (the
-    /// writer always uses the WebSocket).
+    /// How readers receive: y-websocket, yrelay's SSE event stream, or
+    /// AFFiNE's Socket.IO protocol (the writer always uses y-websocket).
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     readers_over: Transport,
     /// Print the result as JSON.
@@ -120,6 +121,7 @@ struct ReadersArgs {
 enum Transport {
     Ws,
     Sse,
+    Socketio,
 }
 
 impl Transport {
@@ -127,6 +129,7 @@ impl Transport {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
+            Transport::Socketio => "socketio",
         }
     }
 }
@@ -227,6 +230,9 @@ impl Readers {
                 Transport::Sse => {
                     let url = sse::events_url(url)?;
                     tokio::spawn(sse::read(url, updates, synced_tx.clone()))
+                }
+                Transport::Socketio => {
+                    tokio::spawn(sio::read(url.clone(), updates, synced_tx.clone()))
                 }
             };
             tasks.push(task);

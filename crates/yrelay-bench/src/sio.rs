@@ -1,0 +1,109 @@
+//! Socket.IO readers for the fan-out: AFFiNE's `space:*` protocol on
+//! yrelay's `/socket.io/` (Engine.IO v4, WebSocket transport only). A reader
+//! joins the space as a 0.26 client, loads the document, then applies every
+//! `space:broadcast-doc-updates` for it. Only the few packet kinds this
+//! needs are spoken (open, connect, ping/pong, event, ack); a general client
+//! crate would bring an HTTP client and a second WebSocket stack for the
+//! polling transport the bench never uses.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{ReaderOutcome, Tally, wall_us};
+
+/// Where a y-websocket URL of yrelay (`ws://H/v1/ws/S/D`) is on Socket.IO:
+/// the endpoint, the space and the document.
+pub fn target(ws_url: &str) -> Result<(String, String, String), String> {
+    let rest = ws_url
+        .strip_prefix("ws://")
+        .ok_or("Socket.IO readers need a ws:// URL of yrelay (no TLS in the bench)")?;
+    let (host, path) = rest.split_once('/').ok_or("no path in the URL")?;
+    let (space, doc) = path
+        .strip_prefix("v1/ws/")
+        .and_then(|p| p.split_once('/'))
+        .ok_or("Socket.IO readers need yrelay's /v1/ws/{space}/{doc} URLs")?;
+    Ok((
+        format!("ws://{host}/socket.io/?EIO=4&transport=websocket"),
+        space.to_string(),
+        doc.to_string(),
+    ))
+}
+
+fn emit(ack: u32, event: &str, payload: Value) -> Message {
+    Message::Text(format!("42{ack}{}", json!([event, payload])).into())
+}
+
+/// Reads broadcasts until every item arrived.
+pub async fn read(
+    ws_url: String,
+    updates: usize,
+    synced: tokio::sync::mpsc::Sender<()>,
+) -> Result<ReaderOutcome, String> {
+    let (endpoint, space, doc) = target(&ws_url)?;
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(
+        &endpoint,
+        Some(yrelay_client::config()),
+        true,
+    )
+    .await
+    .map_err(|e| format!("reader connect: {e}"))?;
+    let (mut sink, mut stream) = socket.split();
+    let mut tally = Tally::new(updates)?;
+    let space_ref = json!({ "spaceType": "workspace", "spaceId": space });
+    let decode = |text: &str| STANDARD.decode(text).map_err(|e| e.to_string());
+    while !tally.done() {
+        let text = match stream.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!("reader closed by server: {frame:?}"));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("reader connection ended".into()),
+        };
+        let now = wall_us();
+        let reply = match text.as_str() {
+            // Engine.IO open, then Socket.IO connect to the main namespace.
+            t if t.starts_with('0') => Some(Message::Text("40".into())),
+            t if t.starts_with("40") => {
+                let mut join = space_ref.clone();
+                join["clientVersion"] = json!("0.26.0");
+                Some(emit(0, "space:join", join))
+            }
+            t if t.starts_with("44") => return Err(format!("connect refused: {t}")),
+            "2" => Some(Message::Text("3".into())),
+            t if t.starts_with("430") => {
+                let mut load = space_ref.clone();
+                load["docId"] = json!(doc);
+                Some(emit(1, "space:load-doc", load))
+            }
+            t if t.starts_with("431") => {
+                // The document, or DOC_NOT_FOUND before its first update.
+                let ack: Value = serde_json::from_str(&t[3..]).map_err(|e| e.to_string())?;
+                if let Some(missing) = ack[0]["data"]["missing"].as_str() {
+                    tally.apply(&decode(missing)?)?;
+                }
+                let _ = synced.send(()).await;
+                None
+            }
+            t if t.starts_with("42") => {
+                let event: Value = serde_json::from_str(&t[2..]).map_err(|e| e.to_string())?;
+                if event[0] == "space:broadcast-doc-updates" && event[1]["docId"] == doc.as_str() {
+                    for update in event[1]["updates"].as_array().into_iter().flatten() {
+                        tally.apply(&decode(update.as_str().unwrap_or_default())?)?;
+                    }
+                    tally.record(now)?;
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            sink.send(reply).await.map_err(|e| e.to_string())?;
+        }
+    }
+    tally.finish()
+}
