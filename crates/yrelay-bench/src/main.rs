@@ -237,11 +237,19 @@ impl Readers {
             };
             tasks.push(task);
         }
+        drop(synced_tx);
         for _ in 0..count {
-            synced_rx
-                .recv()
-                .await
-                .ok_or("a reader ended before syncing")?;
+            let synced = tokio::time::timeout(Duration::from_secs(60), synced_rx.recv()).await;
+            if let Ok(Some(())) = synced {
+                continue;
+            }
+            // A reader failed or hangs before syncing: say why if it ended.
+            for task in tasks.into_iter().filter(|t| t.is_finished()) {
+                if let Ok(Err(e)) = task.await {
+                    return Err(format!("a reader failed before syncing: {e}"));
+                }
+            }
+            return Err("a reader did not sync within 60 s".into());
         }
         Ok(Self { tasks })
     }

@@ -54,8 +54,17 @@ pub async fn read(
     let mut tally = Tally::new(updates)?;
     let space_ref = json!({ "spaceType": "workspace", "spaceId": space });
     let decode = |text: &str| STANDARD.decode(text).map_err(|e| e.to_string());
+    let mut last = String::new();
+    let (started, mut synced_once) = (std::time::Instant::now(), false);
     while !tally.done() {
-        let text = match stream.next().await {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next());
+        let Ok(next) = next.await else {
+            return Err(format!("nothing from the server for 30 s after {last:?}"));
+        };
+        if !synced_once && started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(format!("not synced after 30 s; last packet {last:?}"));
+        }
+        let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
                 return Err(format!("reader closed by server: {frame:?}"));
@@ -65,6 +74,9 @@ pub async fn read(
             None => return Err("reader connection ended".into()),
         };
         let now = wall_us();
+        if text.as_str() != "2" {
+            last = text.chars().take(120).collect();
+        }
         let reply = match text.as_str() {
             // Engine.IO open, then Socket.IO connect to the main namespace.
             t if t.starts_with('0') => Some(Message::Text("40".into())),
@@ -74,6 +86,10 @@ pub async fn read(
                 Some(emit(0, "space:join", join))
             }
             t if t.starts_with("44") => return Err(format!("connect refused: {t}")),
+            // Disconnected (a real client reconnects and loads the doc again).
+            t if t.starts_with("41") || t.starts_with('1') => {
+                return Err(format!("disconnected by the server ({t})"));
+            }
             "2" => Some(Message::Text("3".into())),
             t if t.starts_with("430") => {
                 let mut load = space_ref.clone();
@@ -87,6 +103,7 @@ pub async fn read(
                     tally.apply(&decode(missing)?)?;
                 }
                 let _ = synced.send(()).await;
+                synced_once = true;
                 None
             }
             t if t.starts_with("42") => {
