@@ -757,6 +757,19 @@ impl Tally {
     }
 }
 
+/// The next message of a reader's WebSocket; the connection ending (closed
+/// by the server, failed, gone) is an error.
+fn message(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Message, String> {
+    match next {
+        Some(Ok(Message::Close(frame))) => Err(format!("reader closed by server: {frame:?}")),
+        Some(Ok(message)) => Ok(message),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("reader connection ended".into()),
+    }
+}
+
 /// A WebSocket reader: answers the server's SyncStep1, applies updates.
 async fn read(
     socket: Socket,
@@ -770,14 +783,8 @@ async fn read(
         .await
         .map_err(|e| e.to_string())?;
     while !tally.done() {
-        let frame = match stream.next().await {
-            Some(Ok(Message::Binary(frame))) => frame,
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!("reader closed by server: {frame:?}"));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("reader connection ended".into()),
+        let Message::Binary(frame) = message(stream.next().await)? else {
+            continue;
         };
         let now = wall_us();
         for message in sync::decode_frame(&frame).map_err(|e| e.to_string())? {

@@ -64,14 +64,8 @@ pub async fn read(
         if !synced_once && started.elapsed() > std::time::Duration::from_secs(30) {
             return Err(format!("not synced after 30 s; last packet {last:?}"));
         }
-        let text = match next {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!("reader closed by server: {frame:?}"));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("reader connection ended".into()),
+        let Message::Text(text) = super::message(next)? else {
+            continue;
         };
         let now = wall_us();
         if text.as_str() != "2" {

@@ -69,6 +69,14 @@ const APPEND: &str =
 /// Deletes a registration if it is still the given one.
 const FORGET: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
+/// `EVAL script` with its keys; the caller adds the arguments. (Keys first:
+/// a cluster routes the script by them, and they must share a slot.)
+fn eval(script: &str, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    cmd
+}
+
 fn key(addr: &DocAddress, part: &str) -> String {
     format!("yrelay:{{{addr}}}:{part}")
 }
@@ -251,11 +259,7 @@ impl RedisLog {
         stream: &str,
         xadd: &[&[u8]],
     ) -> Result<(String, Vec<String>), LogError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPEND)
-            .arg(2)
-            .arg(key(addr, stream))
-            .arg(key(addr, "subs"));
+        let mut cmd = eval(APPEND, &[&key(addr, stream), &key(addr, "subs")]);
         for arg in xadd {
             cmd.arg(*arg);
         }
@@ -314,10 +318,7 @@ async fn ring(
         .unwrap_or(0);
     // A fresh registration may come before its inbox (see `subscribe`).
     if added.is_none() && now_ms() - registered_ms > INBOX_TTL.as_millis() as i64 {
-        let _: i64 = redis::cmd("EVAL")
-            .arg(FORGET)
-            .arg(1)
-            .arg(key(addr, "subs"))
+        let _: i64 = eval(FORGET, &[&key(addr, "subs")])
             .arg(inbox)
             .arg(token)
             .query_async(conn)
@@ -581,11 +582,7 @@ impl Log for RedisLog {
             if tonumber(nm) > tonumber(cm) or (tonumber(nm) == tonumber(cm) and tonumber(ns) > tonumber(cs)) then
               redis.call('SET', KEYS[2], ARGV[1]) end
             return 1";
-        let _: i64 = redis::cmd("EVAL")
-            .arg(script)
-            .arg(2)
-            .arg(key(addr, "log"))
-            .arg(key(addr, "trimmed"))
+        let _: i64 = eval(script, &[&key(addr, "log"), &key(addr, "trimmed")])
             .arg(upto.to_string())
             .arg(min_id.to_string())
             .query_async(&mut self.conn())
@@ -605,11 +602,7 @@ impl Log for RedisLog {
             .map_err(unavailable)?;
         let script =
             "redis.call('ZREM', KEYS[1], ARGV[1]) return redis.call('ZREM', KEYS[2], ARGV[1])";
-        let _: i64 = redis::cmd("EVAL")
-            .arg(script)
-            .arg(2)
-            .arg(BACKLOG_KEY)
-            .arg(CLEARING_KEY)
+        let _: i64 = eval(script, &[BACKLOG_KEY, CLEARING_KEY])
             .arg(addr.to_string())
             .query_async(&mut conn)
             .await
@@ -632,11 +625,7 @@ impl Log for RedisLog {
             local b = redis.call('ZRANGE', KEYS[2], 0, ARGV[1], 'WITHSCORES')
             for i = 1, #b do a[#a + 1] = b[i] end
             return a";
-        let flat: Vec<String> = redis::cmd("EVAL")
-            .arg(script)
-            .arg(2)
-            .arg(BACKLOG_KEY)
-            .arg(CLEARING_KEY)
+        let flat: Vec<String> = eval(script, &[BACKLOG_KEY, CLEARING_KEY])
             .arg(limit.saturating_sub(1))
             .query_async(&mut self.conn())
             .await
@@ -671,11 +660,7 @@ impl Log for RedisLog {
         let claim = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
             if s then redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('ZADD', KEYS[2], s, ARGV[1]) end
             return 1";
-        let _: i64 = redis::cmd("EVAL")
-            .arg(claim)
-            .arg(2)
-            .arg(BACKLOG_KEY)
-            .arg(CLEARING_KEY)
+        let _: i64 = eval(claim, &[BACKLOG_KEY, CLEARING_KEY])
             .arg(&name)
             .query_async(&mut conn)
             .await
@@ -687,11 +672,7 @@ impl Log for RedisLog {
             redis.call('ZREM', KEYS[2], ARGV[1])
             if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 'NX', s or ARGV[3], ARGV[1]) end
             return 1";
-        let _: i64 = redis::cmd("EVAL")
-            .arg(settle)
-            .arg(2)
-            .arg(BACKLOG_KEY)
-            .arg(CLEARING_KEY)
+        let _: i64 = eval(settle, &[BACKLOG_KEY, CLEARING_KEY])
             .arg(&name)
             .arg(if owed { "1" } else { "0" })
             .arg(now_ms())
@@ -710,10 +691,7 @@ impl Log for RedisLog {
         let script = "local h = redis.call('GET', KEYS[1])
             if h == ARGV[1] or not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
             return 0";
-        let taken: i64 = redis::cmd("EVAL")
-            .arg(script)
-            .arg(1)
-            .arg(key(addr, "lease"))
+        let taken: i64 = eval(script, &[&key(addr, "lease")])
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .query_async(&mut self.conn())
@@ -724,10 +702,7 @@ impl Log for RedisLog {
 
     async fn release_lease(&self, addr: &DocAddress, holder: &str) -> Result<(), LogError> {
         let script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-        let _: i64 = redis::cmd("EVAL")
-            .arg(script)
-            .arg(1)
-            .arg(key(addr, "lease"))
+        let _: i64 = eval(script, &[&key(addr, "lease")])
             .arg(holder)
             .query_async(&mut self.conn())
             .await
@@ -769,10 +744,7 @@ impl Drop for Unsubscribe {
         let inbox = shared.inbox.clone();
         runtime.spawn(async move {
             let (addr, token) = forget;
-            let _: Result<i64, _> = redis::cmd("EVAL")
-                .arg(FORGET)
-                .arg(1)
-                .arg(key(&addr, "subs"))
+            let _: Result<i64, _> = eval(FORGET, &[&key(&addr, "subs")])
                 .arg(inbox)
                 .arg(token)
                 .query_async(&mut conn)
