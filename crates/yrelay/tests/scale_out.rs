@@ -569,3 +569,28 @@ async fn compaction_keeps_an_update_committed_late_under_a_lower_id() {
         assert!(content.contains(word), "{word} in {content:?}");
     }
 }
+
+/// Bells are the fast path: with every registration of the document gone
+/// (as if each bell were lost), the instances still read its log and the
+/// clients converge.
+#[tokio::test]
+async fn lost_bells_only_delay_delivery() {
+    let cluster = Cluster::start(2, &[]).await;
+    let a = connect(&cluster.instances[0], Doc::new()).await;
+    let b = connect(&cluster.instances[1], Doc::new()).await;
+    let mut seed = 77;
+    edit(&a, &mut seed, 5);
+    converge(&[&a, &b]).await;
+
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let forgotten: i64 = redis::cmd("DEL")
+        .arg(format!("yrelay:{{{DOC}}}:subs"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1, "the document had followers");
+    edit(&a, &mut seed, 5);
+    edit(&b, &mut seed, 5);
+    converge(&[&a, &b]).await;
+}

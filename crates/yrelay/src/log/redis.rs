@@ -20,9 +20,10 @@
 //! document's name (this instance's own bell is rung in-process). A rung
 //! instance reads the document's streams from its feeds' positions, so a
 //! bell that comes late, twice or for an entry already read loses and
-//! repeats nothing. An inbox expires a minute after its instance stops
-//! renewing it; an append that finds a follower's inbox gone (and its
-//! registration older than that) forgets the follower.
+//! repeats nothing; every followed document is also read every 10 s, so a
+//! bell that is lost only delays. An inbox expires a minute after its
+//! instance stops renewing it; an append that finds a follower's inbox gone
+//! (and its registration older than that) forgets the follower.
 //!
 //! `yrelay:{backlog}` (a sorted set by first-append time) lists documents
 //! whose log may hold updates the store does not have;
@@ -59,6 +60,8 @@ const INBOX_TTL: Duration = Duration::from_secs(60);
 const INBOX_RENEW: Duration = Duration::from_secs(10);
 /// A cap for an inbox nobody reads any more (its instance trims what it read).
 const INBOX_CAP: usize = 100_000;
+/// Every followed document is read this often, rung or not.
+const SWEEP: Duration = Duration::from_secs(10);
 /// Entries read per stream and request.
 const READ_COUNT: usize = 1024;
 
@@ -836,10 +839,18 @@ async fn reader(mut blocking: Conn, mut conn: Conn, shared: Weak<Shared>, mut po
 
 /// Reads the rung documents' streams and feeds the subscriptions.
 async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>) {
+    let mut swept = Instant::now();
     loop {
         let Some(log) = shared.upgrade() else {
             return;
         };
+        if swept.elapsed() >= SWEEP {
+            // Bells are the fast path; this bounds how late an entry whose
+            // bell was lost (a failed ring, an overfull inbox) arrives.
+            let followed: Vec<String> = lock(&log.feeds).docs.keys().cloned().collect();
+            lock(&log.rung).extend(followed);
+            swept = Instant::now();
+        }
         let rung: Vec<String> = lock(&log.rung).drain().collect();
         if rung.is_empty() {
             drop(log);
