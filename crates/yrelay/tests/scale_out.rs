@@ -107,12 +107,16 @@ async fn connect_to(server: &TestServer, name: &str, doc: Doc) -> WsClient {
 /// A client whose connection ended (e.g. `1013` during a fault) reconnects
 /// with the same document, as y-websocket clients do.
 async fn reconnect_if_closed(client: WsClient, server: &TestServer) -> WsClient {
+    reconnect_to_if_closed(client, server, DOC).await
+}
+
+async fn reconnect_to_if_closed(client: WsClient, server: &TestServer, name: &str) -> WsClient {
     if !client.is_closed() {
         return client;
     }
     let doc = client.doc().clone();
     drop(client);
-    connect(server, doc).await
+    connect_to(server, name, doc).await
 }
 
 /// Deterministic pseudo-random edits on Y.Text, Y.Map and Y.Array.
@@ -593,4 +597,41 @@ async fn lost_bells_only_delay_delivery() {
     edit(&a, &mut seed, 5);
     edit(&b, &mut seed, 5);
     converge(&[&a, &b]).await;
+}
+
+/// A cluster node restarted (with its data) during edits: the instances
+/// reconnect through the cluster client and resume by cursor.
+#[tokio::test]
+async fn a_redis_cluster_node_restarted_with_its_data_is_resumed() {
+    let redis = RedisCluster::start(3).await;
+    let url = redis.url();
+    let mut cluster = Cluster::start_on(redis, &url, 2, &["--log-retention-secs", "0"]).await;
+    let name = "team/doc-0";
+    let a = connect_to(&cluster.instances[0], name, Doc::new()).await;
+    let b = connect_to(&cluster.instances[1], name, Doc::new()).await;
+    let mut seed = 4242;
+    edit(&a, &mut seed, 20);
+    edit(&b, &mut seed, 20);
+    converge(&[&a, &b]).await;
+
+    // The node that holds the document's log.
+    let log = format!("yrelay:{{{name}}}:log");
+    let mut holder = None;
+    for (i, port) in cluster.redis.ports.iter().enumerate() {
+        let node = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = node.get_multiplexed_async_connection().await.unwrap();
+        let here: Result<i64, _> = redis::cmd("EXISTS").arg(&log).query_async(&mut conn).await;
+        if here == Ok(1) {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("a node holds the document's log");
+    cluster.redis.restart_node(holder).await;
+
+    let a = reconnect_to_if_closed(a, &cluster.instances[0], name).await;
+    let b = reconnect_to_if_closed(b, &cluster.instances[1], name).await;
+    edit(&a, &mut seed, 20);
+    edit(&b, &mut seed, 20);
+    let state = converge(&[&a, &b]).await;
+    cluster.store_catches_up_on(name, &state).await;
 }

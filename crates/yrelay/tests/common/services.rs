@@ -113,7 +113,7 @@ impl RedisServer {
 
 /// A Redis Cluster of private redis-server primaries (no replicas).
 pub struct RedisCluster {
-    _nodes: Vec<Child>,
+    nodes: Vec<Child>,
     pub ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
@@ -129,36 +129,24 @@ fn free_cluster_port() -> u16 {
 }
 
 impl RedisCluster {
+    /// Starts `n` primaries (append-only file, fsync always) and joins them.
     pub async fn start(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_cluster_port()).collect();
-        let mut nodes = Vec::new();
-        for port in &ports {
-            let node_dir = dir.path().join(port.to_string());
-            std::fs::create_dir(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server (install with: apt-get install redis-server)");
-            nodes.push(child);
-            let port = *port;
-            wait_ready("redis cluster node", || redis_answers(port)).await;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports,
+            _dir: dir,
+        };
+        for i in 0..n {
+            std::fs::create_dir(cluster.node_dir(i)).unwrap();
+            let node = cluster.spawn_node(i).await;
+            cluster.nodes.push(node);
         }
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .await
@@ -168,7 +156,52 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&created.stdout)
         );
-        for port in &ports {
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self._dir.path().join(self.ports[i].to_string())
+    }
+
+    async fn spawn_node(&self, i: usize) -> Child {
+        let port = self.ports[i];
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.node_dir(i))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (install with: apt-get install redis-server)");
+        wait_ready("redis cluster node", || redis_answers(port)).await;
+        child
+    }
+
+    /// Kills node `i` and starts it again with its data and cluster config.
+    pub async fn restart_node(&mut self, i: usize) {
+        let _ = self.nodes[i].kill().await;
+        self.nodes[i] = self.spawn_node(i).await;
+        self.wait_ok().await;
+    }
+
+    /// Waits until every node says the cluster is ok.
+    async fn wait_ok(&self) {
+        for port in &self.ports {
             let port = *port;
             wait_ready("redis cluster", || async move {
                 let mut info = redis::cmd("CLUSTER");
@@ -178,11 +211,6 @@ impl RedisCluster {
                     .is_some_and(|i| i.contains("cluster_state:ok"))
             })
             .await;
-        }
-        Self {
-            _nodes: nodes,
-            ports,
-            _dir: dir,
         }
     }
 
