@@ -83,9 +83,17 @@ pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> 
         .map_err(|rejection| bad_request("BAD_QUERY", rejection.body_text()))
 }
 
-/// An optional base64url state vector from a query string (`sv=`).
-pub fn query_state_vector(text: Option<&str>) -> Result<StateVector, ApiError> {
-    match text.filter(|s| !s.is_empty()) {
+/// The query string of the endpoints that answer with a diff (`sv=`).
+#[derive(serde::Deserialize)]
+pub struct SvQuery {
+    sv: Option<String>,
+}
+
+/// The optional base64url state vector of an `sv=` query string.
+pub fn query_state_vector(
+    query_string: Result<Query<SvQuery>, QueryRejection>,
+) -> Result<StateVector, ApiError> {
+    match query(query_string)?.sv.as_deref().filter(|s| !s.is_empty()) {
         Some(text) => {
             let bytes = URL_SAFE_ANY.decode(text).map_err(|e| {
                 bad_request("BAD_STATE_VECTOR", format!("sv is not base64url: {e}"))

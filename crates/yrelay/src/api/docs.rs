@@ -18,7 +18,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::json_to_update;
 
 use crate::edge::{
-    Credentials, ack_json, address, bad_request, body, query, query_state_vector, space,
+    Credentials, SvQuery, ack_json, address, bad_request, body, query, query_state_vector, space,
 };
 use crate::http_error::ApiError;
 use crate::server::AppState;
@@ -76,15 +76,8 @@ pub async fn meta(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    match app.hub.meta(&addr).await? {
-        Some(meta) => Ok(Json(meta_json(&meta))),
-        None => Err(not_found(&addr)),
-    }
-}
-
-#[derive(Deserialize)]
-pub struct UpdateQuery {
-    sv: Option<String>,
+    let meta = app.hub.meta(&addr).await?.ok_or_else(|| not_found(&addr))?;
+    Ok(Json(meta_json(&meta)))
 }
 
 /// `GET /v1/docs/{space}/{doc}/update[?sv=]`: the document (or the diff
@@ -92,18 +85,18 @@ pub struct UpdateQuery {
 pub async fn export_update(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    query_string: Result<Query<UpdateQuery>, QueryRejection>,
+    query_string: Result<Query<SvQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    let sv = query_state_vector(query(query_string)?.sv.as_deref())?;
-    match app.hub.export_update(&addr, &sv).await? {
-        Some(update) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
-        }
-        None => Err(not_found(&addr)),
-    }
+    let sv = query_state_vector(query_string)?;
+    let update = app
+        .hub
+        .export_update(&addr, &sv)
+        .await?
+        .ok_or_else(|| not_found(&addr))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
 /// `GET /v1/docs/{space}/{doc}/json`
@@ -114,10 +107,12 @@ pub async fn export_json(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    match app.hub.export_json(&addr).await? {
-        Some(json) => Ok(Json(json)),
-        None => Err(not_found(&addr)),
-    }
+    let json = app
+        .hub
+        .export_json(&addr)
+        .await?
+        .ok_or_else(|| not_found(&addr))?;
+    Ok(Json(json))
 }
 
 #[derive(Deserialize)]
@@ -184,14 +179,12 @@ pub async fn patch(
                 "expected a JSON object {\"title\"?: string, \"blocked\"?: boolean}",
             )
         })?;
-    match app
+    let meta = app
         .hub
         .update_meta(&addr, patch.title.as_deref(), patch.blocked)
         .await?
-    {
-        Some(meta) => Ok(Json(meta_json(&meta))),
-        None => Err(not_found(&addr)),
-    }
+        .ok_or_else(|| not_found(&addr))?;
+    Ok(Json(meta_json(&meta)))
 }
 
 /// `DELETE /v1/docs/{space}/{doc}`

@@ -23,12 +23,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{Stream, StreamExt, stream};
-use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
-use crate::edge::{Credentials, ack_json, address, bad_request, body, query, query_state_vector};
+use crate::edge::{Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::log::LogCursor;
@@ -42,22 +41,17 @@ fn sync_json(update: &[u8], state_vector: &[u8]) -> serde_json::Value {
     serde_json::json!({ "update": STANDARD.encode(update), "stateVector": STANDARD.encode(state_vector) })
 }
 
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    sv: Option<String>,
-}
-
 /// `GET /v1/docs/{space}/{doc}/events`
 pub async fn events(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    query_string: Result<Query<EventsQuery>, QueryRejection>,
+    query_string: Result<Query<SvQuery>, QueryRejection>,
     credentials: Credentials,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    let sv = query_state_vector(query(query_string)?.sv.as_deref())?;
+    let sv = query_state_vector(query_string)?;
     let slot = app.limits.connection_slot()?;
     let resume_after = headers
         .get("last-event-id")
