@@ -7,6 +7,7 @@ import { io } from 'socket.io-client'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import * as awarenessProtocol from 'y-protocols/awareness'
 import { join } from 'node:path'
 import { RedisProcess, YrelayProcess, waitFor, yrelayBin } from './server.mjs'
 
@@ -31,6 +32,21 @@ function collect (socket, event) {
   const seen = []
   socket.on(event, (payload) => seen.push(payload))
   return seen
+}
+
+/** An awareness (y-protocols) with a local state, as AFFiNE's client keeps one. */
+function presence (t, state) {
+  const awareness = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => awareness.destroy())
+  awareness.setLocalState(state)
+  const encode = () => b64(awarenessProtocol.encodeAwarenessUpdate(awareness, [awareness.clientID]))
+  return { awareness, id: awareness.clientID, encode }
+}
+
+/** Applies every awareness update a socket received to `awareness`. */
+function mirrorAwareness (socket, awareness) {
+  socket.on('space:broadcast-awareness-update', (e) =>
+    awarenessProtocol.applyAwarenessUpdate(awareness, unb64(e.awarenessUpdate), 'server'))
 }
 
 function update (fn) {
@@ -158,7 +174,7 @@ test('awareness: join, update relayed to the others, collect, leave', async (t) 
   }
   const toB = collect(b, 'space:broadcast-awareness-update')
   const toA = collect(a, 'space:broadcast-awareness-update')
-  const awarenessUpdate = b64(new Uint8Array([1, 2, 3]))
+  const awarenessUpdate = presence(t, { user: 'a' }).encode()
   assert.deepEqual(await call(a, 'space:update-awareness', { ...ws, docId: 'page1', awarenessUpdate }), { data: {} })
   await waitFor('the relayed awareness', () => toB.length === 1, [[b, 'space:broadcast-awareness-update']])
   assert.deepEqual(toB[0], { ...ws, docId: 'page1', awarenessUpdate })
@@ -195,7 +211,8 @@ test('bad input gets BAD_REQUEST and leaves the socket usable', async (t) => {
     ['space:push-doc-update', { ...ws, docId: 'x', update: '!!not base64!!' }],
     ['space:push-doc-update', { ...ws, docId: 'x', update: b64([1, 2, 3, 4, 5]) }],
     ['space:push-doc-update', { ...ws, docId: 'bad id', update: b64(update((d) => d.getMap('m').set('a', 1))) }],
-    ['space:update-awareness', { ...ws, docId: 'x', awarenessUpdate: '***' }]
+    ['space:update-awareness', { ...ws, docId: 'x', awarenessUpdate: '***' }],
+    ['space:update-awareness', { ...ws, docId: 'x', awarenessUpdate: b64([1, 2, 3]) }]
   ]
   for (const [event, payload] of cases) {
     const answer = await call(s, event, payload)
@@ -304,6 +321,44 @@ test('across instances: a push on one instance reaches Socket.IO and y-websocket
   for (const e of incoming) for (const u of e.updates) Y.applyUpdate(mirror, unb64(u))
   assert.equal(mirror.getMap('m').get('again'), 1)
   await waitFor('y-websocket on the other instance', () => ydoc.getMap('m').get('again') === 1, [[ydoc, 'update']])
+
+  // Awareness crosses instances and transports: a (first instance), b and
+  // the y-websocket client (second) see each other; a's state goes when a does.
+  const seenByA = new awarenessProtocol.Awareness(new Y.Doc())
+  const seenByB = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => { seenByA.destroy(); seenByB.destroy() })
+  mirrorAwareness(a, seenByA)
+  mirrorAwareness(b, seenByB)
+  for (const s of [a, b]) {
+    await call(s, 'space:join-awareness', { ...ws, docId: 'across', clientVersion: '0.26.0' })
+  }
+  const fromA = presence(t, { user: 'a' })
+  await call(a, 'space:update-awareness', { ...ws, docId: 'across', awarenessUpdate: fromA.encode() })
+  await waitFor("a's presence on b", () => seenByB.getStates().get(fromA.id)?.user === 'a',
+    [[b, 'space:broadcast-awareness-update']])
+  const providerSeesA = () => provider.awareness.getStates().get(fromA.id)?.user === 'a'
+  await waitFor("a's presence on y-websocket", providerSeesA, [[provider.awareness, 'change']])
+  provider.awareness.setLocalState({ user: 'y-websocket' })
+  const wsId = provider.awareness.clientID
+  await waitFor("y-websocket's presence on a", () => seenByA.getStates().get(wsId)?.user === 'y-websocket',
+    [[a, 'space:broadcast-awareness-update']])
+
+  // A socket that (re)loads gets every state the document's replica knows.
+  const late = await connect(first)
+  t.after(() => late.close())
+  await call(late, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  await call(late, 'space:join-awareness', { ...ws, docId: 'across', clientVersion: '0.26.0' })
+  const seenByLate = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => seenByLate.destroy())
+  mirrorAwareness(late, seenByLate)
+  assert.deepEqual(await call(late, 'space:load-awarenesses', { ...ws, docId: 'across' }), { data: { clientId: late.id } })
+  await waitFor('every known presence', () =>
+    seenByLate.getStates().get(fromA.id)?.user === 'a' && seenByLate.getStates().get(wsId)?.user === 'y-websocket',
+  [[late, 'space:broadcast-awareness-update']])
+
+  a.close()
+  await waitFor("a's presence gone on b", () => !seenByB.getStates().has(fromA.id), [[b, 'space:broadcast-awareness-update']])
+  await waitFor("a's presence gone on y-websocket", () => !providerSeesA(), [[provider.awareness, 'change']])
 })
 
 test('limits and outages: past the update rate TOO_MANY_REQUESTS, log down FAILED_TO_SAVE_UPDATES', async (t) => {

@@ -1,6 +1,6 @@
 //! One live document: replica, cursor, subscribers, and its tail task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -9,12 +9,18 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::apply_update;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Transact};
 
 use super::{DocHub, HubError};
+use crate::clock::now_ms;
 use crate::log::{EntryKind, Log, LogCursor, LogEntry, Origin, Subscription};
 use crate::metrics;
 use crate::store::Store;
+
+/// Awareness states not renewed for this long are not sent to new joiners
+/// (clients renew every 15 s; y-protocols drops states after 30 s).
+const AWARENESS_STALE_MS: u64 = 30_000;
 
 /// `doc.updated` events of one document, at most this often per instance.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -51,7 +57,11 @@ pub enum DocEvent {
         origin: Option<Origin>,
     },
     /// An awareness update, relayed as received.
-    Awareness { payload: Arc<[u8]> },
+    Awareness {
+        payload: Arc<[u8]>,
+        /// The connection that sent it (`None`: unknown).
+        origin: Option<Origin>,
+    },
 }
 
 /// Why the hub ended a subscription.
@@ -202,6 +212,7 @@ impl LiveDoc {
             EntryKind::Awareness => (
                 DocEvent::Awareness {
                     payload: entry.payload.clone(),
+                    origin: entry.origin,
                 },
                 None,
                 "awareness",
@@ -463,9 +474,54 @@ async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
     None
 }
 
+/// The awareness states renewed lately (an encoded awareness update), but
+/// those of `except`; `None` if there are none.
+pub(super) fn fresh_awareness(awareness: &Awareness, except: &HashSet<u64>) -> Option<Vec<u8>> {
+    let fresh_after = (now_ms() as u64).saturating_sub(AWARENESS_STALE_MS);
+    let clients: Vec<_> = awareness
+        .iter()
+        .filter(|(id, s)| {
+            s.data.is_some() && s.last_updated >= fresh_after && !except.contains(&id.get())
+        })
+        .map(|(id, _)| id)
+        .collect();
+    if clients.is_empty() {
+        return None;
+    }
+    awareness
+        .update_with_clients(clients)
+        .ok()
+        .map(|u| u.encode_v1())
+}
+
+/// Awareness client ids a connection introduced and has not removed: what
+/// to announce as gone when it leaves.
+#[derive(Debug, Default, Clone)]
+pub struct AwarenessClients(HashSet<u64>);
+
+impl AwarenessClients {
+    /// Notes the clients `update` sets (introduced) or removes (`null`).
+    pub fn record(&mut self, update: &AwarenessUpdate) {
+        for (client, entry) in &update.clients {
+            if &*entry.json == "null" {
+                self.0.remove(&client.get());
+            } else {
+                self.0.insert(client.get());
+            }
+        }
+    }
+
+    pub fn ids(&self) -> &HashSet<u64> {
+        &self.0
+    }
+}
+
 /// Builds the awareness update that removes `clients` (as y-websocket's
 /// server does when a connection closes).
-pub(super) fn removal_update(awareness: &Awareness, clients: &[u64]) -> Option<AwarenessUpdate> {
+pub(super) fn removal_update(
+    awareness: &Awareness,
+    clients: &HashSet<u64>,
+) -> Option<AwarenessUpdate> {
     use yrs::sync::awareness::AwarenessUpdateEntry;
     let entries: HashMap<_, _> = clients
         .iter()

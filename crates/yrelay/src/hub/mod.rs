@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::CheckedUpdate;
+use yrs::updates::encoder::Encode;
 
 use crate::clock::now_ms;
 use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 use live::LiveDoc;
-pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
+pub use live::{AwarenessClients, CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use session::Session;
 
 /// When an update counts as accepted.
@@ -219,14 +220,62 @@ impl DocHub {
         })
     }
 
-    /// Relays an (already validated) awareness update without a session
-    /// (transports whose requests are not connections, such as HTTP POST).
-    pub async fn publish_awareness(&self, addr: &DocAddress, raw: Vec<u8>) -> Result<(), HubError> {
+    /// Relays an (already validated) awareness update to every subscriber of
+    /// the document, on every instance.
+    pub async fn publish_awareness(
+        &self,
+        addr: &DocAddress,
+        raw: Vec<u8>,
+        origin: Option<Origin>,
+    ) -> Result<(), HubError> {
         self.inner
             .log
-            .publish(addr, EntryKind::Awareness, raw.into(), None)
+            .publish(addr, EntryKind::Awareness, raw.into(), origin)
             .await?;
         Ok(())
+    }
+
+    /// The document's awareness states renewed lately (an encoded awareness
+    /// update), but those of `except`; `None` if there are none.
+    pub async fn awareness_states(
+        &self,
+        addr: &DocAddress,
+        except: &AwarenessClients,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        let doc = self.live(addr).await?;
+        let state = doc.lock();
+        Ok(live::fresh_awareness(&state.awareness, except.ids()))
+    }
+
+    /// Announces that `clients`, of a connection that is leaving the
+    /// document, are gone (as y-websocket's server does when a connection
+    /// closes). Nothing to do if the document is not live here.
+    pub fn forget_awareness_of(
+        &self,
+        addr: &DocAddress,
+        clients: &AwarenessClients,
+        origin: Origin,
+    ) {
+        let doc = self
+            .inner
+            .lock_docs()
+            .get(addr)
+            .and_then(|slot| slot.doc.get().cloned());
+        if let Some(doc) = doc {
+            self.forget_awareness(&doc, clients, origin);
+        }
+    }
+
+    fn forget_awareness(&self, doc: &LiveDoc, clients: &AwarenessClients, origin: Origin) {
+        let Some(removal) = live::removal_update(&doc.lock().awareness, clients.ids()) else {
+            return;
+        };
+        let hub = self.clone();
+        let addr = doc.addr().clone();
+        tokio::spawn(async move {
+            let raw = removal.encode_v1();
+            let _ = hub.publish_awareness(&addr, raw, Some(origin)).await;
+        });
     }
 
     /// Closes every session (server shutdown).

@@ -2,7 +2,6 @@
 //! event stream). Dropping it unsubscribes and announces the removal of the
 //! awareness clients it introduced.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -14,14 +13,9 @@ use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use super::live::{LiveDoc, Subscriber, removal_update};
+use super::live::{AwarenessClients, LiveDoc, Subscriber, fresh_awareness};
 use super::{Ack, CloseReason, DocEvent, DocHub, HubError};
-use crate::clock::now_ms;
-use crate::log::{EntryKind, Origin};
-
-/// Awareness states not renewed for this long are not sent to new joiners
-/// (clients renew every 15 s; y-protocols drops states after 30 s).
-const AWARENESS_STALE_MS: u64 = 30_000;
+use crate::log::Origin;
 
 pub struct Session {
     hub: DocHub,
@@ -29,8 +23,8 @@ pub struct Session {
     origin: Origin,
     events: mpsc::Receiver<DocEvent>,
     closed: Arc<OnceLock<CloseReason>>,
-    /// Awareness client ids this session introduced and has not removed.
-    awareness_clients: HashSet<u64>,
+    /// Awareness clients this session introduced and has not removed.
+    awareness_clients: AwarenessClients,
 }
 
 impl Session {
@@ -58,7 +52,7 @@ impl Session {
             origin,
             events,
             closed,
-            awareness_clients: HashSet::new(),
+            awareness_clients: AwarenessClients::default(),
         })
     }
 
@@ -86,22 +80,7 @@ impl Session {
 
     /// The current awareness states (an encoded awareness update), if any.
     pub fn awareness(&self) -> Option<Vec<u8>> {
-        let state = self.doc.lock();
-        let fresh_after = (now_ms() as u64).saturating_sub(AWARENESS_STALE_MS);
-        let clients: Vec<_> = state
-            .awareness
-            .iter()
-            .filter(|(_, s)| s.data.is_some() && s.last_updated >= fresh_after)
-            .map(|(id, _)| id)
-            .collect();
-        if clients.is_empty() {
-            return None;
-        }
-        state
-            .awareness
-            .update_with_clients(clients)
-            .ok()
-            .map(|u| u.encode_v1())
+        fresh_awareness(&self.doc.lock().awareness, &Default::default())
     }
 
     /// The next event for this subscriber, or why the hub ended it.
@@ -137,51 +116,23 @@ impl Session {
         raw: Vec<u8>,
         update: &AwarenessUpdate,
     ) -> Result<(), HubError> {
-        for (client, entry) in &update.clients {
-            if &*entry.json == "null" {
-                self.awareness_clients.remove(&client.get());
-            } else {
-                self.awareness_clients.insert(client.get());
-            }
-        }
+        self.awareness_clients.record(update);
         self.hub
-            .log()
-            .publish(
-                self.addr(),
-                EntryKind::Awareness,
-                raw.into(),
-                Some(self.origin),
-            )
-            .await?;
-        Ok(())
+            .publish_awareness(self.addr(), raw, Some(self.origin))
+            .await
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let removal = {
+        {
             let mut state = self.doc.lock();
             state.subscribers.remove(&self.origin.connection);
             if state.subscribers.is_empty() {
                 state.idle_since = Some(Instant::now());
             }
-            let clients: Vec<u64> = self.awareness_clients.iter().copied().collect();
-            removal_update(&state.awareness, &clients)
-        };
-        if let Some(update) = removal {
-            let log = self.hub.log().clone();
-            let addr = self.addr().clone();
-            let origin = self.origin;
-            tokio::spawn(async move {
-                let _ = log
-                    .publish(
-                        &addr,
-                        EntryKind::Awareness,
-                        update.encode_v1().into(),
-                        Some(origin),
-                    )
-                    .await;
-            });
         }
+        self.hub
+            .forget_awareness(&self.doc, &self.awareness_clients, self.origin);
     }
 }

@@ -12,8 +12,12 @@
 //!   except to the socket that wrote it. Clients from 0.26 get
 //!   `space:broadcast-doc-updates`, several pending updates merged into one;
 //!   0.25 clients get one `space:broadcast-doc-update` per update.
-//! - Awareness is relayed between the sockets of an awareness room on this
-//!   instance, never stored.
+//! - Awareness goes through the hub like every other transport's (so to
+//!   sockets of the awareness room on every instance, and to y-websocket and
+//!   SSE clients of the document), never stored. The watcher emits it to
+//!   the room but to its sender; a socket's awareness clients are announced
+//!   gone when it leaves the room or disconnects, and `space:load-awarenesses`
+//!   also answers with the states the document's replica knows.
 //!
 //! Every failure is an ack `{error: {status, code, type, name, message,
 //! data}}`; the socket stays usable.
@@ -33,13 +37,14 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use socketioxide::{SocketIo, TransportType};
 use yrelay_protocol::DocAddress;
+use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector, merge_updates};
 use yrs::StateVector;
 
 use crate::auth::{AuthError, userspace_owner};
 use crate::clock::now_ms;
 use crate::edge::UpdateRate;
-use crate::hub::{DocEvent, HubError, Session};
+use crate::hub::{AwarenessClients, DocEvent, HubError, Session};
 use crate::log::Origin;
 use crate::metrics;
 use crate::server::AppState;
@@ -158,6 +163,8 @@ struct Conn {
     rate: UpdateRate,
     /// Joined spaces and the protocol each was joined with.
     spaces: HashMap<SpaceRef, Protocol>,
+    /// The awareness clients this socket introduced, per document.
+    awareness: HashMap<DocAddress, AwarenessClients>,
 }
 
 /// The Socket.IO gateway of this instance.
@@ -278,6 +285,7 @@ impl Gateway {
                 origin,
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
                 spaces: HashMap::new(),
+                awareness: HashMap::new(),
             },
         );
         self.route(&socket, "space:join", Gateway::join);
@@ -302,6 +310,9 @@ impl Gateway {
                 let conn = lock(&gw.conns).remove(&socket.id);
                 if let Some(conn) = conn {
                     lock(&gw.writers).remove(&conn.origin);
+                    for (addr, clients) in &conn.awareness {
+                        gw.app.hub.forget_awareness_of(addr, clients, conn.origin);
+                    }
                     for space in conn.spaces.keys() {
                         gw.stop_watchers_if_unused(space);
                     }
@@ -621,24 +632,45 @@ impl Gateway {
         self.member(&socket, &join.space)?;
         let addr = join.space.address(&join.doc_id)?;
         socket.join(awareness_room(&join.space, &addr));
+        self.watch(&join.space, &addr).await;
         Ok(json!({ "clientId": socket.id.to_string(), "success": true }))
     }
 
     async fn leave_awareness(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
         let (space, addr) = self.awareness_target(&socket, data)?;
         socket.leave(awareness_room(&space, &addr));
+        let mine = lock(&self.conns)
+            .get_mut(&socket.id)
+            .and_then(|c| Some((c.awareness.remove(&addr)?, c.origin)));
+        if let Some((clients, origin)) = mine {
+            self.app.hub.forget_awareness_of(&addr, &clients, origin);
+        }
         Ok(json!({ "clientId": socket.id.to_string(), "success": true }))
     }
 
     async fn load_awarenesses(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
         let (space, addr) = self.awareness_target(&socket, data)?;
+        let head = json!({ "spaceType": space_type(&space), "spaceId": space.space_id, "docId": addr.doc() });
+        // The sockets here re-send theirs; the replica knows everyone's.
         let _ = socket
             .to(awareness_room(&space, &addr))
-            .emit(
-                "space:collect-awareness",
-                &json!({ "spaceType": space_type(&space), "spaceId": space.space_id, "docId": addr.doc() }),
-            )
+            .emit("space:collect-awareness", &head)
             .await;
+        let mine = lock(&self.conns)
+            .get(&socket.id)
+            .and_then(|c| c.awareness.get(&addr).cloned())
+            .unwrap_or_default();
+        let states = self
+            .app
+            .hub
+            .awareness_states(&addr, &mine)
+            .await
+            .map_err(internal)?;
+        if let Some(states) = states {
+            let mut event = head;
+            event["awarenessUpdate"] = STANDARD.encode(states).into();
+            let _ = socket.emit("space:broadcast-awareness-update", &event);
+        }
         Ok(json!({ "clientId": socket.id.to_string() }))
     }
 
@@ -646,21 +678,24 @@ impl Gateway {
         let raw = data
             .get("awarenessUpdate")
             .and_then(Value::as_str)
-            .ok_or_else(|| bad_request("awarenessUpdate (base64) is required"))?
-            .to_owned();
-        base64("awarenessUpdate", &raw)?;
+            .ok_or_else(|| bad_request("awarenessUpdate (base64) is required"))?;
+        let raw = base64("awarenessUpdate", raw)?;
+        let update =
+            decode_awareness(&raw).map_err(|e| bad_request(format!("awarenessUpdate: {e}")))?;
         let (space, addr) = self.awareness_target(&socket, data)?;
-        let _ = socket
-            .to(awareness_room(&space, &addr))
-            .emit(
-                "space:broadcast-awareness-update",
-                &json!({
-                    "spaceType": space_type(&space), "spaceId": space.space_id,
-                    "docId": addr.doc(), "awarenessUpdate": raw,
-                }),
-            )
-            .await;
-        metrics::broadcast("awareness", 1);
+        self.watch(&space, &addr).await;
+        let origin = lock(&self.conns).get_mut(&socket.id).map(|conn| {
+            conn.awareness
+                .entry(addr.clone())
+                .or_default()
+                .record(&update);
+            conn.origin
+        });
+        self.app
+            .hub
+            .publish_awareness(&addr, raw, origin)
+            .await
+            .map_err(internal)?;
         Ok(json!({}))
     }
 
@@ -750,51 +785,51 @@ fn awareness_room(space: &SpaceRef, addr: &DocAddress) -> String {
 async fn relay(gateway: std::sync::Weak<Gateway>, space: SpaceRef, mut session: Session) {
     let doc = session.addr().doc().to_owned();
     let head = json!({ "spaceType": space_type(&space), "spaceId": space.space_id, "docId": doc });
+    let awareness = awareness_room(&space, session.addr());
     loop {
         let Ok(first) = session.next_event().await else {
             return; // closed (deleted, slow, shutting down): the next load restarts it
         };
-        let DocEvent::Update {
-            payload,
-            timestamp_ms,
-            origin,
-            ..
-        } = first
-        else {
-            continue;
-        };
-        // Everything already waiting from the same writer goes in one batch.
-        let mut batch = vec![payload];
-        let mut timestamp = timestamp_ms;
-        let mut next = None;
-        while let Some(event) = session.try_next_event() {
+        let mut pending = Some(first);
+        while let Some(event) = pending.take() {
+            let Some(gw) = gateway.upgrade() else { return };
             match event {
+                DocEvent::Awareness { payload, origin } => {
+                    let mut event = head.clone();
+                    event["awarenessUpdate"] = STANDARD.encode(payload).into();
+                    let name = "space:broadcast-awareness-update";
+                    emit_to_room(&gw, awareness.clone(), gw.writer(origin), name, &event);
+                }
                 DocEvent::Update {
                     payload,
                     timestamp_ms,
-                    origin: o,
+                    origin,
                     ..
-                } if o == origin => {
-                    batch.push(payload);
-                    timestamp = timestamp.max(timestamp_ms);
+                } => {
+                    // Everything already waiting from the same writer goes in
+                    // one batch.
+                    let mut batch = vec![payload];
+                    let mut timestamp = timestamp_ms;
+                    while let Some(event) = session.try_next_event() {
+                        match event {
+                            DocEvent::Update {
+                                payload,
+                                timestamp_ms,
+                                origin: o,
+                                ..
+                            } if o == origin => {
+                                batch.push(payload);
+                                timestamp = timestamp.max(timestamp_ms);
+                            }
+                            other => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    broadcast(&gw, &space, &head, &batch, timestamp, origin).await;
                 }
-                other @ DocEvent::Update { .. } => {
-                    next = Some(other);
-                    break;
-                }
-                DocEvent::Awareness { .. } => {}
             }
-        }
-        let Some(gw) = gateway.upgrade() else { return };
-        broadcast(&gw, &space, &head, &batch, timestamp, origin).await;
-        if let Some(DocEvent::Update {
-            payload,
-            timestamp_ms,
-            origin,
-            ..
-        }) = next
-        {
-            broadcast(&gw, &space, &head, &[payload], timestamp_ms, origin).await;
         }
     }
 }

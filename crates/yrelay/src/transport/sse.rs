@@ -144,7 +144,7 @@ fn live_events(
                     let event = update_event(&payload, cursor);
                     return Some((Ok(event), (Some(open), cursor.or(last))));
                 }
-                Ok(DocEvent::Awareness { payload }) => {
+                Ok(DocEvent::Awareness { payload, .. }) => {
                     let event = Event::default()
                         .event("awareness")
                         .data(STANDARD.encode(&*payload));
@@ -211,6 +211,8 @@ pub async fn post_awareness(
     app.auth.doc(credentials.token(), &addr)?;
     let payload = body(payload)?;
     decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
-    app.hub.publish_awareness(&addr, payload.to_vec()).await?;
+    app.hub
+        .publish_awareness(&addr, payload.to_vec(), None)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -274,7 +274,7 @@ async fn serve(
             event = session.next_event() => {
                 let frame = match event {
                     Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
-                    Ok(DocEvent::Awareness { payload }) => sync::encode_awareness(&payload),
+                    Ok(DocEvent::Awareness { payload, .. }) => sync::encode_awareness(&payload),
                     Err(reason) => return reason.into(),
                 };
                 if send(socket, frame).await.is_err() {
