@@ -157,6 +157,9 @@ fn base64(field: &str, text: &str) -> Result<Vec<u8>, Value> {
 
 /// What the gateway knows about one socket.
 struct Conn {
+    /// `socketio-websocket` or `socketio-polling`.
+    transport: &'static str,
+    opened: Instant,
     token: Option<String>,
     sub: Option<String>,
     origin: Origin,
@@ -216,7 +219,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         watchers: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
     });
-    tokio::spawn(count_active_users(Arc::downgrade(&gateway)));
+    tokio::spawn(housekeeping(Arc::downgrade(&gateway)));
     // Everything happens in the middleware, which socketioxide awaits before
     // it sends the connect packet: its connect handler runs in a task of its
     // own, after that packet, so event handlers registered there missed a
@@ -244,15 +247,30 @@ pub fn layer(app: AppState) -> SocketIoLayer {
     layer
 }
 
-/// Sets `yrelay_active_users`: users seen in the last minute.
-async fn count_active_users(gateway: std::sync::Weak<Gateway>) {
+/// Every 5 s: sets `yrelay_active_users` (users seen in the last minute),
+/// and forgets sockets that were admitted but never connected (socketioxide
+/// removes a socket whose connect packet could not be sent without a
+/// disconnect event; admitted ones are in the namespace within moments).
+async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
         let Some(gw) = gateway.upgrade() else { return };
-        let mut seen = lock(&gw.seen);
-        seen.retain(|_, at| at.elapsed() < Duration::from_secs(60));
-        metrics::active_users(seen.len());
+        {
+            let mut seen = lock(&gw.seen);
+            seen.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+            metrics::active_users(seen.len());
+        }
+        let never_connected: Vec<Sid> = lock(&gw.conns)
+            .iter()
+            .filter(|(sid, c)| {
+                c.opened.elapsed() > Duration::from_secs(10) && gw.io.get_socket(**sid).is_none()
+            })
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in never_connected {
+            gw.forget(sid);
+        }
     }
 }
 
@@ -280,6 +298,8 @@ impl Gateway {
         lock(&self.conns).insert(
             socket.id,
             Conn {
+                transport,
+                opened: Instant::now(),
                 token,
                 sub,
                 origin,
@@ -305,20 +325,23 @@ impl Gateway {
         let gw = self.clone();
         socket.on_disconnect(move |socket: SocketRef| {
             let gw = gw.clone();
-            async move {
-                metrics::connection_closed(transport);
-                let conn = lock(&gw.conns).remove(&socket.id);
-                if let Some(conn) = conn {
-                    lock(&gw.writers).remove(&conn.origin);
-                    for (addr, clients) in &conn.awareness {
-                        gw.app.hub.forget_awareness_of(addr, clients, conn.origin);
-                    }
-                    for space in conn.spaces.keys() {
-                        gw.stop_watchers_if_unused(space);
-                    }
-                }
-            }
+            async move { gw.forget(socket.id) }
         });
+    }
+
+    /// Drops what the gateway knows about a socket that has gone.
+    fn forget(&self, sid: Sid) {
+        let Some(conn) = lock(&self.conns).remove(&sid) else {
+            return;
+        };
+        metrics::connection_closed(conn.transport);
+        lock(&self.writers).remove(&conn.origin);
+        for (addr, clients) in &conn.awareness {
+            self.app.hub.forget_awareness_of(addr, clients, conn.origin);
+        }
+        for space in conn.spaces.keys() {
+            self.stop_watchers_if_unused(space);
+        }
     }
 
     /// Registers `handler` for `event`: its payload is a JSON object, its
