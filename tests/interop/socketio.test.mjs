@@ -289,17 +289,20 @@ test('access: sign-in required, userspace ownership, read-only writes denied, bl
   assert.deepEqual(blocked.error.data, { spaceId: 'ws1', docId: 'd' })
 })
 
-test('across instances: a push on one instance reaches Socket.IO and y-websocket clients on another', async (t) => {
+test('across instances: pushes, editors and awareness reach Socket.IO and y-websocket clients on another', async (t) => {
   const redis = await new RedisProcess().start()
   t.after(() => redis.dispose())
-  const first = await new YrelayProcess(['--log', redis.url]).start()
+  const secret = 'across-secret'
+  const auth = ['--log', redis.url, '--jwt-secret', secret]
+  const first = await new YrelayProcess(auth).start()
   // Same store (one SQLite file, WAL) and the same Redis log: two instances.
   const store = `sqlite://${join(first.dir, 'yrelay.db')}`
-  const second = await new YrelayProcess(['--log', redis.url, '--store', store]).start()
+  const second = await new YrelayProcess([...auth, '--store', store]).start()
   t.after(async () => { await second.dispose(); await first.dispose() })
+  const token = (sub) => execFileSync(yrelayBin, ['token', '--sub', sub, '--space', 'ws1', '--jwt-secret', secret]).toString().trim()
 
-  const a = await connect(first)
-  const b = await connect(second)
+  const a = await connect(first, { auth: { token: token('ann') } })
+  const b = await connect(second, { auth: { token: token('bob') } })
   t.after(() => { a.close(); b.close() })
   for (const s of [a, b]) await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })
   const seed = update((d) => d.getMap('m').set('from', 'a'))
@@ -310,7 +313,8 @@ test('across instances: a push on one instance reaches Socket.IO and y-websocket
   assert.equal(mirror.getMap('m').get('from'), 'a')
 
   const ydoc = new Y.Doc()
-  const provider = new WebsocketProvider(second.wsUrl, 'ws1/across', ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  const provider = new WebsocketProvider(second.wsUrl, 'ws1/across', ydoc,
+    { WebSocketPolyfill: WebSocket, disableBc: true, params: { token: token('cat') } })
   t.after(() => { provider.destroy(); ydoc.destroy() })
   await waitFor('y-websocket sync', () => provider.synced, [[provider, 'sync']])
 
@@ -320,7 +324,16 @@ test('across instances: a push on one instance reaches Socket.IO and y-websocket
   await waitFor('the broadcast on the other instance', () => incoming.length > 0, [[b, 'space:broadcast-doc-updates']])
   for (const e of incoming) for (const u of e.updates) Y.applyUpdate(mirror, unb64(u))
   assert.equal(mirror.getMap('m').get('again'), 1)
+  assert.deepEqual(incoming.map((e) => e.editor), incoming.map(() => 'ann'), 'the editor travels with the update')
   await waitFor('y-websocket on the other instance', () => ydoc.getMap('m').get('again') === 1, [[ydoc, 'update']])
+
+  // An edit by the y-websocket client (cat, second instance) reaches a
+  // (first instance) with its editor.
+  await call(a, 'space:load-doc', { ...ws, docId: 'across' })
+  const toA = collect(a, 'space:broadcast-doc-updates')
+  ydoc.getMap('m').set('cat', true)
+  await waitFor("cat's edit on a", () => toA.length > 0, [[a, 'space:broadcast-doc-updates']])
+  assert.equal(toA[0].editor, 'cat')
 
   // Awareness crosses instances and transports: a (first instance), b and
   // the y-websocket client (second) see each other; a's state goes when a does.
@@ -344,7 +357,7 @@ test('across instances: a push on one instance reaches Socket.IO and y-websocket
     [[a, 'space:broadcast-awareness-update']])
 
   // A socket that (re)loads gets every state the document's replica knows.
-  const late = await connect(first)
+  const late = await connect(first, { auth: { token: token('dan') } })
   t.after(() => late.close())
   await call(late, 'space:join', { ...ws, clientVersion: '0.26.0' })
   await call(late, 'space:join-awareness', { ...ws, docId: 'across', clientVersion: '0.26.0' })

@@ -55,6 +55,8 @@ pub enum DocEvent {
         timestamp_ms: i64,
         /// The connection that wrote it (`None`: unknown, or a catch-up).
         origin: Option<Origin>,
+        /// The signed-in user who wrote it, if known.
+        editor: Option<Arc<str>>,
     },
     /// An awareness update, relayed as received.
     Awareness {
@@ -203,6 +205,7 @@ impl LiveDoc {
                     cursor: entry.cursor,
                     timestamp_ms: entry.timestamp_ms,
                     origin: entry.origin,
+                    editor: entry.editor.clone(),
                 },
                 entry.origin.filter(|o| o.instance == self.instance),
                 "update",
@@ -261,6 +264,7 @@ impl LiveDoc {
             cursor,
             kind: EntryKind::Update,
             origin: None,
+            editor: None,
             payload: missed.into(),
             timestamp_ms: crate::clock::now_ms(),
         };

@@ -95,7 +95,7 @@ impl DocHub {
         let entry = self
             .inner
             .log
-            .append_update(addr, Arc::from(update), None)
+            .append_update(addr, Arc::from(update), None, None)
             .await?;
         metrics::update_accepted("rest", bytes, 0.0);
         tracing::info!(doc = %addr, bytes, "document imported");

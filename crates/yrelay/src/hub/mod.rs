@@ -35,6 +35,14 @@ use live::LiveDoc;
 pub use live::{AwarenessClients, CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use session::Session;
 
+/// Who submits an update: the connection, which is not sent its own update
+/// back, and the signed-in user (AFFiNE's `editor`); either may be unknown.
+#[derive(Debug, Clone, Default)]
+pub struct Writer {
+    pub origin: Option<Origin>,
+    pub editor: Option<Arc<str>>,
+}
+
 /// When an update counts as accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -163,12 +171,12 @@ impl DocHub {
         &self,
         addr: &DocAddress,
         update: CheckedUpdate,
-        origin: Option<Origin>,
+        writer: Writer,
         transport: &'static str,
     ) -> Result<Ack, HubError> {
         let doc = self.live(addr).await?;
         let payload = update.bytes().to_vec();
-        let ack = self.submit_to(&doc, update, origin, transport).await?;
+        let ack = self.submit_to(&doc, update, writer, transport).await?;
         // Read your writes: a request that follows this one on this instance
         // sees the update even before the log delivers it to the replica (a
         // CRDT merge: the log's copy changes nothing then).
@@ -181,7 +189,7 @@ impl DocHub {
         &self,
         doc: &LiveDoc,
         update: CheckedUpdate,
-        origin: Option<Origin>,
+        writer: Writer,
         transport: &'static str,
     ) -> Result<Ack, HubError> {
         if update.is_empty() {
@@ -209,7 +217,11 @@ impl DocHub {
                 .await?;
         }
         let bytes = payload.len();
-        let entry = self.inner.log.append_update(addr, payload, origin).await?;
+        let entry = self
+            .inner
+            .log
+            .append_update(addr, payload, writer.origin, writer.editor)
+            .await?;
         metrics::update_accepted(transport, bytes, started.elapsed().as_secs_f64());
         if let Some(event) = announce {
             self.announce(addr, event, entry.timestamp_ms, None);

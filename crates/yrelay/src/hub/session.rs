@@ -14,13 +14,15 @@ use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::live::{AwarenessClients, LiveDoc, Subscriber, fresh_awareness};
-use super::{Ack, CloseReason, DocEvent, DocHub, HubError};
+use super::{Ack, CloseReason, DocEvent, DocHub, HubError, Writer};
 use crate::log::Origin;
 
 pub struct Session {
     hub: DocHub,
     doc: Arc<LiveDoc>,
     origin: Origin,
+    /// The signed-in user of the connection, if any.
+    editor: Option<Arc<str>>,
     events: mpsc::Receiver<DocEvent>,
     closed: Arc<OnceLock<CloseReason>>,
     /// Awareness clients this session introduced and has not removed.
@@ -50,10 +52,17 @@ impl Session {
             hub,
             doc,
             origin,
+            editor: None,
             events,
             closed,
             awareness_clients: AwarenessClients::default(),
         })
+    }
+
+    /// Names the signed-in user its updates are written by.
+    pub fn with_editor(mut self, editor: Option<String>) -> Self {
+        self.editor = editor.map(Arc::from);
+        self
     }
 
     pub fn addr(&self) -> &DocAddress {
@@ -105,8 +114,11 @@ impl Session {
     ) -> impl Future<Output = Result<Ack, HubError>> + Send + 'static {
         let hub = self.hub.clone();
         let doc = self.doc.clone();
-        let origin = self.origin;
-        async move { hub.submit_to(&doc, update, Some(origin), transport).await }
+        let writer = Writer {
+            origin: Some(self.origin),
+            editor: self.editor.clone(),
+        };
+        async move { hub.submit_to(&doc, update, writer, transport).await }
     }
 
     /// Relays an (already validated) awareness update to every subscriber of

@@ -120,6 +120,7 @@ impl Log for LocalLog {
         addr: &DocAddress,
         update: Arc<[u8]>,
         origin: Option<Origin>,
+        editor: Option<Arc<str>>,
     ) -> Result<LogEntry, LogError> {
         let mut inner = self.lock();
         let cursor = inner.next_cursor();
@@ -127,6 +128,7 @@ impl Log for LocalLog {
             cursor: Some(cursor),
             kind: EntryKind::Update,
             origin,
+            editor,
             payload: update,
             timestamp_ms: cursor.ms as i64,
         };
@@ -153,6 +155,7 @@ impl Log for LocalLog {
             cursor: None,
             kind,
             origin,
+            editor: None,
             payload,
             timestamp_ms: now_ms(),
         };
@@ -279,7 +282,7 @@ mod tests {
         let mut cursors = Vec::new();
         for i in 0..3u8 {
             let e = log
-                .append_update(&addr(), Arc::from(vec![i]), None)
+                .append_update(&addr(), Arc::from(vec![i]), None, None)
                 .await
                 .unwrap();
             cursors.push(e.cursor.unwrap());
@@ -316,7 +319,7 @@ mod tests {
         let log = LocalLog::new(10);
         let mut sub = log.subscribe(&addr()).await.unwrap();
         for _ in 0..FEED_BOUND + 1 {
-            log.append_update(&addr(), Arc::from(vec![1u8]), None)
+            log.append_update(&addr(), Arc::from(vec![1u8]), None, None)
                 .await
                 .unwrap();
         }

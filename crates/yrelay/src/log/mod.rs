@@ -89,6 +89,8 @@ pub struct LogEntry {
     pub cursor: Option<LogCursor>,
     pub kind: EntryKind,
     pub origin: Option<Origin>,
+    /// The signed-in user who wrote an update, if known (AFFiNE's `editor`).
+    pub editor: Option<Arc<str>>,
     pub payload: Arc<[u8]>,
     /// Milliseconds since the epoch when the entry was appended.
     pub timestamp_ms: i64,
@@ -139,6 +141,7 @@ pub trait Log: Send + Sync + 'static {
         addr: &DocAddress,
         update: Arc<[u8]>,
         origin: Option<Origin>,
+        editor: Option<Arc<str>>,
     ) -> Result<LogEntry, LogError>;
 
     /// Relays an entry that is never persisted (`kind` is awareness or a

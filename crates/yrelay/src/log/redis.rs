@@ -388,10 +388,14 @@ fn entry_from(id: &str, map: &HashMap<String, Value>, kind: EntryKind) -> Option
     let origin = field(map, "o")
         .and_then(|o| std::str::from_utf8(o).ok())
         .and_then(parse_origin);
+    let editor = field(map, "e")
+        .and_then(|e| std::str::from_utf8(e).ok())
+        .map(Arc::from);
     Some(LogEntry {
         cursor: (kind == EntryKind::Update).then_some(cursor),
         kind,
         origin,
+        editor,
         payload,
         timestamp_ms: cursor.ms as i64,
     })
@@ -430,9 +434,13 @@ impl Log for RedisLog {
         addr: &DocAddress,
         update: Arc<[u8]>,
         origin: Option<Origin>,
+        editor: Option<Arc<str>>,
     ) -> Result<LogEntry, LogError> {
         let origin_text = origin_text(origin);
-        let xadd: [&[u8]; 5] = [b"*", b"p", &update, b"o", origin_text.as_bytes()];
+        let mut xadd: Vec<&[u8]> = vec![b"*", b"p", &update, b"o", origin_text.as_bytes()];
+        if let Some(editor) = &editor {
+            xadd.extend([&b"e"[..], editor.as_bytes()]);
+        }
         let (id, followers) = self.add(addr, "log", &xadd).await?;
         // Owed to the store from now on (NX: keep the oldest time); after
         // the append, so a compactor clearing the document sees the append.
@@ -450,6 +458,7 @@ impl Log for RedisLog {
             cursor: Some(cursor),
             kind: EntryKind::Update,
             origin,
+            editor,
             payload: update,
             timestamp_ms: cursor.ms as i64,
         })

@@ -44,7 +44,7 @@ use yrs::StateVector;
 use crate::auth::{AuthError, userspace_owner};
 use crate::clock::now_ms;
 use crate::edge::UpdateRate;
-use crate::hub::{AwarenessClients, DocEvent, HubError, Session};
+use crate::hub::{AwarenessClients, DocEvent, HubError, Session, Writer};
 use crate::log::Origin;
 use crate::metrics;
 use crate::server::AppState;
@@ -578,11 +578,17 @@ impl Gateway {
             ));
         }
         self.watch(&push.space, &addr).await;
-        let origin = lock(&self.conns).get(&socket.id).map(|c| c.origin);
+        let writer = lock(&self.conns)
+            .get(&socket.id)
+            .map(|c| Writer {
+                origin: Some(c.origin),
+                editor: c.sub.as_deref().map(Arc::from),
+            })
+            .unwrap_or_default();
         match self
             .app
             .hub
-            .submit_update(&addr, update, origin, TRANSPORT)
+            .submit_update(&addr, update, writer, TRANSPORT)
             .await
         {
             Ok(ack) => Ok(json!({ "accepted": true, "timestamp": ack.timestamp_ms })),
@@ -827,10 +833,11 @@ async fn relay(gateway: std::sync::Weak<Gateway>, space: SpaceRef, mut session: 
                     payload,
                     timestamp_ms,
                     origin,
+                    editor,
                     ..
                 } => {
-                    // Everything already waiting from the same writer goes in
-                    // one batch.
+                    // Everything already waiting from the same writer (and
+                    // user) goes in one batch.
                     let mut batch = vec![payload];
                     let mut timestamp = timestamp_ms;
                     while let Some(event) = session.try_next_event() {
@@ -839,8 +846,9 @@ async fn relay(gateway: std::sync::Weak<Gateway>, space: SpaceRef, mut session: 
                                 payload,
                                 timestamp_ms,
                                 origin: o,
+                                editor: e,
                                 ..
-                            } if o == origin => {
+                            } if o == origin && e == editor => {
                                 batch.push(payload);
                                 timestamp = timestamp.max(timestamp_ms);
                             }
@@ -850,7 +858,8 @@ async fn relay(gateway: std::sync::Weak<Gateway>, space: SpaceRef, mut session: 
                             }
                         }
                     }
-                    broadcast(&gw, &space, &head, &batch, timestamp, origin).await;
+                    let writer = Writer { origin, editor };
+                    broadcast(&gw, &space, &head, &batch, timestamp, writer).await;
                 }
             }
         }
@@ -865,15 +874,15 @@ async fn broadcast(
     head: &Value,
     batch: &[Arc<[u8]>],
     timestamp: i64,
-    origin: Option<Origin>,
+    writer: Writer,
 ) {
-    let sender = gw.writer(origin);
-    let editor = sender.and_then(|sid| lock(&gw.conns).get(&sid).and_then(|c| c.sub.clone()));
+    let sender = gw.writer(writer.origin);
+    let editor = writer.editor.as_deref();
     for update in batch {
         let mut event = head.clone();
         event["update"] = STANDARD.encode(update).into();
         event["timestamp"] = timestamp.into();
-        event["editor"] = editor.clone().into();
+        event["editor"] = editor.into();
         emit_to_room(
             gw,
             space.room("sync-025"),

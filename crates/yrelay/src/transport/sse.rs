@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -29,7 +30,7 @@ use yrelay_protocol::update::{check_update, decode_state_vector};
 
 use crate::edge::{Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector};
 use crate::http_error::ApiError;
-use crate::hub::{CloseReason, DocEvent, HubError, Session};
+use crate::hub::{CloseReason, DocEvent, HubError, Session, Writer};
 use crate::log::LogCursor;
 use crate::metrics;
 use crate::server::AppState;
@@ -169,15 +170,19 @@ pub async fn post_update(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    let permit = app.auth.writer(credentials.token(), &addr)?;
     let payload = body(payload)?;
     let update = check_update(payload.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
         ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
     })?;
+    let writer = Writer {
+        origin: None,
+        editor: permit.sub.map(Arc::from),
+    };
     let ack = app
         .hub
-        .submit_update(&addr, update, None, TRANSPORT)
+        .submit_update(&addr, update, writer, TRANSPORT)
         .await?;
     Ok(Json(ack_json(&ack)))
 }

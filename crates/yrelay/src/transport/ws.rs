@@ -157,7 +157,10 @@ async fn connection(
             Close::Policy(e.to_string())
         }
         Ok(permit) => match app.hub.join(&addr).await {
-            Ok(session) => serve(&app, session, permit.can_write(), &mut socket).await,
+            Ok(session) => {
+                let write = permit.can_write();
+                serve(&app, session.with_editor(permit.sub), write, &mut socket).await
+            }
             Err(e) => {
                 tracing::warn!(doc = %addr, error = %e, "cannot open document");
                 Close::from(e)
