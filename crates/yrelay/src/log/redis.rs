@@ -3,7 +3,8 @@
 //!
 //! Keys are hash-tagged per document, so all of a document's keys share a
 //! cluster slot and the scripts that touch several of them stay atomic:
-//! - `yrelay:{space/doc}:log`: the update stream (`XADD` ids are the cursors);
+//! - `yrelay:{space/doc}:log`: the update stream (`XADD` ids are the cursors;
+//!   fields `p` payload, `o` origin `instance:connection`, `e` editor);
 //! - `yrelay:{space/doc}:aw`: awareness and notices (field `k` = `a`/`n`),
 //!   a stream capped at a few entries (relayed, never persisted);
 //! - `yrelay:{space/doc}:trimmed`: the highest cursor trimmed away;
