@@ -70,6 +70,15 @@ const READ_COUNT: usize = 1024;
 /// with the document's followers (`KEYS[2]`, field/value pairs).
 const APPEND: &str =
     "return {redis.call('XADD', KEYS[1], unpack(ARGV)), redis.call('HGETALL', KEYS[2])}";
+/// Registers an inbox (`ARGV[1]`, token `ARGV[2]`) as a follower of a
+/// document (`KEYS[1]`) and returns the ids of the newest entries of its
+/// update and awareness streams (`KEYS[2]`, `KEYS[3]`; `0-0` when empty).
+const REGISTER: &str = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    local function last(stream)
+        local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+        return newest and newest[1] or '0-0'
+    end
+    return {last(KEYS[2]), last(KEYS[3])}";
 /// Deletes a registration if it is still the given one.
 const FORGET: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
@@ -497,25 +506,26 @@ impl Log for RedisLog {
 
     async fn subscribe(&self, addr: &DocAddress) -> Result<Subscription, LogError> {
         let mut conn = self.conn();
-        // The inbox first: an append that rings a registration whose inbox
-        // is missing may forget it.
-        open_inbox(&mut conn, &self.shared.inbox).await?;
+        // The inbox exists: opened at start and renewed by the reader, which
+        // re-opens it and ends every feed (so they register again) if Redis
+        // lost it; an append that rings a registration whose inbox is
+        // missing forgets it.
         let token = {
             let mut feeds = lock(&self.shared.feeds);
             feeds.next_token += 1;
             format!("{}-{}", now_ms(), feeds.next_token)
         };
-        // Registered before the positions are read: every entry after them
-        // rings this instance.
-        let _: i64 = redis::cmd("HSET")
-            .arg(key(addr, "subs"))
-            .arg(&self.shared.inbox)
-            .arg(&token)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let log_last = last_id(&mut conn, &key(addr, "log")).await?;
-        let aw_last = last_id(&mut conn, &key(addr, "aw")).await?;
+        // Registered before the positions are read, in one step: every entry
+        // after them rings this instance.
+        let (log_last, aw_last): (String, String) = eval(
+            REGISTER,
+            &[&key(addr, "subs"), &key(addr, "log"), &key(addr, "aw")],
+        )
+        .arg(&self.shared.inbox)
+        .arg(&token)
+        .query_async(&mut conn)
+        .await
+        .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(FEED_BOUND);
         let name = addr.to_string();
         let id = {
@@ -786,12 +796,15 @@ async fn reader(mut blocking: Conn, mut conn: Conn, shared: Weak<Shared>, mut po
             if let Ok(kept) = kept {
                 renewed = Instant::now();
                 if kept == 0 {
-                    // Redis lost it (restarted empty): bells may be lost.
+                    // Redis lost it (restarted empty, or this process stalled
+                    // past its lifetime): bells may be lost, and appends
+                    // forgot the registrations they rang. The inbox first,
+                    // then every feed subscribes (registers) again.
                     tracing::warn!(%inbox, "redis log inbox was gone; feeds will resume by cursor");
-                    end_all_feeds(&shared);
                     if let Ok(start) = open_inbox(&mut conn, &inbox).await {
                         position = start;
                     }
+                    end_all_feeds(&shared);
                 }
             }
         }
