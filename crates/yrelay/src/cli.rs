@@ -22,7 +22,7 @@ fn address(path: &str) -> Result<DocAddress, Box<dyn std::error::Error>> {
 
 pub async fn run(args: DocArgs) -> CliResult {
     let store = store::open(args.store.as_deref().unwrap_or(DEFAULT_STORE)).await?;
-    let log = log::open(args.log.as_deref().unwrap_or("local"), 1).await?;
+    let log = log::open(args.log.as_deref().unwrap_or("local"), 1, 0).await?;
     let hub = DocHub::new(
         store,
         log,

@@ -157,6 +157,9 @@ pub struct ServeArgs {
     /// When an update counts as accepted: once the log has it, or once the store has committed it.
     #[arg(long, env = "YRELAY_DURABILITY", value_enum)]
     pub durability: Option<Durability>,
+    /// With a Redis log: acknowledge an update only once this many Redis replicas have it (WAIT), so a failover cannot lose it.
+    #[arg(long, env = "YRELAY_LOG_REPLICAS")]
+    pub log_replicas: Option<usize>,
     /// TOML file with any of these settings (flags and environment win).
     #[arg(long, env = "YRELAY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -215,6 +218,7 @@ struct FileConfig {
     store: Option<String>,
     log: Option<String>,
     durability: Option<Durability>,
+    log_replicas: Option<usize>,
     max_message_size: Option<usize>,
     queue_bound: Option<usize>,
     idle_unload_secs: Option<f64>,
@@ -239,6 +243,8 @@ pub struct ServerConfig {
     pub store: String,
     pub log: String,
     pub durability: Durability,
+    /// Redis replicas that must have an update before it is acknowledged.
+    pub log_replicas: usize,
     pub max_message_size: usize,
     pub queue_bound: usize,
     pub idle_unload: Duration,
@@ -314,6 +320,7 @@ impl ServeArgs {
                 .durability
                 .or(file.durability)
                 .unwrap_or(Durability::Log),
+            log_replicas: self.log_replicas.or(file.log_replicas).unwrap_or(0),
             max_message_size: self
                 .max_message_size
                 .or(file.max_message_size)

@@ -96,7 +96,7 @@ impl Server {
     /// Opens the store (migrating it), the log, and binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         let store = store::open(&config.store).await?;
-        let log = log::open(&config.log, LOCAL_LOG_RETAIN).await?;
+        let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas).await?;
         let hub = DocHub::new(
             store,
             log,
@@ -170,6 +170,12 @@ impl Server {
             log.name(),
             config.durability
         );
+        if config.log_replicas > 0 {
+            tracing::info!(
+                "updates are acknowledged once {} Redis replica(s) have them",
+                config.log_replicas
+            );
+        }
         if !log.is_durable() {
             tracing::info!(
                 "the {} log is not durable: updates are acknowledged once the store has committed them",
@@ -240,7 +246,7 @@ pub async fn run_worker(
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = store::open(&config.store).await?;
-    let log = log::open(&config.log, LOCAL_LOG_RETAIN).await?;
+    let log = log::open(&config.log, LOCAL_LOG_RETAIN, 0).await?;
     tracing::info!(
         "yrelay worker compacting (store: {}, log: {})",
         config.store,

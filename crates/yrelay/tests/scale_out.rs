@@ -635,3 +635,58 @@ async fn a_redis_cluster_node_restarted_with_its_data_is_resumed() {
     let state = converge(&[&a, &b]).await;
     cluster.store_catches_up_on(name, &state).await;
 }
+
+/// `--log-replicas 1`: an update is acknowledged only once a Redis replica
+/// has it, so a failover to that replica cannot lose it. A replica that
+/// stops answering turns acknowledgements into errors, never into acks.
+#[tokio::test]
+async fn with_log_replicas_every_acknowledged_update_is_on_a_replica() {
+    use common::sse::post;
+
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = primary.url();
+    let args = ["--log", log.as_str(), "--log-replicas", "1"];
+    let server = TestServer::start(dir.path(), &args).await;
+    let updates = format!("/v1/docs/{DOC}/updates");
+    let writer = Doc::new();
+    let text = writer.get_or_insert_text("text");
+    let edit = |s: &str| {
+        let before = writer.transact().state_vector();
+        text.push(&mut writer.transact_mut(), s);
+        writer.transact().encode_diff_v1(&before)
+    };
+    let on_replica = |cursor: String| {
+        let mut range = redis::cmd("XRANGE");
+        range
+            .arg(format!("yrelay:{{{DOC}}}:log"))
+            .arg(&cursor)
+            .arg(&cursor);
+        let replica = &replica;
+        async move { replica.query::<Vec<redis::Value>>(range).await }
+    };
+
+    for s in ["one ", "two ", "three "] {
+        let (status, ack) = post(server.addr, &updates, &edit(s)).await;
+        assert_eq!(status, 200, "{ack}");
+        let cursor = ack["cursor"].as_str().unwrap().to_string();
+        let found = on_replica(cursor.clone()).await.unwrap_or_default();
+        assert_eq!(
+            found.len(),
+            1,
+            "acknowledged {cursor} is not on the replica"
+        );
+    }
+
+    replica.signal("STOP");
+    let (status, answer) = post(server.addr, &updates, &edit("unreplicated ")).await;
+    replica.signal("CONT");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.to_string().contains("replicas"), "{answer}");
+
+    let (status, ack) = post(server.addr, &updates, &edit("four")).await;
+    assert_eq!(status, 200, "{ack}");
+    let cursor = ack["cursor"].as_str().unwrap().to_string();
+    assert_eq!(on_replica(cursor).await.unwrap_or_default().len(), 1);
+}

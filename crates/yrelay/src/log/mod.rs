@@ -201,13 +201,23 @@ pub trait Log: Send + Sync + 'static {
     async fn release_lease(&self, addr: &DocAddress, holder: &str) -> Result<(), LogError>;
 }
 
-/// Opens the log named by a setting: `local`, or `redis://...`.
-pub async fn open(setting: &str, local_retain: usize) -> Result<Arc<dyn Log>, LogError> {
+/// Opens the log named by a setting: `local`, or `redis://...` (whose
+/// appends wait for `replicas` Redis replicas).
+pub async fn open(
+    setting: &str,
+    local_retain: usize,
+    replicas: usize,
+) -> Result<Arc<dyn Log>, LogError> {
     if setting == "local" {
+        if replicas > 0 {
+            return Err(LogError::Unavailable(
+                "log_replicas needs a Redis log (--log redis://...)".into(),
+            ));
+        }
         return Ok(Arc::new(LocalLog::new(local_retain)));
     }
     if setting.starts_with("redis://") || setting.starts_with("rediss://") {
-        return Ok(Arc::new(RedisLog::connect(setting).await?));
+        return Ok(Arc::new(RedisLog::connect(setting, replicas).await?));
     }
     Err(LogError::Unavailable(format!(
         "unsupported log {setting:?} (expected local or redis://HOST:PORT)"

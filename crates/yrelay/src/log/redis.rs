@@ -54,6 +54,8 @@ use crate::clock::now_ms;
 const FEED_BOUND: usize = 4096;
 const BLOCK: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an append waits for its replicas (`--log-replicas`).
+const REPLICA_WAIT: Duration = Duration::from_secs(2);
 const BACKLOG_KEY: &str = "yrelay:{backlog}";
 const CLEARING_KEY: &str = "yrelay:{backlog}:clearing";
 /// An inbox outlives its instance's last renewal by this long.
@@ -194,6 +196,8 @@ impl Target {
 pub struct RedisLog {
     conn: Conn,
     shared: Arc<Shared>,
+    /// Replicas that must have an update before it is acknowledged.
+    replicas: usize,
 }
 
 /// What the log, its reader and fetcher tasks and the subscriptions share.
@@ -229,8 +233,10 @@ struct Feed {
 
 impl RedisLog {
     /// Connects to `setting`: one `redis://` URL (a cluster is detected), or
-    /// several comma-separated seed URLs of a cluster.
-    pub async fn connect(setting: &str) -> Result<Self, LogError> {
+    /// several comma-separated seed URLs of a cluster. An append is
+    /// acknowledged once `replicas` replicas have it (of every primary, in
+    /// a cluster).
+    pub async fn connect(setting: &str, replicas: usize) -> Result<Self, LogError> {
         let target = Target::detect(setting).await?;
         let mut conn = target.connect(TIMEOUT).await?;
         let reader_conn = target.connect(BLOCK + TIMEOUT).await?;
@@ -257,7 +263,32 @@ impl RedisLog {
             shared.ring.clone(),
         ));
         tracing::info!(cluster = target.cluster, inbox = %shared.inbox, "redis log connected");
-        Ok(Self { conn, shared })
+        Ok(Self {
+            conn,
+            shared,
+            replicas,
+        })
+    }
+
+    /// Waits until the replicas have every write sent so far on the log's
+    /// connection (`WAIT`; a cluster client asks every primary).
+    async fn replicated(&self) -> Result<(), LogError> {
+        if self.replicas == 0 {
+            return Ok(());
+        }
+        let have: usize = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if have < self.replicas {
+            return Err(LogError::Unavailable(format!(
+                "{have} of {} Redis replicas had the update within {:?}",
+                self.replicas, REPLICA_WAIT
+            )));
+        }
+        Ok(())
     }
 
     fn conn(&self) -> Conn {
@@ -461,8 +492,13 @@ impl Log for RedisLog {
             .arg(now_ms())
             .arg(addr.to_string());
         let owed = zadd.query_async::<()>(&mut conn);
-        let (owed, ()) = tokio::join!(owed, self.ring_followers(addr, &followers));
+        let (owed, replicated, ()) = tokio::join!(
+            owed,
+            self.replicated(),
+            self.ring_followers(addr, &followers)
+        );
         owed.map_err(unavailable)?;
+        replicated?;
         let cursor = LogCursor::from_str(&id).map_err(|e| LogError::Unavailable(e.to_string()))?;
         Ok(LogEntry {
             cursor: Some(cursor),

@@ -48,6 +48,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// The primary's port, for a replica.
+    primary: Option<u16>,
 }
 
 impl RedisServer {
@@ -57,9 +59,49 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            primary: None,
         };
         server.spawn().await;
         server
+    }
+
+    /// Starts a replica of `primary` and waits until it is in sync.
+    pub async fn start_replica_of(primary: &RedisServer) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            primary: Some(primary.port),
+        };
+        server.spawn().await;
+        let port = server.port;
+        wait_ready("redis replica", || async move {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            redis_query(port, info)
+                .await
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        })
+        .await;
+        server
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the process: a server that
+    /// answers nothing, without closing its connections.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Runs one command on this server; `None` if it cannot.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        cmd.query_async(&mut conn).await.ok()
     }
 
     pub fn url(&self) -> String {
@@ -77,6 +119,11 @@ impl RedisServer {
                 "",
             ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(
+                self.primary
+                    .map(|p| vec!["--replicaof".into(), "127.0.0.1".into(), p.to_string()])
+                    .unwrap_or_default(),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
