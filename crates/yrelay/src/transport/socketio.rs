@@ -261,15 +261,15 @@ async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
             seen.retain(|_, at| at.elapsed() < Duration::from_secs(60));
             metrics::active_users(seen.len());
         }
-        let never_connected: Vec<Sid> = lock(&gw.conns)
+        let admitted: Vec<Sid> = lock(&gw.conns)
             .iter()
-            .filter(|(sid, c)| {
-                c.opened.elapsed() > Duration::from_secs(10) && gw.io.get_socket(**sid).is_none()
-            })
+            .filter(|(_, c)| c.opened.elapsed() > Duration::from_secs(10))
             .map(|(sid, _)| *sid)
             .collect();
-        for sid in never_connected {
-            gw.forget(sid);
+        for sid in admitted {
+            if gw.io.get_socket(sid).is_none() {
+                gw.forget(sid);
+            }
         }
     }
 }
