@@ -198,6 +198,10 @@ pub struct RedisLog {
     shared: Arc<Shared>,
     /// Replicas that must have an update before it is acknowledged.
     replicas: usize,
+    /// The connection updates are appended on: with replicas, one of its
+    /// own, since a `WAIT` holds up everything sent after it on its
+    /// connection (a lagging replica must not stall reads and fan-out).
+    appends: Conn,
 }
 
 /// What the log, its reader and fetcher tasks and the subscriptions share.
@@ -263,14 +267,20 @@ impl RedisLog {
             shared.ring.clone(),
         ));
         tracing::info!(cluster = target.cluster, inbox = %shared.inbox, "redis log connected");
+        let appends = if replicas > 0 {
+            target.connect(TIMEOUT).await?
+        } else {
+            conn.clone()
+        };
         Ok(Self {
             conn,
             shared,
             replicas,
+            appends,
         })
     }
 
-    /// Waits until the replicas have every write sent so far on the log's
+    /// Waits until the replicas have every write sent so far on the appends'
     /// connection (`WAIT`; a cluster client asks every primary).
     async fn replicated(&self) -> Result<(), LogError> {
         if self.replicas == 0 {
@@ -279,7 +289,7 @@ impl RedisLog {
         let have: usize = redis::cmd("WAIT")
             .arg(self.replicas)
             .arg(REPLICA_WAIT.as_millis() as u64)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.appends.clone())
             .await
             .map_err(unavailable)?;
         if have < self.replicas {
@@ -296,9 +306,9 @@ impl RedisLog {
     }
 
     /// Adds an entry to one of the document's streams (`XADD` arguments
-    /// after the key); returns its id and the document's followers.
+    /// after the key) on `conn`; returns its id and the document's followers.
     async fn add(
-        &self,
+        mut conn: Conn,
         addr: &DocAddress,
         stream: &str,
         xadd: &[&[u8]],
@@ -307,7 +317,7 @@ impl RedisLog {
         for arg in xadd {
             cmd.arg(*arg);
         }
-        cmd.query_async(&mut self.conn()).await.map_err(unavailable)
+        cmd.query_async(&mut conn).await.map_err(unavailable)
     }
 
     /// Rings the followers' inboxes (`followers`: inbox/token pairs).
@@ -482,10 +492,11 @@ impl Log for RedisLog {
         if let Some(editor) = &editor {
             xadd.extend([&b"e"[..], editor.as_bytes()]);
         }
-        let (id, followers) = self.add(addr, "log", &xadd).await?;
+        let (id, followers) = Self::add(self.appends.clone(), addr, "log", &xadd).await?;
         // Owed to the store from now on (NX: keep the oldest time); after
-        // the append, so a compactor clearing the document sees the append.
-        let mut conn = self.conn();
+        // the append, so a compactor clearing the document sees the append,
+        // and before the WAIT, which covers both.
+        let mut conn = self.appends.clone();
         let mut zadd = redis::cmd("ZADD");
         zadd.arg(BACKLOG_KEY)
             .arg("NX")
@@ -535,7 +546,7 @@ impl Log for RedisLog {
             b"k",
             k,
         ];
-        let (_, followers) = self.add(addr, "aw", &args).await?;
+        let (_, followers) = Self::add(self.conn(), addr, "aw", &args).await?;
         self.ring_followers(addr, &followers).await;
         Ok(())
     }
