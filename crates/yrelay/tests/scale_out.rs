@@ -690,3 +690,66 @@ async fn with_log_replicas_every_acknowledged_update_is_on_a_replica() {
     let cursor = ack["cursor"].as_str().unwrap().to_string();
     assert_eq!(on_replica(cursor).await.unwrap_or_default().len(), 1);
 }
+
+/// A Redis Cluster primary killed: its replica takes over, and every update
+/// acknowledged before (with `--log-replicas 1`) is on the new primary.
+/// Acks wait until the new primary has a replica again (the old node,
+/// restarted, rejoins as one); the instance appends there without a restart.
+#[tokio::test]
+async fn a_redis_cluster_failover_loses_nothing_acknowledged_with_log_replicas() {
+    use common::sse::post;
+
+    let mut redis = RedisCluster::start_with_replicas(3, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = redis.seeds();
+    let args = ["--log", seeds.as_str(), "--log-replicas", "1"];
+    let server = TestServer::start(dir.path(), &args).await;
+    let updates = format!("/v1/docs/{DOC}/updates");
+    let writer = Doc::new();
+    let text = writer.get_or_insert_text("text");
+    let edit = |s: &str| {
+        let before = writer.transact().state_vector();
+        text.push(&mut writer.transact_mut(), s);
+        writer.transact().encode_diff_v1(&before)
+    };
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (status, ack) = post(server.addr, &updates, &edit(&format!("{i} "))).await;
+        assert_eq!(status, 200, "{ack}");
+        acked.push(ack["cursor"].as_str().unwrap().to_string());
+    }
+
+    let key = format!("yrelay:{{{DOC}}}:log");
+    let primary = redis.primary_of(&key).await;
+    redis.kill_node(primary).await;
+    redis.wait_failover_of(primary).await;
+    let promoted = redis.primary_of(&key).await;
+    for cursor in &acked {
+        let mut range = redis::cmd("XRANGE");
+        range.arg(&key).arg(cursor).arg(cursor);
+        let found: Vec<redis::Value> = redis.query_node(promoted, range).await.unwrap();
+        assert_eq!(found.len(), 1, "acknowledged {cursor} lost in the failover");
+    }
+
+    // Appending goes on once the promoted node has a replica again (the
+    // instance's cluster client finds the new topology by itself).
+    redis.restart_node(primary).await;
+    let next = edit("after");
+    let appended = async {
+        loop {
+            let (status, ack) = post(server.addr, &updates, &next).await;
+            if status == 200 {
+                return ack;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let ack = tokio::time::timeout(WAIT, appended)
+        .await
+        .expect("appends resume after the failover");
+    let mut range = redis::cmd("XRANGE");
+    let cursor = ack["cursor"].as_str().unwrap();
+    range.arg(&key).arg(cursor).arg(cursor);
+    let found: Vec<redis::Value> = redis.query_node(promoted, range).await.unwrap();
+    assert_eq!(found.len(), 1);
+}

@@ -108,6 +108,22 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    /// Runs a keyless command (such as `WAIT`) on the node that holds `key`;
+    /// a cluster client would send it to every primary.
+    async fn on_node_of(&mut self, key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let node = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(node));
+                c.route_command(cmd, routing).await
+            }
+        }
+    }
+}
+
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -280,18 +296,22 @@ impl RedisLog {
         })
     }
 
-    /// Waits until the replicas have every write sent so far on the appends'
-    /// connection (`WAIT`; a cluster client asks every primary).
-    async fn replicated(&self) -> Result<(), LogError> {
+    /// Waits until the replicas of the node holding `addr` have every write
+    /// sent so far on the appends' connection (`WAIT`).
+    async fn replicated(&self, addr: &DocAddress) -> Result<(), LogError> {
         if self.replicas == 0 {
             return Ok(());
         }
-        let have: usize = redis::cmd("WAIT")
-            .arg(self.replicas)
-            .arg(REPLICA_WAIT.as_millis() as u64)
-            .query_async(&mut self.appends.clone())
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.replicas).arg(REPLICA_WAIT.as_millis() as u64);
+        let have = self
+            .appends
+            .clone()
+            .on_node_of(&key(addr, "log"), wait)
             .await
             .map_err(unavailable)?;
+        let have: usize =
+            redis::from_redis_value(have).map_err(|e| LogError::Unavailable(e.to_string()))?;
         if have < self.replicas {
             return Err(LogError::Unavailable(format!(
                 "{have} of {} Redis replicas had the update within {:?}",
@@ -505,7 +525,7 @@ impl Log for RedisLog {
         let owed = zadd.query_async::<()>(&mut conn);
         let (owed, replicated, ()) = tokio::join!(
             owed,
-            self.replicated(),
+            self.replicated(addr),
             self.ring_followers(addr, &followers)
         );
         owed.map_err(unavailable)?;

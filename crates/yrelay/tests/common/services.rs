@@ -39,9 +39,17 @@ async fn redis_answers(port: u16) -> bool {
 }
 
 async fn redis_query(port: u16, cmd: redis::Cmd) -> Option<String> {
+    redis_query_as(port, cmd).await
+}
+
+async fn redis_query_int(port: u16, cmd: redis::Cmd) -> Option<i64> {
+    redis_query_as(port, cmd).await
+}
+
+async fn redis_query_as<T: redis::FromRedisValue>(port: u16, cmd: redis::Cmd) -> Option<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    cmd.query_async::<String>(&mut conn).await.ok()
+    cmd.query_async::<T>(&mut conn).await.ok()
 }
 
 pub struct RedisServer {
@@ -99,9 +107,7 @@ impl RedisServer {
 
     /// Runs one command on this server; `None` if it cannot.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        cmd.query_async(&mut conn).await.ok()
+        redis_query_as(self.port, cmd).await
     }
 
     pub fn url(&self) -> String {
@@ -158,10 +164,12 @@ impl RedisServer {
     }
 }
 
-/// A Redis Cluster of private redis-server primaries (no replicas).
+/// A Redis Cluster of private redis-server processes.
 pub struct RedisCluster {
-    nodes: Vec<Child>,
+    nodes: Vec<Option<Child>>,
     pub ports: Vec<u16>,
+    /// Replicas per primary (then nodes fail over after 1 s unreachable).
+    replicas: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -178,23 +186,30 @@ fn free_cluster_port() -> u16 {
 impl RedisCluster {
     /// Starts `n` primaries (append-only file, fsync always) and joins them.
     pub async fn start(n: usize) -> Self {
+        Self::start_with_replicas(n, 0).await
+    }
+
+    /// Starts `n` primaries with `replicas` replicas each.
+    pub async fn start_with_replicas(n: usize, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..n).map(|_| free_cluster_port()).collect();
+        let count = n * (1 + replicas);
+        let ports: Vec<u16> = (0..count).map(|_| free_cluster_port()).collect();
         let mut cluster = Self {
             nodes: Vec::new(),
             ports,
+            replicas,
             _dir: dir,
         };
-        for i in 0..n {
+        for i in 0..count {
             std::fs::create_dir(cluster.node_dir(i)).unwrap();
             let node = cluster.spawn_node(i).await;
-            cluster.nodes.push(node);
+            cluster.nodes.push(Some(node));
         }
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .expect("redis-cli (install with: apt-get install redis-tools)");
@@ -204,7 +219,34 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         cluster.wait_ok().await;
+        if replicas > 0 {
+            cluster.wait_replicas_linked().await;
+        }
         cluster
+    }
+
+    /// Waits until every replica has its link to its primary up.
+    async fn wait_replicas_linked(&self) {
+        for port in &self.ports {
+            let port = *port;
+            wait_ready("redis cluster replica", || async move {
+                let mut info = redis::cmd("INFO");
+                info.arg("replication");
+                redis_query(port, info).await.is_some_and(|i| {
+                    i.contains("role:master") || i.contains("master_link_status:up")
+                })
+            })
+            .await;
+        }
+    }
+
+    /// Runs one command on node `i`; `None` if it cannot.
+    pub async fn query_node<T: redis::FromRedisValue>(
+        &self,
+        i: usize,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        redis_query_as(self.ports[i], cmd).await
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
@@ -221,6 +263,11 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
             ])
+            .args(if self.replicas > 0 {
+                &["--cluster-node-timeout", "1000"][..]
+            } else {
+                &[]
+            })
             .args([
                 "--save",
                 "",
@@ -241,14 +288,72 @@ impl RedisCluster {
 
     /// Kills node `i` and starts it again with its data and cluster config.
     pub async fn restart_node(&mut self, i: usize) {
-        let _ = self.nodes[i].kill().await;
-        self.nodes[i] = self.spawn_node(i).await;
+        self.kill_node(i).await;
+        self.nodes[i] = Some(self.spawn_node(i).await);
         self.wait_ok().await;
+        if self.replicas > 0 {
+            self.wait_replicas_linked().await;
+        }
     }
 
-    /// Waits until every node says the cluster is ok.
+    /// Kills node `i` (SIGKILL) and leaves it down.
+    pub async fn kill_node(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            let _ = node.kill().await;
+        }
+    }
+
+    /// The index of the primary that holds `key` (asked of every live node).
+    pub async fn primary_of(&self, key: &str) -> usize {
+        for (i, port) in self.ports.iter().enumerate() {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            let primary = redis_query(*port, info)
+                .await
+                .is_some_and(|i| i.contains("role:master"));
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(key);
+            // A primary that does not hold the key's slot answers MOVED.
+            if primary && redis_query_int(*port, exists).await.is_some() {
+                return i;
+            }
+        }
+        panic!("no primary holds {key}");
+    }
+
+    /// Waits until a replica of the (dead) node `i` has taken over as primary.
+    pub async fn wait_failover_of(&self, i: usize) {
+        let dead = self.ports[i];
+        for port in self.ports.iter().filter(|p| **p != dead) {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            let replicated_dead = redis_query(*port, info)
+                .await
+                .is_some_and(|i| i.contains(&format!("master_port:{dead}")));
+            if replicated_dead {
+                let port = *port;
+                wait_ready("redis cluster failover", || async move {
+                    let mut info = redis::cmd("INFO");
+                    info.arg("replication");
+                    redis_query(port, info)
+                        .await
+                        .is_some_and(|i| i.contains("role:master"))
+                })
+                .await;
+                return;
+            }
+        }
+        panic!("node {i} has no replica");
+    }
+
+    /// Waits until every (live) node says the cluster is ok.
     async fn wait_ok(&self) {
-        for port in &self.ports {
+        for (port, _) in self
+            .ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.is_some())
+        {
             let port = *port;
             wait_ready("redis cluster", || async move {
                 let mut info = redis::cmd("CLUSTER");
