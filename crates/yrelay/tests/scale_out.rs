@@ -636,59 +636,81 @@ async fn a_redis_cluster_node_restarted_with_its_data_is_resumed() {
     cluster.store_catches_up_on(name, &state).await;
 }
 
+/// Text edits whose updates are posted one by one (`POST .../updates`).
+struct Poster {
+    doc: Doc,
+    text: yrs::TextRef,
+    server: std::net::SocketAddr,
+}
+
+impl Poster {
+    fn new(server: &TestServer) -> Self {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("text");
+        Self {
+            doc,
+            text,
+            server: server.addr,
+        }
+    }
+
+    /// Appends `s` and posts the update it made: the status and the answer.
+    async fn post(&self, s: &str) -> (u16, serde_json::Value) {
+        let before = self.doc.transact().state_vector();
+        self.text.push(&mut self.doc.transact_mut(), s);
+        let update = self.doc.transact().encode_diff_v1(&before);
+        common::sse::post(self.server, &format!("/v1/docs/{DOC}/updates"), &update).await
+    }
+
+    /// Posts `s`, which must be acknowledged; its log cursor.
+    async fn acked(&self, s: &str) -> String {
+        let (status, ack) = self.post(s).await;
+        assert_eq!(status, 200, "{ack}");
+        ack["cursor"].as_str().unwrap().to_string()
+    }
+}
+
+/// `XRANGE` of the entry `cursor` of the document's log (one entry if there).
+fn log_entry(cursor: &str) -> redis::Cmd {
+    let mut range = redis::cmd("XRANGE");
+    range
+        .arg(format!("yrelay:{{{DOC}}}:log"))
+        .arg(cursor)
+        .arg(cursor);
+    range
+}
+
+/// Asserts that `entries` (the answer to [`log_entry`]) hold the entry.
+fn assert_found(entries: Option<Vec<redis::Value>>, cursor: &str) {
+    let found = entries.unwrap_or_default().len();
+    assert_eq!(found, 1, "acknowledged {cursor} is not there");
+}
+
 /// `--log-replicas 1`: an update is acknowledged only once a Redis replica
 /// has it, so a failover to that replica cannot lose it. A replica that
 /// stops answering turns acknowledgements into errors, never into acks.
 #[tokio::test]
 async fn with_log_replicas_every_acknowledged_update_is_on_a_replica() {
-    use common::sse::post;
-
     let primary = RedisServer::start().await;
     let replica = RedisServer::start_replica_of(&primary).await;
     let dir = tempfile::tempdir().unwrap();
     let log = primary.url();
     let args = ["--log", log.as_str(), "--log-replicas", "1"];
     let server = TestServer::start(dir.path(), &args).await;
-    let updates = format!("/v1/docs/{DOC}/updates");
-    let writer = Doc::new();
-    let text = writer.get_or_insert_text("text");
-    let edit = |s: &str| {
-        let before = writer.transact().state_vector();
-        text.push(&mut writer.transact_mut(), s);
-        writer.transact().encode_diff_v1(&before)
-    };
-    let on_replica = |cursor: String| {
-        let mut range = redis::cmd("XRANGE");
-        range
-            .arg(format!("yrelay:{{{DOC}}}:log"))
-            .arg(&cursor)
-            .arg(&cursor);
-        let replica = &replica;
-        async move { replica.query::<Vec<redis::Value>>(range).await }
-    };
-
+    let writer = Poster::new(&server);
     for s in ["one ", "two ", "three "] {
-        let (status, ack) = post(server.addr, &updates, &edit(s)).await;
-        assert_eq!(status, 200, "{ack}");
-        let cursor = ack["cursor"].as_str().unwrap().to_string();
-        let found = on_replica(cursor.clone()).await.unwrap_or_default();
-        assert_eq!(
-            found.len(),
-            1,
-            "acknowledged {cursor} is not on the replica"
-        );
+        let cursor = writer.acked(s).await;
+        assert_found(replica.query(log_entry(&cursor)).await, &cursor);
     }
 
     replica.signal("STOP");
-    let (status, answer) = post(server.addr, &updates, &edit("unreplicated ")).await;
+    let (status, answer) = writer.post("unreplicated ").await;
     replica.signal("CONT");
     assert_eq!(status, 503, "{answer}");
     assert!(answer.to_string().contains("replicas"), "{answer}");
 
-    let (status, ack) = post(server.addr, &updates, &edit("four")).await;
-    assert_eq!(status, 200, "{ack}");
-    let cursor = ack["cursor"].as_str().unwrap().to_string();
-    assert_eq!(on_replica(cursor).await.unwrap_or_default().len(), 1);
+    let cursor = writer.acked("four").await;
+    assert_found(replica.query(log_entry(&cursor)).await, &cursor);
 }
 
 /// A Redis Cluster primary killed: its replica takes over, and every update
@@ -697,26 +719,15 @@ async fn with_log_replicas_every_acknowledged_update_is_on_a_replica() {
 /// restarted, rejoins as one); the instance appends there without a restart.
 #[tokio::test]
 async fn a_redis_cluster_failover_loses_nothing_acknowledged_with_log_replicas() {
-    use common::sse::post;
-
     let mut redis = RedisCluster::start_with_replicas(3, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let seeds = redis.seeds();
     let args = ["--log", seeds.as_str(), "--log-replicas", "1"];
     let server = TestServer::start(dir.path(), &args).await;
-    let updates = format!("/v1/docs/{DOC}/updates");
-    let writer = Doc::new();
-    let text = writer.get_or_insert_text("text");
-    let edit = |s: &str| {
-        let before = writer.transact().state_vector();
-        text.push(&mut writer.transact_mut(), s);
-        writer.transact().encode_diff_v1(&before)
-    };
+    let writer = Poster::new(&server);
     let mut acked = Vec::new();
     for i in 0..20 {
-        let (status, ack) = post(server.addr, &updates, &edit(&format!("{i} "))).await;
-        assert_eq!(status, 200, "{ack}");
-        acked.push(ack["cursor"].as_str().unwrap().to_string());
+        acked.push(writer.acked(&format!("{i} ")).await);
     }
 
     let key = format!("yrelay:{{{DOC}}}:log");
@@ -724,32 +735,30 @@ async fn a_redis_cluster_failover_loses_nothing_acknowledged_with_log_replicas()
     redis.kill_node(primary).await;
     redis.wait_failover_of(primary).await;
     let promoted = redis.primary_of(&key).await;
-    for cursor in &acked {
-        let mut range = redis::cmd("XRANGE");
-        range.arg(&key).arg(cursor).arg(cursor);
-        let found: Vec<redis::Value> = redis.query_node(promoted, range).await.unwrap();
-        assert_eq!(found.len(), 1, "acknowledged {cursor} lost in the failover");
+    for cursor in acked {
+        assert_found(
+            redis.query_node(promoted, log_entry(&cursor)).await,
+            &cursor,
+        );
     }
 
     // Appending goes on once the promoted node has a replica again (the
     // instance's cluster client finds the new topology by itself).
     redis.restart_node(primary).await;
-    let next = edit("after");
     let appended = async {
         loop {
-            let (status, ack) = post(server.addr, &updates, &next).await;
+            let (status, ack) = writer.post("after").await;
             if status == 200 {
-                return ack;
+                return ack["cursor"].as_str().unwrap().to_string();
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
-    let ack = tokio::time::timeout(WAIT, appended)
+    let cursor = tokio::time::timeout(WAIT, appended)
         .await
         .expect("appends resume after the failover");
-    let mut range = redis::cmd("XRANGE");
-    let cursor = ack["cursor"].as_str().unwrap();
-    range.arg(&key).arg(cursor).arg(cursor);
-    let found: Vec<redis::Value> = redis.query_node(promoted, range).await.unwrap();
-    assert_eq!(found.len(), 1);
+    assert_found(
+        redis.query_node(promoted, log_entry(&cursor)).await,
+        &cursor,
+    );
 }

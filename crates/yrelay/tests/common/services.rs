@@ -42,6 +42,13 @@ async fn redis_query(port: u16, cmd: redis::Cmd) -> Option<String> {
     redis_query_as(port, cmd).await
 }
 
+/// `INFO replication` of the server on `port`.
+async fn replication(port: u16) -> Option<String> {
+    let mut info = redis::cmd("INFO");
+    info.arg("replication");
+    redis_query(port, info).await
+}
+
 async fn redis_query_int(port: u16, cmd: redis::Cmd) -> Option<i64> {
     redis_query_as(port, cmd).await
 }
@@ -84,9 +91,7 @@ impl RedisServer {
         server.spawn().await;
         let port = server.port;
         wait_ready("redis replica", || async move {
-            let mut info = redis::cmd("INFO");
-            info.arg("replication");
-            redis_query(port, info)
+            replication(port)
                 .await
                 .is_some_and(|i| i.contains("master_link_status:up"))
         })
@@ -230,9 +235,7 @@ impl RedisCluster {
         for port in &self.ports {
             let port = *port;
             wait_ready("redis cluster replica", || async move {
-                let mut info = redis::cmd("INFO");
-                info.arg("replication");
-                redis_query(port, info).await.is_some_and(|i| {
+                replication(port).await.is_some_and(|i| {
                     i.contains("role:master") || i.contains("master_link_status:up")
                 })
             })
@@ -306,9 +309,7 @@ impl RedisCluster {
     /// The index of the primary that holds `key` (asked of every live node).
     pub async fn primary_of(&self, key: &str) -> usize {
         for (i, port) in self.ports.iter().enumerate() {
-            let mut info = redis::cmd("INFO");
-            info.arg("replication");
-            let primary = redis_query(*port, info)
+            let primary = replication(*port)
                 .await
                 .is_some_and(|i| i.contains("role:master"));
             let mut exists = redis::cmd("EXISTS");
@@ -325,17 +326,13 @@ impl RedisCluster {
     pub async fn wait_failover_of(&self, i: usize) {
         let dead = self.ports[i];
         for port in self.ports.iter().filter(|p| **p != dead) {
-            let mut info = redis::cmd("INFO");
-            info.arg("replication");
-            let replicated_dead = redis_query(*port, info)
+            let replicated_dead = replication(*port)
                 .await
                 .is_some_and(|i| i.contains(&format!("master_port:{dead}")));
             if replicated_dead {
                 let port = *port;
                 wait_ready("redis cluster failover", || async move {
-                    let mut info = redis::cmd("INFO");
-                    info.arg("replication");
-                    redis_query(port, info)
+                    replication(port)
                         .await
                         .is_some_and(|i| i.contains("role:master"))
                 })
