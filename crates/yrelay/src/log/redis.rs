@@ -254,8 +254,8 @@ struct Feed {
 impl RedisLog {
     /// Connects to `setting`: one `redis://` URL (a cluster is detected), or
     /// several comma-separated seed URLs of a cluster. An append is
-    /// acknowledged once `replicas` replicas have it (of every primary, in
-    /// a cluster).
+    /// acknowledged once `replicas` replicas of the node holding its
+    /// document have it.
     pub async fn connect(setting: &str, replicas: usize) -> Result<Self, LogError> {
         let target = Target::detect(setting).await?;
         let mut conn = target.connect(TIMEOUT).await?;
@@ -514,8 +514,8 @@ impl Log for RedisLog {
         }
         let (id, followers) = Self::add(self.appends.clone(), addr, "log", &xadd).await?;
         // Owed to the store from now on (NX: keep the oldest time); after
-        // the append, so a compactor clearing the document sees the append,
-        // and before the WAIT, which covers both.
+        // the append, so a compactor clearing the document sees the append
+        // (and before the WAIT, which covers it too on a single server).
         let mut conn = self.appends.clone();
         let mut zadd = redis::cmd("ZADD");
         zadd.arg(BACKLOG_KEY)
