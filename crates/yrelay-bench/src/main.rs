@@ -282,10 +282,14 @@ fn state_hash(state: &[u8]) -> u64 {
 /// Wall-clock µs: the send time the writer puts in each item and readers in
 /// any process subtract from their receipt time.
 fn wall_us() -> i64 {
+    since_epoch().as_micros() as i64
+}
+
+/// Wall-clock time since the Unix epoch (zero if the clock is before it).
+fn since_epoch() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// A share of the readers in a child process (`readers` subcommand).
@@ -681,10 +685,7 @@ fn proc_stats(pid: u32) -> Result<ProcStats, String> {
 }
 
 fn nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
+    since_epoch().subsec_nanos() as u64
 }
 
 struct ReaderOutcome {

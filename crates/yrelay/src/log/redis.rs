@@ -390,7 +390,9 @@ async fn ring(
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<i64>().ok())
         .unwrap_or(0);
-    // A fresh registration may come before its inbox (see `subscribe`).
+    // A fresh registration may come before its inbox: a feed ended by a
+    // failed read subscribes again while its instance re-opens the inbox
+    // (see `reader`).
     if added.is_none() && now_ms() - registered_ms > INBOX_TTL.as_millis() as i64 {
         let _: i64 = eval(FORGET, &[&key(addr, "subs")])
             .arg(inbox)

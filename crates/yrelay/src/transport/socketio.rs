@@ -679,7 +679,7 @@ impl Gateway {
 
     async fn load_awarenesses(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
         let (space, addr) = self.awareness_target(&socket, data)?;
-        let head = json!({ "spaceType": space_type(&space), "spaceId": space.space_id, "docId": addr.doc() });
+        let head = doc_event(&space, &addr);
         // The sockets here re-send theirs; the replica knows everyone's.
         let _ = socket
             .to(awareness_room(&space, &addr))
@@ -805,6 +805,11 @@ fn space_type(space: &SpaceRef) -> &'static str {
     }
 }
 
+/// The `{spaceType, spaceId, docId}` a document's events start with.
+fn doc_event(space: &SpaceRef, addr: &DocAddress) -> Value {
+    json!({ "spaceType": space_type(space), "spaceId": space.space_id, "docId": addr.doc() })
+}
+
 fn awareness_room(space: &SpaceRef, addr: &DocAddress) -> String {
     space.room(&format!("{}:awareness", addr.doc()))
 }
@@ -812,8 +817,7 @@ fn awareness_room(space: &SpaceRef, addr: &DocAddress) -> String {
 /// A watcher: the hub's updates of one document, broadcast to the space's
 /// members on this instance (except to the socket that wrote each one).
 async fn relay(gateway: std::sync::Weak<Gateway>, space: SpaceRef, mut session: Session) {
-    let doc = session.addr().doc().to_owned();
-    let head = json!({ "spaceType": space_type(&space), "spaceId": space.space_id, "docId": doc });
+    let head = doc_event(&space, session.addr());
     let awareness = awareness_room(&space, session.addr());
     loop {
         let Ok(first) = session.next_event().await else {

@@ -49,10 +49,6 @@ async fn replication(port: u16) -> Option<String> {
     redis_query(port, info).await
 }
 
-async fn redis_query_int(port: u16, cmd: redis::Cmd) -> Option<i64> {
-    redis_query_as(port, cmd).await
-}
-
 async fn redis_query_as<T: redis::FromRedisValue>(port: u16, cmd: redis::Cmd) -> Option<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
@@ -315,7 +311,7 @@ impl RedisCluster {
             let mut exists = redis::cmd("EXISTS");
             exists.arg(key);
             // A primary that does not hold the key's slot answers MOVED.
-            if primary && redis_query_int(*port, exists).await.is_some() {
+            if primary && redis_query_as::<i64>(*port, exists).await.is_some() {
                 return i;
             }
         }
