@@ -55,14 +55,16 @@ async fn json_import_exports_back_and_clients_see_it() {
     );
 
     // The whole document as one update, and the diff against a state vector.
-    let whole = raw_get(&server, "/v1/docs/acme/map/update").await;
+    let whole = server.get_bytes("/v1/docs/acme/map/update").await;
     assert_eq!(
         doc_to_json(&doc_from_update(&whole).unwrap()),
         json!({ "root": settings })
     );
     let sv = client.doc().transact().state_vector();
     let sv_b64 = base64_url(&yrs::updates::encoder::Encode::encode_v1(&sv));
-    let diff = raw_get(&server, &format!("/v1/docs/acme/map/update?sv={sv_b64}")).await;
+    let diff = server
+        .get_bytes(&format!("/v1/docs/acme/map/update?sv={sv_b64}"))
+        .await;
     assert_eq!(diff, yrs::Update::EMPTY_V1, "the client misses nothing");
 
     // An import under another root map.
@@ -242,27 +244,12 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
     // The update export of the imported JSON is a valid document.
     let (status, _) = call(&server, "POST", "/v1/docs/s/ok/import", br#"{"a": [1]}"#).await;
     assert_eq!(status, 201);
-    let raw = raw_get(&server, "/v1/docs/s/ok/update").await;
+    let raw = server.get_bytes("/v1/docs/s/ok/update").await;
     let doc: Doc = doc_from_update(&raw).unwrap();
     assert_eq!(doc_to_json(&doc), json!({"root": {"a": [1]}}));
 }
 
 /// GET returning the raw body bytes.
-async fn raw_get(server: &TestServer, path: &str) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("headers end");
-    assert!(response.starts_with(b"HTTP/1.1 200"));
-    response[split + 4..].to_vec()
-}
-
 /// Runs `yrelay doc ...` against a store; returns (success, stdout, stderr).
 fn doc_cli(store: &str, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_yrelay"))

@@ -762,3 +762,94 @@ async fn a_redis_cluster_failover_loses_nothing_acknowledged_with_log_replicas()
         &cursor,
     );
 }
+
+/// A load reads the snapshot and the appended updates as of one moment: a
+/// compaction that commits between its statements (here held on a table
+/// lock until the load waits on it) must not give it the old snapshot
+/// without the updates the compaction merged.
+#[tokio::test]
+async fn a_load_sees_one_state_while_a_compaction_commits() {
+    use std::sync::Arc;
+    use yrelay::store::NewUpdate;
+    use yrs::GetString;
+
+    let pg = PostgresServer::start().await;
+    let store: Arc<dyn yrelay::store::Store> = yrelay::store::open(&pg.url()).await.unwrap();
+    let addr = DocAddress::parse_path(DOC).unwrap();
+    let update = |client: u64, text: &str| {
+        let doc = Doc::with_client_id(client);
+        let t = doc.get_or_insert_text("text");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    for (client, text) in [(1, "first "), (2, "second")] {
+        let new = NewUpdate {
+            addr: addr.clone(),
+            data: Arc::from(update(client, text)),
+            log_cursor: None,
+            timestamp_ms: 1,
+        };
+        store.append(&[new]).await.unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let merged = merge_updates([
+        update(1, "first ").as_slice(),
+        update(2, "second").as_slice(),
+    ])
+    .unwrap();
+
+    // A compaction that has taken its locks but not yet written.
+    let mut compaction = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE doc_updates IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *compaction)
+        .await
+        .unwrap();
+    let load = tokio::spawn({
+        let (store, addr) = (store.clone(), addr.clone());
+        async move { store.load(&addr).await }
+    });
+    // Wait until the load waits on the lock (it has read what comes before).
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the load waits on the compaction's lock");
+    sqlx::query("DELETE FROM doc_updates")
+        .execute(&mut *compaction)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)")
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(&merged)
+        .execute(&mut *compaction)
+        .await
+        .unwrap();
+    compaction.commit().await.unwrap();
+
+    let loaded = load.await.unwrap().unwrap().unwrap();
+    let doc = Doc::new();
+    for part in loaded
+        .snapshot
+        .iter()
+        .chain(loaded.updates.iter().map(|(_, u)| u))
+    {
+        yrelay_protocol::update::apply_update(&doc, part).unwrap();
+    }
+    let text = doc.get_or_insert_text("text");
+    let content = text.get_string(&doc.transact());
+    for word in ["first", "second"] {
+        assert!(content.contains(word), "{word} in {content:?}");
+    }
+}

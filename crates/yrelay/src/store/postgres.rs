@@ -57,6 +57,13 @@ impl Store for PostgresStore {
 
     async fn load(&self, addr: &DocAddress) -> Result<Option<StoredDoc>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // One snapshot for the three reads (DESIGN invariant 11): under READ
+        // COMMITTED each statement sees its own, and a compaction committing
+        // between them gave the old snapshot without the updates it merged.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let row = sqlx::query(
             "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
              FROM docs WHERE space = $1 AND doc = $2",

@@ -557,11 +557,12 @@ impl Gateway {
         let push: Push = parse(data)?;
         self.member(&socket, &push.space)?;
         let addr = push.space.address(&push.doc_id)?;
+        // Permission before decoding: a reader's update is never looked into.
+        self.check_write(&socket, &addr, &push.space)?;
         let update = check_update(base64("update", &push.update)?).map_err(|e| {
             metrics::rejected("bad_update");
             bad_request(e.to_string())
         })?;
-        self.check_write(&socket, &addr, &push.space)?;
         let within_rate = lock(&self.conns)
             .get_mut(&socket.id)
             .is_some_and(|c| c.rate.take());

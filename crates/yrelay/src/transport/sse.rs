@@ -180,10 +180,13 @@ pub async fn post_update(
         origin: None,
         editor: permit.sub.map(Arc::from),
     };
-    let ack = app
-        .hub
-        .submit_update(&addr, update, writer, TRANSPORT)
-        .await?;
+    // Received = processed (DESIGN invariant 8): a client that goes away
+    // mid-request cancels this handler, not the write it started.
+    let hub = app.hub.clone();
+    let submit = async move { hub.submit_update(&addr, update, writer, TRANSPORT).await };
+    let ack = tokio::spawn(submit).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+    })??;
     Ok(Json(ack_json(&ack)))
 }
 

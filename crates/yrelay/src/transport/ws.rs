@@ -13,8 +13,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::{self, ClientMessage, FrameError};
 use yrelay_protocol::update::check_update;
@@ -44,8 +44,11 @@ const DELETED: u16 = 4410;
 /// How (and why) the server ends a connection.
 #[derive(Debug)]
 enum Close {
-    /// The peer closed or vanished: nothing to send.
+    /// The peer vanished: nothing to send.
     Peer,
+    /// The peer sent a close frame: it is answered (tungstenite queued the
+    /// reply when it read the frame; flushing the socket sends it).
+    PeerClosed,
     TooBig(String),
     Unsupported(String),
     Invalid(String),
@@ -58,7 +61,7 @@ enum Close {
 impl Close {
     fn frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Close::Peer => return None,
+            Close::Peer | Close::PeerClosed => return None,
             Close::TooBig(r) => (1009, r.clone()),
             Close::Unsupported(r) => (1003, r.clone()),
             Close::Invalid(r) => (1007, r.clone()),
@@ -159,7 +162,13 @@ async fn connection(
         Ok(permit) => match app.hub.join(&addr).await {
             Ok(session) => {
                 let write = permit.can_write();
-                serve(&app, session.with_editor(permit.sub), write, &mut socket).await
+                let mut in_flight = InFlight::new();
+                let mut session = session.with_editor(permit.sub);
+                let close = serve(&app, &mut session, write, &mut socket, &mut in_flight).await;
+                // Received = processed (DESIGN invariant 8): the updates this
+                // connection delivered before it ended still become durable.
+                settle(&session, in_flight).await;
+                close
             }
             Err(e) => {
                 tracing::warn!(doc = %addr, error = %e, "cannot open document");
@@ -167,6 +176,9 @@ async fn connection(
             }
         },
     };
+    if matches!(close, Close::PeerClosed) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+    }
     if let Some(frame) = close.frame() {
         if !matches!(close, Close::GoingAway) {
             tracing::info!(doc = %addr, code = frame.code, reason = %frame.reason, "closing websocket");
@@ -195,11 +207,23 @@ async fn send(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), Close> {
         .map_err(|_| Close::Peer)
 }
 
+/// Waits for the updates still on their way to durability (at most
+/// [`MAX_IN_FLIGHT`]); one that fails is logged: the peer has gone, or is
+/// about to be closed, so nobody can be told.
+async fn settle(session: &Session, mut in_flight: InFlight) {
+    while let Some(accepted) = in_flight.next().await {
+        if let Err(e) = accepted {
+            tracing::warn!(doc = %session.addr(), error = %e, "update of a closing connection not accepted");
+        }
+    }
+}
+
 async fn serve(
     app: &AppState,
-    mut session: Session,
+    session: &mut Session,
     writable: bool,
     socket: &mut WebSocket,
+    in_flight: &mut InFlight,
 ) -> Close {
     // Our side of the handshake: our state vector, then who is here.
     if send(socket, sync::encode_sync_step1(&session.state_vector()))
@@ -215,7 +239,6 @@ async fn serve(
     {
         return Close::Peer;
     }
-    let mut in_flight = FuturesOrdered::new();
     let mut rate = UpdateRate::new(app.limits.max_updates_per_sec);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
@@ -230,7 +253,7 @@ async fn serve(
                 last_heard = Instant::now();
                 let data = match frame {
                     Message::Binary(data) => data,
-                    Message::Close(_) => return Close::Peer,
+                    Message::Close(_) => return Close::PeerClosed,
                     Message::Ping(_) | Message::Pong(_) => continue,
                     Message::Text(_) => {
                         metrics::rejected("text_frame");
@@ -257,7 +280,7 @@ async fn serve(
                             app.limits.max_updates_per_sec
                         ));
                     }
-                    if let Err(close) = handle(&mut session, socket, message, writable, &mut in_flight).await {
+                    if let Err(close) = handle(session, socket, message, writable, in_flight).await {
                         return close;
                     }
                 }
@@ -326,17 +349,19 @@ async fn handle(
             send(socket, sync::encode_sync_step2(&session.diff(&sv))).await
         }
         ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-            let checked = check_update(update).map_err(|e| {
-                metrics::rejected("bad_update");
-                Close::Invalid(e.to_string())
-            })?;
+            // Permission before decoding: a reader's update is never looked
+            // into (but the empty one every client sends in its handshake).
             if !writable {
-                if checked.is_empty() {
+                if update == yrs::Update::EMPTY_V1 {
                     return Ok(());
                 }
                 metrics::rejected("read_only");
                 return send(socket, sync::encode_permission_denied("read-only")).await;
             }
+            let checked = check_update(update).map_err(|e| {
+                metrics::rejected("bad_update");
+                Close::Invalid(e.to_string())
+            })?;
             in_flight.push_back(Box::pin(session.submit_update(checked, TRANSPORT)));
             Ok(())
         }

@@ -137,6 +137,25 @@ impl TestServer {
         http_get(self.addr, path).await
     }
 
+    /// The body of a `GET` that must answer 200 (binary bodies too).
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("headers end");
+        assert!(
+            response.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&response)
+        );
+        response[split + 4..].to_vec()
+    }
+
     /// The value of one Prometheus sample (0 when absent).
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;

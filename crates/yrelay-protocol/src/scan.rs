@@ -1,0 +1,470 @@
+//! A bounded, non-recursive walk over a Yjs v1 update that accepts only
+//! what the JavaScript `yjs` package decodes, before yrs sees the bytes.
+//!
+//! yrs decodes more than yjs (type refs 7, 9 and 15; `Any` and JSON of any
+//! depth) and decodes recursively; a count it reads sizes an allocation. So
+//! every incoming update is walked here first, the way yjs reads it
+//! (`readClientsStructRefs`, `readItemContent`, lib0's `readAny`), with:
+//! - content kinds 1–9 and type refs 0–6 only (what yjs can construct);
+//! - `Any` values and JSON strings nested at most [`MAX_VALUE_DEPTH`] deep;
+//! - every count no larger than the bytes left to hold its elements;
+//! - no struct of length 0 (yjs never writes one).
+
+/// How deep `Any` values and JSON strings may nest. App data is shallow
+/// (AFFiNE block props, editor attributes: well under 20 levels); 128 is
+/// also serde_json's own recursion limit, and far below what yrs's
+/// recursive decoders and encoders handle on a 2 MiB stack.
+pub const MAX_VALUE_DEPTH: usize = 128;
+
+/// The largest integer a JavaScript number holds exactly (lib0 refuses more).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Why an update is refused before it is decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("update ends early")]
+    Truncated,
+    #[error("integer out of range")]
+    IntegerOutOfRange,
+    #[error("a count larger than the update")]
+    CountTooLarge,
+    #[error("string is not UTF-8")]
+    BadString,
+    #[error("content kind {0} is not one yjs knows")]
+    UnknownContent(u8),
+    #[error("type ref {0} is not one yjs knows")]
+    UnknownTypeRef(u64),
+    #[error("value tag {0} is not one yjs knows")]
+    UnknownValue(u8),
+    #[error("a struct of length 0")]
+    EmptyStruct,
+    #[error("value nested deeper than {MAX_VALUE_DEPTH} levels")]
+    TooDeep,
+    #[error("JSON content is not valid JSON")]
+    BadJson,
+    #[error("subdocument options are not an object")]
+    BadDocOptions,
+}
+
+/// What the walk learnt about the update.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Structs (items, GC and skip ranges) it carries.
+    pub structs: usize,
+    /// Items holding a shared type (`ContentType`).
+    pub types: usize,
+    /// Ranges in its delete set.
+    pub deletes: usize,
+}
+
+/// Walks `bytes` as yjs would read them; see the module docs.
+pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let mut shape = Shape::default();
+    let clients = r.count()?;
+    for _ in 0..clients {
+        let structs = r.count()?;
+        r.uint()?; // client
+        r.uint()?; // first clock
+        for _ in 0..structs {
+            shape.structs += 1;
+            if r.item()? {
+                shape.types += 1;
+            }
+        }
+    }
+    let clients = r.count()?;
+    for _ in 0..clients {
+        r.uint()?; // client
+        let ranges = r.count()?;
+        for _ in 0..ranges {
+            r.uint()?; // clock
+            r.uint()?; // length
+            shape.deletes += 1;
+        }
+    }
+    Ok(shape)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, ScanError> {
+        let b = *self.bytes.get(self.pos).ok_or(ScanError::Truncated)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ScanError> {
+        let end = self.pos.checked_add(n).ok_or(ScanError::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(ScanError::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    /// lib0 `readVarUint`: at most 53 bits.
+    fn uint(&mut self) -> Result<u64, ScanError> {
+        self.varint(0, 0)
+    }
+
+    /// lib0 `readVarInt`: a sign and 6 bits in the first byte.
+    fn int(&mut self) -> Result<(), ScanError> {
+        let first = self.byte()?;
+        if first & 0x80 != 0 {
+            self.varint(u64::from(first & 0x3f), 6)?;
+        }
+        Ok(())
+    }
+
+    /// Reads 7-bit groups from `shift` on into `value`, refusing more than
+    /// a JavaScript number holds exactly.
+    fn varint(&mut self, mut value: u64, mut shift: u32) -> Result<u64, ScanError> {
+        loop {
+            let b = self.byte()?;
+            if shift > 56 {
+                return Err(ScanError::IntegerOutOfRange);
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if value > MAX_SAFE_INTEGER {
+                return Err(ScanError::IntegerOutOfRange);
+            }
+            if b < 0x80 {
+                return Ok(value);
+            }
+            shift += 7;
+        }
+    }
+
+    /// A count of elements of at least one byte each: never more than the
+    /// bytes left (which also bounds what yrs will allocate for them).
+    fn count(&mut self) -> Result<usize, ScanError> {
+        let n = self.uint()?;
+        if n > (self.bytes.len() - self.pos) as u64 {
+            return Err(ScanError::CountTooLarge);
+        }
+        Ok(n as usize)
+    }
+
+    /// A positive length (of a struct, or a deleted range).
+    fn len(&mut self) -> Result<u64, ScanError> {
+        match self.uint()? {
+            0 => Err(ScanError::EmptyStruct),
+            n if n > u64::from(u32::MAX) => Err(ScanError::IntegerOutOfRange),
+            n => Ok(n),
+        }
+    }
+
+    fn buf(&mut self) -> Result<&'a [u8], ScanError> {
+        let n = self.count()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<&'a str, ScanError> {
+        let bytes = self.buf()?;
+        std::str::from_utf8(bytes).map_err(|_| ScanError::BadString)
+    }
+
+    /// A JSON string as yjs's `JSON.parse` reads it (bounded depth).
+    fn json(&mut self) -> Result<(), ScanError> {
+        let text = self.string()?;
+        json_depth_ok(text)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| ScanError::BadJson)?;
+        Ok(())
+    }
+
+    /// One struct (`readClientsStructRefs`); true when it holds a type.
+    fn item(&mut self) -> Result<bool, ScanError> {
+        let info = self.byte()?;
+        match info & 0x1f {
+            // GC and Skip: a length.
+            0 | 10 => {
+                self.len()?;
+                return Ok(false);
+            }
+            1..=9 => {}
+            other => return Err(ScanError::UnknownContent(other)),
+        }
+        if info & 0x80 != 0 {
+            self.uint()?; // origin
+            self.uint()?;
+        }
+        if info & 0x40 != 0 {
+            self.uint()?; // right origin
+            self.uint()?;
+        }
+        if info & 0xc0 == 0 {
+            if self.uint()? == 1 {
+                self.string()?; // root name
+            } else {
+                self.uint()?; // parent id
+                self.uint()?;
+            }
+            if info & 0x20 != 0 {
+                self.string()?; // parent sub (map key)
+            }
+        }
+        self.content(info & 0x1f)
+    }
+
+    /// `readItemContent`; true for a type.
+    fn content(&mut self, kind: u8) -> Result<bool, ScanError> {
+        match kind {
+            1 => {
+                self.len()?;
+            }
+            2 => {
+                let n = self.count()?;
+                if n == 0 {
+                    return Err(ScanError::EmptyStruct);
+                }
+                for _ in 0..n {
+                    let text = self.string()?;
+                    if text != "undefined" {
+                        json_depth_ok(text)?;
+                        serde_json::from_str::<serde::de::IgnoredAny>(text)
+                            .map_err(|_| ScanError::BadJson)?;
+                    }
+                }
+            }
+            3 => {
+                self.buf()?;
+            }
+            4 => {
+                if self.string()?.is_empty() {
+                    return Err(ScanError::EmptyStruct);
+                }
+            }
+            5 => self.json()?,
+            6 => {
+                self.string()?;
+                self.json()?;
+            }
+            7 => {
+                match self.uint()? {
+                    3 | 5 => {
+                        self.string()?; // element or hook name
+                    }
+                    0..=6 => {}
+                    other => return Err(ScanError::UnknownTypeRef(other)),
+                }
+                return Ok(true);
+            }
+            8 => {
+                let n = self.count()?;
+                if n == 0 {
+                    return Err(ScanError::EmptyStruct);
+                }
+                for _ in 0..n {
+                    self.any()?;
+                }
+            }
+            9 => {
+                self.string()?; // guid
+                // yjs reads `opts.shouldLoad`: the options must be an object.
+                if self.bytes.get(self.pos) != Some(&118) {
+                    return Err(ScanError::BadDocOptions);
+                }
+                self.any()?;
+            }
+            other => return Err(ScanError::UnknownContent(other)),
+        }
+        Ok(false)
+    }
+
+    /// One lib0 `Any`, walked with an explicit stack of what each open
+    /// array or object still holds.
+    fn any(&mut self) -> Result<(), ScanError> {
+        // (values left, whether each is preceded by a key)
+        let mut open: Vec<(usize, bool)> = Vec::new();
+        let mut pending = 1usize;
+        let mut keyed = false;
+        loop {
+            while pending == 0 {
+                match open.pop() {
+                    Some((left, k)) => {
+                        pending = left;
+                        keyed = k;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            pending -= 1;
+            if keyed {
+                self.string()?;
+            }
+            match self.byte()? {
+                127 | 126 | 121 | 120 => {}
+                125 => self.int()?,
+                124 => {
+                    self.take(4)?;
+                }
+                123 | 122 => {
+                    self.take(8)?;
+                }
+                119 => {
+                    self.string()?;
+                }
+                116 => {
+                    self.buf()?;
+                }
+                tag @ (118 | 117) => {
+                    let n = self.count()?;
+                    if open.len() >= MAX_VALUE_DEPTH {
+                        return Err(ScanError::TooDeep);
+                    }
+                    open.push((pending, keyed));
+                    pending = n;
+                    keyed = tag == 118;
+                }
+                other => return Err(ScanError::UnknownValue(other)),
+            }
+        }
+    }
+}
+
+/// Refuses JSON text nested deeper than [`MAX_VALUE_DEPTH`] without parsing
+/// it (brackets outside strings).
+fn json_depth_ok(text: &str) -> Result<(), ScanError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_VALUE_DEPTH {
+                    return Err(ScanError::TooDeep);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::check_update;
+    use yrs::{Any, Array, Doc, Map, ReadTxn, StateVector, Text, Transact, XmlFragment};
+
+    /// One item of client 1 at clock 0 in root array "a", with `content`
+    /// (`kind` and its encoding), and an empty delete set.
+    fn item_update(kind: u8, content: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![1, 1, 1, 0, kind, 1, 1, b'a'];
+        bytes.extend_from_slice(content);
+        bytes.push(0);
+        bytes
+    }
+
+    /// An `Any` array nested `depth` deep around a null.
+    fn nested_any(depth: usize) -> Vec<u8> {
+        let mut content = vec![1];
+        for _ in 0..depth {
+            content.extend_from_slice(&[117, 1]);
+        }
+        content.push(126);
+        content
+    }
+
+    #[test]
+    fn deep_values_are_refused_before_yrs_sees_them() {
+        // ~14 KB, 7,000 levels: recursive decoding would overflow the stack.
+        let deep = item_update(8, &nested_any(7000));
+        assert_eq!(scan_update(&deep), Err(ScanError::TooDeep));
+        assert!(check_update(deep).is_err());
+        let shallow = item_update(8, &nested_any(MAX_VALUE_DEPTH - 1));
+        assert_eq!(scan_update(&shallow).map(|s| s.structs), Ok(1));
+        assert!(check_update(shallow).is_ok());
+
+        let json = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        let mut content = vec![1, 0x90, 0x27];
+        content.extend_from_slice(json.as_bytes());
+        assert_eq!(
+            scan_update(&item_update(2, &content)),
+            Err(ScanError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn type_refs_and_content_kinds_yjs_does_not_know_are_refused() {
+        for type_ref in [7u8, 9, 15] {
+            let update = item_update(7, &[type_ref]);
+            assert_eq!(
+                scan_update(&update),
+                Err(ScanError::UnknownTypeRef(type_ref.into()))
+            );
+        }
+        for type_ref in [0u8, 1, 2, 4, 6] {
+            assert!(
+                check_update(item_update(7, &[type_ref])).is_ok(),
+                "{type_ref}"
+            );
+        }
+        assert_eq!(
+            scan_update(&item_update(11, &[])),
+            Err(ScanError::UnknownContent(11))
+        );
+        // A subdocument whose options are not an object (yjs reads
+        // `opts.shouldLoad` and throws on null).
+        assert_eq!(
+            scan_update(&item_update(9, &[1, b'g', 126])),
+            Err(ScanError::BadDocOptions)
+        );
+    }
+
+    #[test]
+    fn counts_larger_than_the_update_are_refused() {
+        // 2^32 clients announced in a 7-byte update.
+        assert_eq!(
+            scan_update(&[0x80, 0x80, 0x80, 0x80, 0x10, 0, 0]),
+            Err(ScanError::CountTooLarge)
+        );
+        assert_eq!(
+            scan_update(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(ScanError::IntegerOutOfRange)
+        );
+    }
+
+    #[test]
+    fn what_yrs_writes_for_every_content_kind_passes() {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("text");
+        let map = doc.get_or_insert_map("map");
+        let array = doc.get_or_insert_array("array");
+        let frag = doc.get_or_insert_xml_fragment("xml");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "héllo wörld");
+            text.format(&mut txn, 0, 3, [("bold".into(), Any::Bool(true))].into());
+            text.remove_range(&mut txn, 1, 2);
+            map.insert(&mut txn, "n", 1.5);
+            map.insert(&mut txn, "big", i64::MAX);
+            map.insert(&mut txn, "bytes", Any::Buffer(vec![1u8, 2, 3].into()));
+            map.insert(&mut txn, "nested", yrs::MapPrelim::default());
+            array.push_back(&mut txn, Any::from(vec![Any::Null, Any::Undefined]));
+            array.push_back(&mut txn, yrs::ArrayPrelim::default());
+            array.remove(&mut txn, 0);
+            frag.push_back(&mut txn, yrs::XmlElementPrelim::empty("p"));
+            frag.push_back(&mut txn, yrs::XmlTextPrelim::new("x"));
+        }
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let shape = scan_update(&update).unwrap();
+        assert!(shape.types >= 4, "{shape:?}");
+        assert!(shape.deletes >= 1, "{shape:?}");
+    }
+}
