@@ -5,7 +5,9 @@
 //! depth) and decodes recursively; a count it reads sizes an allocation. So
 //! every incoming update is walked here first, the way yjs reads it
 //! (`readClientsStructRefs`, `readItemContent`, lib0's `readAny`), with:
-//! - content kinds 1–9 and type refs 0–6 only (what yjs can construct);
+//! - content kinds 1–9 and type refs 0–6 only (what yjs can construct), but
+//!   for `Y.XmlHook` (5), which yrs cannot read;
+//! - ids of a struct's own client that it refers to below its own clock;
 //! - `Any` values and JSON strings nested at most [`MAX_VALUE_DEPTH`] deep;
 //! - every count no larger than the bytes left to hold its elements;
 //! - no struct of length 0 (yjs never writes one).
@@ -44,6 +46,10 @@ pub enum ScanError {
     BadJson,
     #[error("subdocument options are not an object")]
     BadDocOptions,
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
+    #[error("a struct refers to a later clock of its own client")]
+    ForwardReference,
 }
 
 /// What the walk learnt about the update.
@@ -64,13 +70,17 @@ pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
     let clients = r.count()?;
     for _ in 0..clients {
         let structs = r.count()?;
-        r.uint()?; // client
-        r.uint()?; // first clock
+        let client = r.uint()?;
+        let mut clock = r.uint()?;
         for _ in 0..structs {
             shape.structs += 1;
-            if r.item()? {
-                shape.types += 1;
-            }
+            let item = r.item(client, clock)?;
+            shape.types += usize::from(item.is_type);
+            // yrs counts clocks in 32 bits.
+            clock = clock
+                .checked_add(item.len)
+                .filter(|c| *c <= u64::from(u32::MAX))
+                .ok_or(ScanError::IntegerOutOfRange)?;
         }
     }
     let clients = r.count()?;
@@ -79,11 +89,17 @@ pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
         let ranges = r.count()?;
         for _ in 0..ranges {
             r.uint()?; // clock
-            r.uint()?; // length
+            r.len()?; // yjs cannot re-encode an empty range: it throws
             shape.deletes += 1;
         }
     }
     Ok(shape)
+}
+
+/// One struct's length in clock units, and whether it holds a type.
+struct Struct {
+    len: u64,
+    is_type: bool,
 }
 
 struct Reader<'a> {
@@ -167,40 +183,48 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes).map_err(|_| ScanError::BadString)
     }
 
-    /// A JSON string as yjs's `JSON.parse` reads it (bounded depth).
+    /// A JSON string as yjs's `JSON.parse` reads it.
     fn json(&mut self) -> Result<(), ScanError> {
-        let text = self.string()?;
-        json_depth_ok(text)?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| ScanError::BadJson)?;
+        json_ok(self.string()?)
+    }
+
+    /// An id another struct refers to (origin, right origin, parent): one of
+    /// the same client must come before the struct itself (yjs looks it up
+    /// without waiting for it, and throws when it is not there).
+    fn reference(&mut self, client: u64, clock: u64) -> Result<(), ScanError> {
+        let (ref_client, ref_clock) = (self.uint()?, self.uint()?);
+        if ref_client == client && ref_clock >= clock {
+            return Err(ScanError::ForwardReference);
+        }
         Ok(())
     }
 
-    /// One struct (`readClientsStructRefs`); true when it holds a type.
-    fn item(&mut self) -> Result<bool, ScanError> {
+    /// One struct of `client` at `clock` (`readClientsStructRefs`).
+    fn item(&mut self, client: u64, clock: u64) -> Result<Struct, ScanError> {
         let info = self.byte()?;
         match info & 0x1f {
             // GC and Skip: a length.
             0 | 10 => {
-                self.len()?;
-                return Ok(false);
+                let len = self.len()?;
+                return Ok(Struct {
+                    len,
+                    is_type: false,
+                });
             }
             1..=9 => {}
             other => return Err(ScanError::UnknownContent(other)),
         }
         if info & 0x80 != 0 {
-            self.uint()?; // origin
-            self.uint()?;
+            self.reference(client, clock)?; // origin
         }
         if info & 0x40 != 0 {
-            self.uint()?; // right origin
-            self.uint()?;
+            self.reference(client, clock)?; // right origin
         }
         if info & 0xc0 == 0 {
             if self.uint()? == 1 {
                 self.string()?; // root name
             } else {
-                self.uint()?; // parent id
-                self.uint()?;
+                self.reference(client, clock)?; // parent
             }
             if info & 0x20 != 0 {
                 self.string()?; // parent sub (map key)
@@ -209,57 +233,56 @@ impl<'a> Reader<'a> {
         self.content(info & 0x1f)
     }
 
-    /// `readItemContent`; true for a type.
-    fn content(&mut self, kind: u8) -> Result<bool, ScanError> {
-        match kind {
-            1 => {
-                self.len()?;
-            }
+    /// `readItemContent`: the item's length (in yjs's units) and kind.
+    fn content(&mut self, kind: u8) -> Result<Struct, ScanError> {
+        let mut is_type = false;
+        let len = match kind {
+            1 => self.len()?,
             2 => {
                 let n = self.count()?;
-                if n == 0 {
-                    return Err(ScanError::EmptyStruct);
-                }
                 for _ in 0..n {
                     let text = self.string()?;
                     if text != "undefined" {
-                        json_depth_ok(text)?;
-                        serde_json::from_str::<serde::de::IgnoredAny>(text)
-                            .map_err(|_| ScanError::BadJson)?;
+                        json_ok(text)?;
                     }
                 }
+                n as u64
             }
             3 => {
                 self.buf()?;
+                1
             }
-            4 => {
-                if self.string()?.is_empty() {
-                    return Err(ScanError::EmptyStruct);
-                }
+            // JavaScript strings count UTF-16 units.
+            4 => self.string()?.encode_utf16().count() as u64,
+            5 => {
+                self.json()?;
+                1
             }
-            5 => self.json()?,
             6 => {
                 self.string()?;
                 self.json()?;
+                1
             }
             7 => {
                 match self.uint()? {
-                    3 | 5 => {
-                        self.string()?; // element or hook name
+                    3 => {
+                        self.string()?; // element name
                     }
+                    // yrs 0.28 does not read a hook's name, so it would
+                    // mis-read everything after it.
+                    5 => return Err(ScanError::Unsupported("Y.XmlHook")),
                     0..=6 => {}
                     other => return Err(ScanError::UnknownTypeRef(other)),
                 }
-                return Ok(true);
+                is_type = true;
+                1
             }
             8 => {
                 let n = self.count()?;
-                if n == 0 {
-                    return Err(ScanError::EmptyStruct);
-                }
                 for _ in 0..n {
                     self.any()?;
                 }
+                n as u64
             }
             9 => {
                 self.string()?; // guid
@@ -268,10 +291,14 @@ impl<'a> Reader<'a> {
                     return Err(ScanError::BadDocOptions);
                 }
                 self.any()?;
+                1
             }
             other => return Err(ScanError::UnknownContent(other)),
+        };
+        if len == 0 {
+            return Err(ScanError::EmptyStruct);
         }
-        Ok(false)
+        Ok(Struct { len, is_type })
     }
 
     /// One lib0 `Any`, walked with an explicit stack of what each open
@@ -323,6 +350,14 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+/// JSON text as `JSON.parse` reads it, nested at most [`MAX_VALUE_DEPTH`]
+/// deep (counted before parsing).
+fn json_ok(text: &str) -> Result<(), ScanError> {
+    json_depth_ok(text)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| ScanError::BadJson)?;
+    Ok(())
 }
 
 /// Refuses JSON text nested deeper than [`MAX_VALUE_DEPTH`] without parsing
@@ -407,6 +442,10 @@ mod tests {
                 Err(ScanError::UnknownTypeRef(type_ref.into()))
             );
         }
+        assert_eq!(
+            scan_update(&item_update(7, &[5, 1, b'h'])),
+            Err(ScanError::Unsupported("Y.XmlHook"))
+        );
         for type_ref in [0u8, 1, 2, 4, 6] {
             assert!(
                 check_update(item_update(7, &[type_ref])).is_ok(),
