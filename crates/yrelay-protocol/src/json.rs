@@ -4,38 +4,78 @@
 
 use serde_json::{Map, Value};
 use yrs::any::Number;
-use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{
     Any, ArrayRef, Doc, In, MapRef, Out, ReadTxn, StateVector, TextRef, Transact, XmlFragmentRef,
     XmlTextRef,
 };
+use yrs::{Array as _, GetString as _, Map as _};
 use yrs::{ArrayPrelim, MapPrelim, WriteTxn};
-use yrs::{GetString as _, Map as _};
+
+/// How deep an export may nest: types as deep as a document may nest them,
+/// each value in them as deep as an update may hold it. A document stored
+/// before those bounds may nest deeper: it is refused, not walked.
+pub const MAX_EXPORT_DEPTH: usize =
+    crate::nesting::MAX_TYPE_DEPTH as usize + crate::scan::MAX_VALUE_DEPTH;
+
+/// Why a document cannot be exported as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    #[error("the document nests deeper than {MAX_EXPORT_DEPTH} levels: export it as an update")]
+    TooDeep,
+}
 
 /// The root types of `doc` as one JSON object (`{rootName: value}`): maps as
 /// objects, arrays as arrays, text and XML as strings.
 ///
 /// A server replica never declared its roots' types (it only applied
 /// updates), so each root's type is inferred from its content the way yrs
-/// does it.
-pub fn doc_to_json(doc: &Doc) -> Value {
+/// does it. The walk is ours, not yrs's `to_json`, so that its depth is
+/// bounded ([`MAX_EXPORT_DEPTH`]).
+pub fn doc_to_json(doc: &Doc) -> Result<Value, ExportError> {
     let txn = doc.transact();
     let mut roots = Map::new();
     for (name, out) in txn.root_refs() {
-        let any = match out {
+        let out = match out {
             Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim_kind(&txn) {
-                RootKind::Map => MapRef::from(branch).to_json(&txn),
-                RootKind::Array => ArrayRef::from(branch).to_json(&txn),
-                RootKind::Text => Any::from(TextRef::from(branch).get_string(&txn)),
-                RootKind::XmlText => Any::from(XmlTextRef::from(branch).get_string(&txn)),
-                RootKind::Xml => Any::from(XmlFragmentRef::from(branch).get_string(&txn)),
+                RootKind::Map => Out::YMap(MapRef::from(branch)),
+                RootKind::Array => Out::YArray(ArrayRef::from(branch)),
+                RootKind::Text => Out::YText(TextRef::from(branch)),
+                RootKind::XmlText => Out::YXmlText(XmlTextRef::from(branch)),
+                RootKind::Xml => Out::YXmlFragment(XmlFragmentRef::from(branch)),
             },
-            typed => typed.to_json(&txn),
+            typed => typed,
         };
-        roots.insert(name.to_owned(), any_to_json(&any));
+        roots.insert(name.to_owned(), out_to_json(&txn, &out, 1)?);
     }
-    Value::Object(roots)
+    Ok(Value::Object(roots))
+}
+
+fn out_to_json<T: ReadTxn>(txn: &T, out: &Out, depth: usize) -> Result<Value, ExportError> {
+    if depth > MAX_EXPORT_DEPTH {
+        return Err(ExportError::TooDeep);
+    }
+    Ok(match out {
+        Out::Any(any) => any_to_json(any, depth)?,
+        Out::YText(text) => Value::String(text.get_string(txn)),
+        Out::YArray(array) => Value::Array(
+            array
+                .iter(txn)
+                .map(|item| out_to_json(txn, &item, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Out::YMap(map) => Value::Object(
+            map.iter(txn)
+                .map(|(k, v)| Ok((k.to_owned(), out_to_json(txn, &v, depth + 1)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+        // yrs writes XML recursively: at most as deep as types nest.
+        Out::YXmlElement(xml) => Value::String(xml.get_string(txn)),
+        Out::YXmlFragment(xml) => Value::String(xml.get_string(txn)),
+        Out::YXmlText(xml) => Value::String(xml.get_string(txn)),
+        Out::YDoc(doc) => Value::String(doc.guid().to_string()),
+        _ => Value::Null,
+    })
 }
 
 enum RootKind {
@@ -63,8 +103,11 @@ impl InferKind for Out {
     }
 }
 
-fn any_to_json(any: &Any) -> Value {
-    match any {
+fn any_to_json(any: &Any, depth: usize) -> Result<Value, ExportError> {
+    if depth > MAX_EXPORT_DEPTH {
+        return Err(ExportError::TooDeep);
+    }
+    Ok(match any {
         Any::Null | Any::Undefined => Value::Null,
         Any::Bool(b) => Value::Bool(*b),
         Any::Number(Number::Int(n)) => Value::from(*n),
@@ -73,13 +116,18 @@ fn any_to_json(any: &Any) -> Value {
             .unwrap_or(Value::Null),
         Any::String(s) => Value::String(s.to_string()),
         Any::Buffer(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),
-        Any::Array(items) => Value::Array(items.iter().map(any_to_json).collect()),
+        Any::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| any_to_json(v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
         Any::Map(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| (k.clone(), any_to_json(v)))
-                .collect(),
+                .map(|(k, v)| Ok((k.clone(), any_to_json(v, depth + 1)?)))
+                .collect::<Result<_, _>>()?,
         ),
-    }
+    })
 }
 
 /// Why a JSON body cannot become a document.
@@ -162,7 +210,7 @@ mod tests {
         });
         let update = json_to_update("root", input.clone()).unwrap();
         let doc = doc_from_update(&update).unwrap();
-        assert_eq!(doc_to_json(&doc), json!({ "root": input }));
+        assert_eq!(doc_to_json(&doc).unwrap(), json!({ "root": input }));
     }
 
     #[test]
@@ -181,7 +229,10 @@ mod tests {
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
         let replica = doc_from_update(&update).unwrap();
-        assert_eq!(doc_to_json(&replica), json!({"t": "hello", "a": [1, "x"]}));
+        assert_eq!(
+            doc_to_json(&replica).unwrap(),
+            json!({"t": "hello", "a": [1, "x"]})
+        );
     }
 
     #[test]

@@ -63,8 +63,49 @@ pub struct Shape {
     pub deletes: usize,
 }
 
+/// An item's id: its client and clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Id {
+    pub client: u64,
+    pub clock: u64,
+}
+
+/// Where a struct goes, as its encoding says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A garbage-collected range (nothing to place).
+    Gc,
+    /// A range the update says nothing about.
+    Skip,
+    /// Directly in a root type.
+    Root,
+    /// In the type that item `Id` holds.
+    In(Id),
+    /// Next to its neighbours, in their parent (yjs takes the left one's).
+    Beside {
+        origin: Option<Id>,
+        right: Option<Id>,
+    },
+}
+
+/// One struct of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Struct {
+    pub id: Id,
+    /// Its length in clock units (at least 1).
+    pub len: u64,
+    pub place: Place,
+    /// Whether it holds a shared type (`ContentType`).
+    pub is_type: bool,
+}
+
 /// Walks `bytes` as yjs would read them; see the module docs.
 pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
+    walk_update(bytes, |_| {})
+}
+
+/// [`scan_update`], handing every struct to `on_struct` in update order.
+pub fn walk_update(bytes: &[u8], mut on_struct: impl FnMut(Struct)) -> Result<Shape, ScanError> {
     let mut r = Reader { bytes, pos: 0 };
     let mut shape = Shape::default();
     let clients = r.count()?;
@@ -74,13 +115,14 @@ pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
         let mut clock = r.uint()?;
         for _ in 0..structs {
             shape.structs += 1;
-            let item = r.item(client, clock)?;
+            let item = r.item(Id { client, clock })?;
             shape.types += usize::from(item.is_type);
             // yrs counts clocks in 32 bits.
             clock = clock
                 .checked_add(item.len)
                 .filter(|c| *c <= u64::from(u32::MAX))
                 .ok_or(ScanError::IntegerOutOfRange)?;
+            on_struct(item);
         }
     }
     let clients = r.count()?;
@@ -94,12 +136,6 @@ pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
         }
     }
     Ok(shape)
-}
-
-/// One struct's length in clock units, and whether it holds a type.
-struct Struct {
-    len: u64,
-    is_type: bool,
 }
 
 struct Reader<'a> {
@@ -188,53 +224,66 @@ impl<'a> Reader<'a> {
         json_ok(self.string()?)
     }
 
-    /// An id another struct refers to (origin, right origin, parent): one of
-    /// the same client must come before the struct itself (yjs looks it up
-    /// without waiting for it, and throws when it is not there).
-    fn reference(&mut self, client: u64, clock: u64) -> Result<(), ScanError> {
-        let (ref_client, ref_clock) = (self.uint()?, self.uint()?);
-        if ref_client == client && ref_clock >= clock {
+    /// An id that the struct `id` refers to (origin, right origin, parent):
+    /// one of the same client must come before the struct itself (yjs looks
+    /// it up without waiting for it, and throws when it is not there).
+    fn reference(&mut self, id: Id) -> Result<Id, ScanError> {
+        let to = Id {
+            client: self.uint()?,
+            clock: self.uint()?,
+        };
+        if to.client == id.client && to.clock >= id.clock {
             return Err(ScanError::ForwardReference);
         }
-        Ok(())
+        Ok(to)
     }
 
-    /// One struct of `client` at `clock` (`readClientsStructRefs`).
-    fn item(&mut self, client: u64, clock: u64) -> Result<Struct, ScanError> {
+    /// One struct (`readClientsStructRefs`).
+    fn item(&mut self, id: Id) -> Result<Struct, ScanError> {
         let info = self.byte()?;
-        match info & 0x1f {
-            // GC and Skip: a length.
-            0 | 10 => {
-                let len = self.len()?;
-                return Ok(Struct {
-                    len,
-                    is_type: false,
-                });
-            }
-            1..=9 => {}
+        let place = match info & 0x1f {
+            0 => Place::Gc,
+            10 => Place::Skip,
+            1..=9 => Place::Root, // read below
             other => return Err(ScanError::UnknownContent(other)),
+        };
+        if matches!(place, Place::Gc | Place::Skip) {
+            let len = self.len()?;
+            return Ok(Struct {
+                id,
+                len,
+                place,
+                is_type: false,
+            });
         }
-        if info & 0x80 != 0 {
-            self.reference(client, clock)?; // origin
-        }
-        if info & 0x40 != 0 {
-            self.reference(client, clock)?; // right origin
-        }
-        if info & 0xc0 == 0 {
-            if self.uint()? == 1 {
+        let origin = (info & 0x80 != 0).then(|| self.reference(id)).transpose()?;
+        let right = (info & 0x40 != 0).then(|| self.reference(id)).transpose()?;
+        let place = if info & 0xc0 == 0 {
+            let place = if self.uint()? == 1 {
                 self.string()?; // root name
+                Place::Root
             } else {
-                self.reference(client, clock)?; // parent
-            }
+                Place::In(self.reference(id)?)
+            };
             if info & 0x20 != 0 {
                 self.string()?; // parent sub (map key)
             }
-        }
-        self.content(info & 0x1f)
+            place
+        } else {
+            Place::Beside { origin, right }
+        };
+        let (len, is_type) = self.content(info & 0x1f)?;
+        Ok(Struct {
+            id,
+            len,
+            place,
+            is_type,
+        })
     }
 
-    /// `readItemContent`: the item's length (in yjs's units) and kind.
-    fn content(&mut self, kind: u8) -> Result<Struct, ScanError> {
+    /// `readItemContent`: the item's length (in yjs's units), and whether
+    /// it holds a type.
+    fn content(&mut self, kind: u8) -> Result<(u64, bool), ScanError> {
         let mut is_type = false;
         let len = match kind {
             1 => self.len()?,
@@ -298,7 +347,7 @@ impl<'a> Reader<'a> {
         if len == 0 {
             return Err(ScanError::EmptyStruct);
         }
-        Ok(Struct { len, is_type })
+        Ok((len, is_type))
     }
 
     /// One lib0 `Any`, walked with an explicit stack of what each open

@@ -40,6 +40,14 @@ impl From<HubError> for ApiError {
                 metrics::rejected("blocked");
                 ApiError::new(StatusCode::FORBIDDEN, "DOC_UPDATE_BLOCKED", e.to_string())
             }
+            HubError::BadUpdate(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
+            }
+            HubError::Unexportable(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "DOC_TOO_DEEP",
+                e.to_string(),
+            ),
             e => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",

@@ -6,8 +6,28 @@ use yrelay::auth::{Grant, Mode, SigningKey, mint};
 use yrelay::config::{Cli, Command, DEFAULT_STORE};
 use yrelay::server::{Server, shutdown_signal};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of every runtime thread. yrs deletes and garbage-collects nested
+/// types recursively; new updates are bounded (`nesting::MAX_TYPE_DEPTH`),
+/// but a document stored before that bound may nest deeper, and must still
+/// load and compact. 64 MiB holds hundreds of thousands of levels; it is
+/// address space, not memory, until used.
+const THREAD_STACK: usize = 64 << 20;
+
+fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

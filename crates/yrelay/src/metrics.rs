@@ -58,6 +58,12 @@ pub fn rejected(reason: &'static str) {
     counter!("yrelay_rejected_messages_total", "reason" => reason).increment(1);
 }
 
+/// An accepted update (stored before nesting was bounded) applied although
+/// it nests types deeper than the limit.
+pub fn too_deep_doc() {
+    counter!("yrelay_deep_updates_applied_total").increment(1);
+}
+
 pub fn slow_consumer_closed() {
     counter!("yrelay_slow_consumers_closed_total").increment(1);
 }

@@ -71,3 +71,187 @@ async fn an_update_sent_just_before_a_close_is_kept_and_the_close_answered() {
         assert_eq!(served_text(&server, &doc).await, word, "round {round}");
     }
 }
+
+/// `depth` arrays nested in root array "a", one update per level.
+fn nested_array_updates(depth: usize) -> Vec<Vec<u8>> {
+    use yrs::{Array, ArrayPrelim, ArrayRef};
+    let doc = Doc::with_client_id(1);
+    let mut array: ArrayRef = doc.get_or_insert_array("a");
+    let mut updates = Vec::new();
+    for _ in 0..depth {
+        let before = doc.transact().state_vector();
+        array = array.push_back(&mut doc.transact_mut(), ArrayPrelim::default());
+        updates.push(doc.transact().encode_diff_v1(&before));
+    }
+    updates
+}
+
+/// A delete set alone: client 1's first item (the outermost array).
+const DELETE_OUTER: [u8; 6] = [0, 1, 1, 1, 0, 1];
+
+/// Nesting is built over many updates, so no single one shows it: each is
+/// checked against the document. Past the limit the update is refused
+/// (400, 1007 on WebSocket) and the instance, the document and its other
+/// clients carry on; deleting the outer array of what was accepted is fine.
+#[tokio::test]
+async fn types_nested_past_the_limit_are_refused_and_the_instance_survives() {
+    use common::sse::post;
+    let limit = yrelay_protocol::nesting::MAX_TYPE_DEPTH as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let updates = nested_array_updates(limit + 1);
+    for (n, update) in updates[..limit].iter().enumerate() {
+        let (status, body) = post(server.addr, "/v1/docs/s/deep/updates", update).await;
+        assert_eq!(status, 200, "level {}: {body}", n + 1);
+    }
+    let (status, body) = post(server.addr, "/v1/docs/s/deep/updates", &updates[limit]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "BAD_UPDATE", "{body}");
+
+    // The same over WebSocket: 1007, and the refused update is nowhere.
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("s/deep"))
+        .await
+        .unwrap();
+    let frame = sync::encode_update(&updates[limit]);
+    socket.send(Message::Binary(frame.into())).await.unwrap();
+    let close = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if let Message::Close(frame) = frame {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1007, "{close:?}");
+    let served = server.get_bytes("/v1/docs/s/deep/update").await;
+    let replica = Doc::new();
+    yrelay_protocol::update::apply_update(&replica, &served).unwrap();
+    let sv = replica.transact().state_vector();
+    assert_eq!(
+        sv.get(&yrs::ClientID::new(1)),
+        limit as u32,
+        "the refused level is not served"
+    );
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"too_deep\"}")
+            .await
+            >= 2.0
+    );
+
+    // Deleting the outermost of the accepted levels is fine.
+    let (status, body) = post(server.addr, "/v1/docs/s/deep/updates", &DELETE_OUTER).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.get("/v1/docs/s/deep/json").await;
+    assert_eq!(status, 200);
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+/// Documents stored before nesting was bounded (12,000 levels; one with the
+/// deletion of the outermost, which yrs carries out one stack frame per
+/// level) are loaded, served and compacted without bringing the instance
+/// down, and counted; a JSON export refuses to walk that deep.
+#[tokio::test]
+async fn a_stored_document_nested_past_the_limit_is_served_and_compacted() {
+    use std::sync::Arc;
+    use yrelay::store::NewUpdate;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("yrelay.db").display());
+    {
+        let store = yrelay::store::open(&url).await.unwrap();
+        let updates = nested_array_updates(12_000);
+        let whole =
+            yrelay_protocol::update::merge_updates(updates.iter().map(Vec::as_slice)).unwrap();
+        let stored = [
+            ("legacy", whole.clone()),
+            ("legacy", DELETE_OUTER.to_vec()),
+            ("legacy-kept", whole),
+        ];
+        for (doc, data) in stored {
+            let new = NewUpdate {
+                addr: yrelay_protocol::DocAddress::parse("s", doc).unwrap(),
+                data: Arc::from(data),
+                log_cursor: None,
+                timestamp_ms: 1,
+            };
+            store.append(&[new]).await.unwrap();
+        }
+    }
+    let server = TestServer::start(dir.path(), &["--compact-idle-secs", "0.2"]).await;
+    let served = server.get_bytes("/v1/docs/s/legacy/update").await;
+    assert!(!served.is_empty());
+    // Too deep for a JSON export, which says so rather than walking it.
+    let (status, body) = server.get("/v1/docs/s/legacy-kept/json").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("DOC_TOO_DEEP"), "{body}");
+    server
+        .wait_for_metric("yrelay_compactions_total", |v| v >= 1.0)
+        .await;
+    assert!(server.metric("yrelay_deep_updates_applied_total").await >= 1.0);
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+/// A token for `s/deep`, read-only or not.
+fn token(secret: &str, read_only: bool) -> String {
+    use yrelay::auth::{Grant, Mode, SigningKey, mint};
+    let grant = Grant {
+        space: "s".into(),
+        doc: "deep".into(),
+        mode: if read_only { Mode::Ro } else { Mode::Rw },
+    };
+    mint(&SigningKey::Secret(secret.into()), "ann", vec![grant], 600).unwrap()
+}
+
+/// An `Any` nested 7,000 deep (14 KB) used to overflow the stack while it
+/// was checked, even from a read-only connection: now a reader's update is
+/// refused before it is decoded, and a writer's with 1007.
+#[tokio::test]
+async fn a_deeply_nested_value_is_refused_on_every_transport() {
+    let secret = "s3cret-for-tests-only-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", secret]).await;
+    let mut deep = vec![1, 1, 1, 0, 8, 1, 1, b'a', 1];
+    for _ in 0..7000 {
+        deep.extend_from_slice(&[117, 1]);
+    }
+    deep.extend_from_slice(&[126, 0]);
+    for (mode, expect) in [("--read-only", None), ("", Some(1007u16))] {
+        let token = token(secret, mode == "--read-only");
+        let url = format!("{}?token={token}", server.ws_url("s/deep"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        socket
+            .send(Message::Binary(sync::encode_update(&deep).into()))
+            .await
+            .unwrap();
+        // A reader is told "permission denied" and stays connected; a writer
+        // is closed with 1007.
+        let outcome = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(frame)) = socket.next().await {
+                match frame {
+                    Message::Close(frame) => return Some(frame.map(|f| u16::from(f.code))),
+                    Message::Binary(data) if data.first() == Some(&2) => return None,
+                    _ => continue,
+                }
+            }
+            Some(None)
+        })
+        .await
+        .expect("an answer in time");
+        assert_eq!(outcome.map(Option::unwrap_or_default), expect, "{mode}");
+    }
+    let token = token(secret, false);
+    let (status, body) = common::http_call(
+        server.addr,
+        "POST",
+        "/v1/docs/s/deep/updates",
+        &[("Authorization", &format!("Bearer {token}"))],
+        &deep,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("BAD_UPDATE"), "{body}");
+    assert_eq!(server.get("/healthz").await.0, 200);
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use yrelay_protocol::DocAddress;
+use yrelay_protocol::nesting::{MAX_TYPE_DEPTH, Nesting};
 use yrelay_protocol::update::apply_update;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
@@ -109,6 +110,8 @@ pub(super) struct DocState {
     /// When this instance last announced a change of the document to its
     /// space's event feed.
     pub announced: Option<Instant>,
+    /// How deep the replica's types nest (updates nesting deeper are refused).
+    pub nesting: Nesting,
 }
 
 pub struct LiveDoc {
@@ -141,6 +144,7 @@ impl LiveDoc {
                 closed: false,
                 blocked: false,
                 announced: None,
+                nesting: Nesting::default(),
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -183,9 +187,7 @@ impl LiveDoc {
     /// Applies an accepted update to the replica ahead of its log entry
     /// (which will then change nothing); the cursor stays where it is.
     pub(super) fn apply_accepted(&self, update: &[u8]) {
-        if let Err(e) = apply_update(self.lock().awareness.doc(), update) {
-            tracing::error!(doc = %self.addr, error = %e, "accepted update does not apply");
-        }
+        self.lock().apply_update(&self.addr, update, "accepted");
     }
 
     /// Applies a log entry and fans it out to the subscribers.
@@ -300,6 +302,27 @@ impl DocState {
         self.awareness.doc().transact().state_vector().is_empty()
     }
 
+    /// Applies an update that was accepted (`what`: where it comes from) to
+    /// the replica, and records how deep it nests. One stored before nesting
+    /// was bounded may nest deeper: it is applied all the same (yrs has the
+    /// stack for far more, see `main.rs`), logged and counted.
+    fn apply_update(&mut self, addr: &DocAddress, update: &[u8], what: &str) {
+        match self.nesting.record(update) {
+            Ok(deepest) if deepest > MAX_TYPE_DEPTH => {
+                metrics::too_deep_doc();
+                tracing::warn!(doc = %addr, deepest, limit = MAX_TYPE_DEPTH, "{what} update nests types deeper than the limit");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(doc = %addr, error = %e, "{what} update is not one yjs could apply; skipped");
+                return;
+            }
+        }
+        if let Err(e) = apply_update(self.awareness.doc(), update) {
+            tracing::error!(doc = %addr, error = %e, "{what} update does not apply; skipped");
+        }
+    }
+
     /// Applies an entry to the replica; false when it was already applied
     /// (de-duplication by cursor).
     fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {
@@ -310,9 +333,7 @@ impl DocState {
                 {
                     return false;
                 }
-                if let Err(e) = apply_update(self.awareness.doc(), &entry.payload) {
-                    tracing::error!(doc = %addr, error = %e, "logged update does not apply; skipped");
-                }
+                self.apply_update(addr, &entry.payload, "logged");
                 if entry.cursor.is_some() {
                     self.cursor = entry.cursor;
                 }
@@ -374,9 +395,7 @@ impl History {
     /// Merges the history into a replica (idempotent: CRDT merge).
     fn apply_to(&self, state: &mut DocState, addr: &DocAddress) {
         for update in &self.stored {
-            if let Err(e) = apply_update(state.awareness.doc(), update) {
-                tracing::error!(doc = %addr, error = %e, "stored update does not apply; skipped");
-            }
+            state.apply_update(addr, update, "stored");
         }
         if state.cursor < self.cursor {
             state.cursor = self.cursor;

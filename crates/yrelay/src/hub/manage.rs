@@ -58,7 +58,10 @@ impl DocHub {
         &self,
         addr: &DocAddress,
     ) -> Result<Option<serde_json::Value>, HubError> {
-        self.read_replica(addr, doc_to_json).await
+        self.read_replica(addr, doc_to_json)
+            .await?
+            .transpose()
+            .map_err(|e| HubError::Unexportable(e.to_string()))
     }
 
     /// `read` on the live replica of `addr` (loaded if needed), or `None`

@@ -81,6 +81,14 @@ pub enum HubError {
     ShuttingDown,
     #[error("the document is blocked: it accepts no updates")]
     Blocked,
+    /// The update is well formed but would harm the document (nested too
+    /// deep); refused like an undecodable one.
+    #[error("update refused: {0}")]
+    BadUpdate(String),
+    /// The document cannot be shown in the form asked for (it nests deeper
+    /// than a JSON export walks).
+    #[error("{0}")]
+    Unexportable(String),
 }
 
 /// What the writer of an accepted update is told.
@@ -198,8 +206,17 @@ impl DocHub {
                 timestamp_ms: now_ms(),
             });
         }
-        if doc.lock().blocked {
-            return Err(HubError::Blocked);
+        {
+            let mut state = doc.lock();
+            if state.blocked {
+                return Err(HubError::Blocked);
+            }
+            // Recorded now, not when the log delivers it: an update that
+            // builds on this one may come before that.
+            if let Err(e) = state.nesting.admit(update.bytes()) {
+                metrics::rejected("too_deep");
+                return Err(HubError::BadUpdate(e.to_string()));
+            }
         }
         let announce = doc.space_event_due();
         let addr = doc.addr();

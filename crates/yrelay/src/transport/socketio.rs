@@ -599,6 +599,7 @@ impl Gateway {
                 format!("document {} is blocked", push.doc_id),
                 json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
             )),
+            Err(HubError::BadUpdate(reason)) => Err(bad_request(reason)),
             Err(e) => Err(error(
                 500,
                 "FAILED_TO_SAVE_UPDATES",

@@ -81,6 +81,7 @@ impl From<HubError> for Close {
     fn from(e: HubError) -> Self {
         match e {
             HubError::ShuttingDown => Close::GoingAway,
+            HubError::BadUpdate(reason) => Close::Invalid(reason),
             e => Close::TryAgain(e.to_string()),
         }
     }
