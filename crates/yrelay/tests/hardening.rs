@@ -255,3 +255,132 @@ async fn a_deeply_nested_value_is_refused_on_every_transport() {
     assert!(body.contains("BAD_UPDATE"), "{body}");
     assert_eq!(server.get("/healthz").await.0, 200);
 }
+
+/// A small filesystem of its own (tmpfs), unmounted when dropped; `None`
+/// where this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left with a file (until the filesystem refuses more).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// An update setting key `k{n}` of root map "keys" (client n + 1).
+fn key_update(n: u64) -> Vec<u8> {
+    use yrs::Map;
+    let doc = Doc::with_client_id(n + 1);
+    let keys = doc.get_or_insert_map("keys");
+    keys.insert(&mut doc.transact_mut(), format!("k{n}"), n as i64);
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+/// SQLite on a full disk: every update is either acknowledged and kept
+/// (also across a restart), or refused with 503; `/readyz` says the store is
+/// unavailable until a commit succeeds again; once space is back, writes
+/// resume by themselves. (A failed COMMIT used to leave its pooled
+/// connection inside the transaction: later writes on it were answered 200
+/// and never reached the file.)
+#[tokio::test]
+async fn a_full_disk_never_loses_an_acknowledged_update() {
+    use common::sse::post;
+    let Some(disk) = SmallDisk::mount(2 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut server = TestServer::start(disk.path(), &[]).await;
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut next = 0u64;
+    let write = async |server: &TestServer, next: &mut u64| {
+        let n = *next;
+        *next += 1;
+        let (status, body) = post(server.addr, "/v1/docs/s/full/updates", &key_update(n)).await;
+        match status {
+            200 => Some(n),
+            503 => None,
+            other => panic!("update {n}: {other} {body}"),
+        }
+    };
+    for _ in 0..5 {
+        acked.extend(write(&server, &mut next).await);
+    }
+    assert_eq!(acked.len(), 5, "room for the first updates");
+    disk.fill();
+    for _ in 0..60 {
+        match write(&server, &mut next).await {
+            Some(n) => acked.push(n),
+            None => refused += 1,
+        }
+    }
+    assert!(refused > 0, "a full disk refuses updates");
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("STORE_UNAVAILABLE"), "{body}");
+
+    disk.free();
+    let resumed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(n) = write(&server, &mut next).await {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("writes resume once there is space");
+    acked.push(resumed);
+    for _ in 0..20 {
+        acked.push(write(&server, &mut next).await.expect("room again"));
+    }
+    assert_eq!(server.get("/readyz").await.0, 200);
+
+    server.stop().await;
+    server.restart().await;
+    let body = server.get_bytes("/v1/docs/s/full/json").await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|n| json["keys"].get(format!("k{n}")).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but lost: {missing:?} of {}",
+        acked.len()
+    );
+}

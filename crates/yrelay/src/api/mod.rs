@@ -19,6 +19,14 @@ pub async fn healthz() -> &'static str {
 /// `GET /readyz`: store and log are reachable.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let hub = &app.hub;
+    if let Some(e) = hub.store_failing() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            format!("the last store commit failed: {e}"),
+        )
+        .into_response();
+    }
     if let Err(e) = hub.store().ping().await {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -151,6 +151,11 @@ impl DocHub {
         &self.inner.log
     }
 
+    /// Why the last store commit failed, if none has succeeded since.
+    pub fn store_failing(&self) -> Option<String> {
+        self.inner.commit.failing()
+    }
+
     /// A new writer identity (for transports whose connections submit
     /// through the hub without a session of their own, such as Socket.IO).
     pub fn new_origin(&self) -> Origin {

@@ -5,7 +5,7 @@
 //! answers every waiter with the outcome. Under load this turns N commits
 //! (N fsyncs) into one, which is what keeps `durability = "store"` fast.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +17,8 @@ type Waiter = oneshot::Sender<Result<(), StoreError>>;
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::Sender<(NewUpdate, Waiter)>,
+    /// Why the last commit failed, until one succeeds.
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 impl GroupCommit {
@@ -24,8 +26,18 @@ impl GroupCommit {
     /// `max_queued` bounds the updates waiting for the next one.
     pub fn start(store: Arc<dyn Store>, max_batch: usize, max_queued: usize) -> Self {
         let (queue, rx) = mpsc::channel(max_queued);
-        tokio::spawn(writer(store, rx, max_batch));
-        Self { queue }
+        let failing = Arc::new(Mutex::new(None));
+        tokio::spawn(writer(store, rx, max_batch, failing.clone()));
+        Self { queue, failing }
+    }
+
+    /// Why the last commit failed, if no commit has succeeded since (a full
+    /// disk: `/readyz` says so until writes go through again).
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Appends `update` and returns once it is committed.
@@ -44,6 +56,7 @@ async fn writer(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<(NewUpdate, Waiter)>,
     max_batch: usize,
+    failing: Arc<Mutex<Option<String>>>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::with_capacity(max_batch);
@@ -60,9 +73,17 @@ async fn writer(
             }
         }
         let outcome = store.append(&batch).await;
-        if let Err(e) = &outcome {
+        let failed = outcome.as_ref().err().map(ToString::to_string);
+        if let Some(e) = &failed {
             metrics::store_error();
             tracing::warn!(error = %e, updates = batch.len(), "store commit failed");
+        }
+        let was_failing = std::mem::replace(
+            &mut *failing.lock().unwrap_or_else(|p| p.into_inner()),
+            failed.clone(),
+        );
+        if was_failing.is_some() && failed.is_none() {
+            tracing::info!("store commits succeed again");
         }
         for waiter in waiters.drain(..) {
             // A waiter that gave up (its connection closed) needs no answer.

@@ -174,6 +174,26 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// Runs `work` (a transaction, begun and committed by it) on a pooled
+/// connection that is closed, not returned to the pool, if the work failed:
+/// after a failed COMMIT (SQLite on a full disk) the connection may still
+/// hold the transaction open, and sqlx would nest the next one in it as a
+/// savepoint that is never committed (answered as saved, lost on restart).
+pub(crate) async fn transaction<DB: sqlx::Database, T>(
+    pool: &sqlx::Pool<DB>,
+    work: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let outcome = work(&mut conn).await;
+    if outcome.is_err() {
+        conn.close_on_drop();
+    }
+    outcome
+}
+
 /// Opens the store named by a URL (`sqlite://PATH` or `postgres://...`).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {

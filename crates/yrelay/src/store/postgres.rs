@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use yrelay_protocol::DocAddress;
 
-use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas};
+use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas, transaction};
 use crate::log::LogCursor;
 
 pub struct PostgresStore {
@@ -56,53 +56,56 @@ impl Store for PostgresStore {
     }
 
     async fn load(&self, addr: &DocAddress) -> Result<Option<StoredDoc>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // One snapshot for the three reads (DESIGN invariant 11): under READ
-        // COMMITTED each statement sees its own, and a compaction committing
-        // between them gave the old snapshot without the updates it merged.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let row = sqlx::query(
-            "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
-             FROM docs WHERE space = $1 AND doc = $2",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let meta = meta_from_row(&row).map_err(unavailable)?;
-        let log_cursor = row
-            .try_get::<Option<String>, _>("log_cursor")
-            .map_err(unavailable)?
-            .map(|c| LogCursor::from_str(&c))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let snapshot: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE space = $1 AND doc = $2")
-                .bind(addr.space())
-                .bind(addr.doc())
-                .fetch_optional(&mut *tx)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            // One snapshot for the three reads (DESIGN invariant 11): under READ
+            // COMMITTED each statement sees its own, and a compaction committing
+            // between them gave the old snapshot without the updates it merged.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-        let updates = sqlx::query_as::<_, (i64, Vec<u8>)>(
-            "SELECT id, data FROM doc_updates WHERE space = $1 AND doc = $2 ORDER BY id",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .fetch_all(&mut *tx)
+            let row = sqlx::query(
+                "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
+                 FROM docs WHERE space = $1 AND doc = $2",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let Some(row) = row else { return Ok(None) };
+            let meta = meta_from_row(&row).map_err(unavailable)?;
+            let log_cursor = row
+                .try_get::<Option<String>, _>("log_cursor")
+                .map_err(unavailable)?
+                .map(|c| LogCursor::from_str(&c))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let snapshot: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE space = $1 AND doc = $2")
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            let updates = sqlx::query_as::<_, (i64, Vec<u8>)>(
+                "SELECT id, data FROM doc_updates WHERE space = $1 AND doc = $2 ORDER BY id",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Some(StoredDoc {
+                snapshot,
+                updates,
+                log_cursor,
+                meta,
+            }))
+        })
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(StoredDoc {
-            snapshot,
-            updates,
-            log_cursor,
-            meta,
-        }))
     }
 
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
@@ -113,38 +116,41 @@ impl Store for PostgresStore {
         let data: Vec<&[u8]> = batch.iter().map(|u| &*u.data).collect();
         let times: Vec<i64> = batch.iter().map(|u| u.timestamp_ms).collect();
         let deltas = doc_deltas(batch);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO doc_updates (space, doc, data, created_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])",
-        )
-        .bind(&spaces)
-        .bind(&docs)
-        .bind(&data)
-        .bind(&times)
-        .execute(&mut *tx)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO doc_updates (space, doc, data, created_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])",
+            )
+            .bind(&spaces)
+            .bind(&docs)
+            .bind(&data)
+            .bind(&times)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
+                 ON CONFLICT (space, doc) DO UPDATE SET
+                   updated_at = GREATEST(docs.updated_at, excluded.updated_at),
+                   size = docs.size + excluded.size,
+                   pending_updates = docs.pending_updates + excluded.pending_updates,
+                   log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)",
+            )
+            .bind(deltas.iter().map(|d| d.addr.space()).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.addr.doc()).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.first_ms).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.last_ms).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.bytes).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.updates).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.log_cursor.map(|c| c.to_string())).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        })
         .await
-        .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
-             ON CONFLICT (space, doc) DO UPDATE SET
-               updated_at = GREATEST(docs.updated_at, excluded.updated_at),
-               size = docs.size + excluded.size,
-               pending_updates = docs.pending_updates + excluded.pending_updates,
-               log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)",
-        )
-        .bind(deltas.iter().map(|d| d.addr.space()).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.addr.doc()).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.first_ms).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.last_ms).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.bytes).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.updates).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| d.log_cursor.map(|c| c.to_string())).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
     }
 
     async fn compact(
@@ -153,37 +159,40 @@ impl Store for PostgresStore {
         snapshot: &[u8],
         merged: &[i64],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id = ANY($3)")
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id = ANY($3)")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(merged)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (space, doc) DO UPDATE SET data = excluded.data",
+            )
             .bind(addr.space())
             .bind(addr.doc())
-            .bind(merged)
+            .bind(snapshot)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)
-             ON CONFLICT (space, doc) DO UPDATE SET data = excluded.data",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(snapshot)
-        .execute(&mut *tx)
+            sqlx::query(
+                "UPDATE docs SET
+                   pending_updates = (SELECT count(*) FROM doc_updates WHERE space = $1 AND doc = $2),
+                   size = $3 + (SELECT coalesce(sum(octet_length(data)), 0)::BIGINT FROM doc_updates WHERE space = $1 AND doc = $2)
+                 WHERE space = $1 AND doc = $2",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(snapshot.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        })
         .await
-        .map_err(unavailable)?;
-        sqlx::query(
-            "UPDATE docs SET
-               pending_updates = (SELECT count(*) FROM doc_updates WHERE space = $1 AND doc = $2),
-               size = $3 + (SELECT coalesce(sum(octet_length(data)), 0)::BIGINT FROM doc_updates WHERE space = $1 AND doc = $2)
-             WHERE space = $1 AND doc = $2",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(snapshot.len() as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
     }
 
     async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError> {
@@ -259,31 +268,34 @@ impl Store for PostgresStore {
         snapshot: &[u8],
         timestamp_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let created = sqlx::query(
-            "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES ($1, $2, $3, $3, $4)
-             ON CONFLICT (space, doc) DO NOTHING",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(timestamp_ms)
-        .bind(snapshot.len() as i64)
-        .execute(&mut *tx)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let created = sqlx::query(
+                "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES ($1, $2, $3, $3, $4)
+                 ON CONFLICT (space, doc) DO NOTHING",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(timestamp_ms)
+            .bind(snapshot.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+                > 0;
+            if created {
+                sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)")
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .bind(snapshot)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(created)
+        })
         .await
-        .map_err(unavailable)?
-        .rows_affected()
-            > 0;
-        if created {
-            sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)")
-                .bind(addr.space())
-                .bind(addr.doc())
-                .bind(snapshot)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(created)
     }
 
     async fn update_meta(
@@ -311,25 +323,28 @@ impl Store for PostgresStore {
     }
 
     async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        for table in ["doc_updates", "doc_snapshots"] {
-            let sql = format!("DELETE FROM {table} WHERE space = $1 AND doc = $2");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            for table in ["doc_updates", "doc_snapshots"] {
+                let sql = format!("DELETE FROM {table} WHERE space = $1 AND doc = $2");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let deleted = sqlx::query("DELETE FROM docs WHERE space = $1 AND doc = $2")
                 .bind(addr.space())
                 .bind(addr.doc())
                 .execute(&mut *tx)
                 .await
-                .map_err(unavailable)?;
-        }
-        let deleted = sqlx::query("DELETE FROM docs WHERE space = $1 AND doc = $2")
-            .bind(addr.space())
-            .bind(addr.doc())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
-        tx.commit().await.map_err(unavailable)?;
-        Ok(deleted > 0)
+                .map_err(unavailable)?
+                .rows_affected();
+            tx.commit().await.map_err(unavailable)?;
+            Ok(deleted > 0)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 use yrelay_protocol::DocAddress;
 
-use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas};
+use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas, transaction};
 use crate::log::LogCursor;
 
 pub struct SqliteStore {
@@ -74,84 +74,90 @@ impl Store for SqliteStore {
     }
 
     async fn load(&self, addr: &DocAddress) -> Result<Option<StoredDoc>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let row = sqlx::query(
-            "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
-             FROM docs WHERE space = ? AND doc = ?",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .fetch_optional(&mut *tx)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let row = sqlx::query(
+                "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor
+                 FROM docs WHERE space = ? AND doc = ?",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let Some(row) = row else { return Ok(None) };
+            let meta = meta_from_row(&row).map_err(unavailable)?;
+            let log_cursor = row
+                .try_get::<Option<String>, _>("log_cursor")
+                .map_err(unavailable)?
+                .map(|c| LogCursor::from_str(&c))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let snapshot: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE space = ? AND doc = ?")
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            let updates = sqlx::query_as::<_, (i64, Vec<u8>)>(
+                "SELECT id, data FROM doc_updates WHERE space = ? AND doc = ? ORDER BY id",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Some(StoredDoc {
+                snapshot,
+                updates,
+                log_cursor,
+                meta,
+            }))
+        })
         .await
-        .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let meta = meta_from_row(&row).map_err(unavailable)?;
-        let log_cursor = row
-            .try_get::<Option<String>, _>("log_cursor")
-            .map_err(unavailable)?
-            .map(|c| LogCursor::from_str(&c))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let snapshot: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE space = ? AND doc = ?")
-                .bind(addr.space())
-                .bind(addr.doc())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        let updates = sqlx::query_as::<_, (i64, Vec<u8>)>(
-            "SELECT id, data FROM doc_updates WHERE space = ? AND doc = ? ORDER BY id",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(StoredDoc {
-            snapshot,
-            updates,
-            log_cursor,
-            meta,
-        }))
     }
 
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        for u in batch {
-            sqlx::query(
-                "INSERT INTO doc_updates (space, doc, data, created_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(u.addr.space())
-            .bind(u.addr.doc())
-            .bind(&*u.data)
-            .bind(u.timestamp_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        for d in doc_deltas(batch) {
-            sqlx::query(
-                "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (space, doc) DO UPDATE SET
-                   updated_at = max(updated_at, excluded.updated_at),
-                   size = size + excluded.size,
-                   pending_updates = pending_updates + excluded.pending_updates,
-                   log_cursor = coalesce(excluded.log_cursor, log_cursor)",
-            )
-            .bind(d.addr.space())
-            .bind(d.addr.doc())
-            .bind(d.first_ms)
-            .bind(d.last_ms)
-            .bind(d.bytes)
-            .bind(d.updates)
-            .bind(d.log_cursor.map(|c| c.to_string()))
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            for u in batch {
+                sqlx::query(
+                    "INSERT INTO doc_updates (space, doc, data, created_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(u.addr.space())
+                .bind(u.addr.doc())
+                .bind(&*u.data)
+                .bind(u.timestamp_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            for d in doc_deltas(batch) {
+                sqlx::query(
+                    "INSERT INTO docs (space, doc, created_at, updated_at, size, pending_updates, log_cursor)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (space, doc) DO UPDATE SET
+                       updated_at = max(updated_at, excluded.updated_at),
+                       size = size + excluded.size,
+                       pending_updates = pending_updates + excluded.pending_updates,
+                       log_cursor = coalesce(excluded.log_cursor, log_cursor)",
+                )
+                .bind(d.addr.space())
+                .bind(d.addr.doc())
+                .bind(d.first_ms)
+                .bind(d.last_ms)
+                .bind(d.bytes)
+                .bind(d.updates)
+                .bind(d.log_cursor.map(|c| c.to_string()))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
+        .await
     }
 
     async fn compact(
@@ -163,37 +169,40 @@ impl Store for SqliteStore {
         // SQLite has one writer at a time, so ids are in commit order and
         // "up to the last merged id" is exactly the merged ones.
         let upto = merged.last().copied().unwrap_or(0);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("DELETE FROM doc_updates WHERE space = ? AND doc = ? AND id <= ?")
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            sqlx::query("DELETE FROM doc_updates WHERE space = ? AND doc = ? AND id <= ?")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(upto)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO doc_snapshots (space, doc, data) VALUES (?, ?, ?)
+                 ON CONFLICT (space, doc) DO UPDATE SET data = excluded.data",
+            )
             .bind(addr.space())
             .bind(addr.doc())
-            .bind(upto)
+            .bind(snapshot)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO doc_snapshots (space, doc, data) VALUES (?, ?, ?)
-             ON CONFLICT (space, doc) DO UPDATE SET data = excluded.data",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(snapshot)
-        .execute(&mut *tx)
+            sqlx::query(
+                "UPDATE docs SET
+                   pending_updates = (SELECT count(*) FROM doc_updates WHERE space = ?1 AND doc = ?2),
+                   size = ?3 + (SELECT coalesce(sum(length(data)), 0) FROM doc_updates WHERE space = ?1 AND doc = ?2)
+                 WHERE space = ?1 AND doc = ?2",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(snapshot.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        })
         .await
-        .map_err(unavailable)?;
-        sqlx::query(
-            "UPDATE docs SET
-               pending_updates = (SELECT count(*) FROM doc_updates WHERE space = ?1 AND doc = ?2),
-               size = ?3 + (SELECT coalesce(sum(length(data)), 0) FROM doc_updates WHERE space = ?1 AND doc = ?2)
-             WHERE space = ?1 AND doc = ?2",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(snapshot.len() as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
     }
 
     async fn log_cursor(&self, addr: &DocAddress) -> Result<Option<LogCursor>, StoreError> {
@@ -269,31 +278,34 @@ impl Store for SqliteStore {
         snapshot: &[u8],
         timestamp_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let created = sqlx::query(
-            "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES (?1, ?2, ?3, ?3, ?4)
-             ON CONFLICT (space, doc) DO NOTHING",
-        )
-        .bind(addr.space())
-        .bind(addr.doc())
-        .bind(timestamp_ms)
-        .bind(snapshot.len() as i64)
-        .execute(&mut *tx)
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let created = sqlx::query(
+                "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES (?1, ?2, ?3, ?3, ?4)
+                 ON CONFLICT (space, doc) DO NOTHING",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(timestamp_ms)
+            .bind(snapshot.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+                > 0;
+            if created {
+                sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES (?1, ?2, ?3)")
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .bind(snapshot)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(created)
+        })
         .await
-        .map_err(unavailable)?
-        .rows_affected()
-            > 0;
-        if created {
-            sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES (?1, ?2, ?3)")
-                .bind(addr.space())
-                .bind(addr.doc())
-                .bind(snapshot)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(created)
     }
 
     async fn update_meta(
@@ -321,25 +333,28 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        for table in ["doc_updates", "doc_snapshots"] {
-            let sql = format!("DELETE FROM {table} WHERE space = ? AND doc = ?");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
+        transaction(&self.pool, async |conn| {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            for table in ["doc_updates", "doc_snapshots"] {
+                let sql = format!("DELETE FROM {table} WHERE space = ? AND doc = ?");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(addr.space())
+                    .bind(addr.doc())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let deleted = sqlx::query("DELETE FROM docs WHERE space = ? AND doc = ?")
                 .bind(addr.space())
                 .bind(addr.doc())
                 .execute(&mut *tx)
                 .await
-                .map_err(unavailable)?;
-        }
-        let deleted = sqlx::query("DELETE FROM docs WHERE space = ? AND doc = ?")
-            .bind(addr.space())
-            .bind(addr.doc())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
-        tx.commit().await.map_err(unavailable)?;
-        Ok(deleted > 0)
+                .map_err(unavailable)?
+                .rows_affected();
+            tx.commit().await.map_err(unavailable)?;
+            Ok(deleted > 0)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
