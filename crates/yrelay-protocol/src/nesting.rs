@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::scan::{Id, Place, ScanError, Struct, walk_update};
+use crate::scan::{Id, Part, Place, ScanError, Struct, walk_update};
 
 /// How deep shared types may nest. yjs itself cannot delete much deeper
 /// (its recursive delete exceeds JavaScript's stack between 3,000 and 6,000
@@ -37,6 +37,9 @@ pub enum NestingError {
     TooDeep,
     #[error("more than {MAX_WAITING} structs wait for what they refer to")]
     TooManyWaiting,
+    /// The update builds on content the document does not hold.
+    #[error("the update builds on content the document does not hold")]
+    Missing,
 }
 
 /// The depths of a document's clock ranges, and the structs still waiting.
@@ -53,15 +56,17 @@ pub struct Nesting {
 
 impl Nesting {
     /// Checks `update` against what is recorded and, if it nests no deeper
-    /// than [`MAX_TYPE_DEPTH`], records it.
-    pub fn admit(&mut self, update: &[u8]) -> Result<(), NestingError> {
-        self.apply(update, true)
+    /// than [`MAX_TYPE_DEPTH`], records it. Unless `may_wait`, it must not
+    /// build on anything the document lacks ([`NestingError::Missing`]: it
+    /// would wait, or its deletions would, for what may never come).
+    pub fn admit(&mut self, update: &[u8], may_wait: bool) -> Result<(), NestingError> {
+        self.apply(update, true, may_wait)
     }
 
     /// Records an update already accepted (from the store or the log),
     /// whatever its depth: returns the deepest nesting now recorded.
     pub fn record(&mut self, update: &[u8]) -> Result<u32, NestingError> {
-        self.apply(update, false)?;
+        self.apply(update, false, true)?;
         Ok(self.deepest)
     }
 
@@ -70,9 +75,13 @@ impl Nesting {
         self.deepest
     }
 
-    fn apply(&mut self, update: &[u8], enforce: bool) -> Result<(), NestingError> {
+    fn apply(&mut self, update: &[u8], enforce: bool, may_wait: bool) -> Result<(), NestingError> {
         let mut structs = Vec::new();
-        walk_update(update, |s| structs.push(s))?;
+        let mut deleted = Vec::new();
+        walk_update(update, |part| match part {
+            Part::Struct(s) => structs.push(s),
+            Part::Deleted { id, len } => deleted.push((id, len)),
+        })?;
         let mut trial = Trial::new(self);
         let mut queue = std::collections::VecDeque::from(structs);
         while let Some(s) = queue.pop_front() {
@@ -94,6 +103,12 @@ impl Nesting {
                     queue.extend(trial.wake(s.id.client, s.id.clock, s.id.clock + s.len));
                 }
                 Err(missing) => trial.wait(missing, s),
+            }
+        }
+        if !may_wait {
+            let all_known = deleted.iter().all(|(id, len)| trial.knows(*id, *len));
+            if trial.new_waiting_count > 0 || !all_known {
+                return Err(NestingError::Missing);
             }
         }
         let at_most = self.waiting_count - trial.woken_count + trial.new_waiting_count;
@@ -181,6 +196,16 @@ impl<'a> Trial<'a> {
             .get(&id.client)
             .and_then(find)
             .or_else(|| self.base.known.get(&id.client).and_then(find))
+    }
+
+    /// Whether the first and the last clock of a range are recorded (the
+    /// parts of one struct come together).
+    fn knows(&self, id: Id, len: u64) -> bool {
+        let last = Id {
+            clock: id.clock + len - 1,
+            ..id
+        };
+        self.depth_at(id).is_some() && self.depth_at(last).is_some()
     }
 
     /// The depth of the items of `s` (0 for a GC range: nothing in it can
@@ -306,13 +331,13 @@ mod tests {
         let updates = nested_updates(MAX_TYPE_DEPTH as usize + 1);
         let mut nesting = Nesting::default();
         for (n, update) in updates[..MAX_TYPE_DEPTH as usize].iter().enumerate() {
-            assert_eq!(nesting.admit(update), Ok(()), "level {}", n + 1);
+            assert_eq!(nesting.admit(update, true), Ok(()), "level {}", n + 1);
         }
         assert_eq!(nesting.deepest(), MAX_TYPE_DEPTH);
         let last = &updates[MAX_TYPE_DEPTH as usize];
-        assert_eq!(nesting.admit(last), Err(NestingError::TooDeep));
+        assert_eq!(nesting.admit(last, true), Err(NestingError::TooDeep));
         // Refused means not recorded: the same update is refused again.
-        assert_eq!(nesting.admit(last), Err(NestingError::TooDeep));
+        assert_eq!(nesting.admit(last, true), Err(NestingError::TooDeep));
         assert_eq!(nesting.deepest(), MAX_TYPE_DEPTH);
     }
 
@@ -321,7 +346,10 @@ mod tests {
         let updates = nested_updates(1500);
         let merged = Update::merge_updates(updates.iter().map(|u| Update::decode_v1(u).unwrap()));
         let whole = yrs::updates::encoder::Encode::encode_v1(&merged);
-        assert_eq!(Nesting::default().admit(&whole), Err(NestingError::TooDeep));
+        assert_eq!(
+            Nesting::default().admit(&whole, true),
+            Err(NestingError::TooDeep)
+        );
         let mut stored = Nesting::default();
         assert_eq!(stored.record(&whole), Ok(1500));
     }
@@ -332,7 +360,7 @@ mod tests {
         let mut nesting = Nesting::default();
         // Newest first: each waits for the one before it.
         for update in updates[1..].iter().rev() {
-            assert_eq!(nesting.admit(update), Ok(()));
+            assert_eq!(nesting.admit(update, true), Ok(()));
         }
         assert_eq!(nesting.deepest(), 0, "nothing placed yet");
         // Recorded again (the log delivering what was admitted): no change.
@@ -342,13 +370,34 @@ mod tests {
             2 * (updates.len() - 1),
             "two structs each"
         );
-        assert_eq!(nesting.admit(&updates[0]), Err(NestingError::TooDeep));
+        assert_eq!(nesting.admit(&updates[0], true), Err(NestingError::TooDeep));
         // Whatever comes in the right order is placed.
         let mut ordered = Nesting::default();
         for update in &updates[..10] {
-            ordered.admit(update).unwrap();
+            ordered.admit(update, true).unwrap();
         }
         assert_eq!(ordered.deepest(), 10);
+    }
+
+    #[test]
+    fn updates_building_on_missing_content_can_be_refused() {
+        let updates = nested_updates(3);
+        let mut nesting = Nesting::default();
+        assert_eq!(
+            nesting.admit(&updates[1], false),
+            Err(NestingError::Missing)
+        );
+        assert_eq!(nesting.admit(&updates[0], false), Ok(()));
+        assert_eq!(nesting.admit(&updates[1], false), Ok(()));
+        // A deletion of something the document does not hold.
+        let delete_unknown = [0, 1, 9, 1, 0, 1];
+        assert_eq!(
+            nesting.admit(&delete_unknown, false),
+            Err(NestingError::Missing)
+        );
+        assert_eq!(nesting.admit(&delete_unknown, true), Ok(()));
+        // Deleting what it holds is fine.
+        assert_eq!(nesting.admit(&[0, 1, 1, 1, 0, 1], false), Ok(()));
     }
 
     #[test]
@@ -368,7 +417,7 @@ mod tests {
                 }
             }
             let update = writer.transact().encode_diff_v1(&before);
-            nesting.admit(&update).unwrap();
+            nesting.admit(&update, true).unwrap();
             let mut txn = reader.transact_mut();
             txn.apply_update(Update::decode_v1(&update).unwrap())
                 .unwrap();

@@ -99,13 +99,24 @@ pub struct Struct {
     pub is_type: bool,
 }
 
+/// What [`walk_update`] hands out, in update order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Struct(Struct),
+    /// A range of its delete set.
+    Deleted {
+        id: Id,
+        len: u64,
+    },
+}
+
 /// Walks `bytes` as yjs would read them; see the module docs.
 pub fn scan_update(bytes: &[u8]) -> Result<Shape, ScanError> {
     walk_update(bytes, |_| {})
 }
 
-/// [`scan_update`], handing every struct to `on_struct` in update order.
-pub fn walk_update(bytes: &[u8], mut on_struct: impl FnMut(Struct)) -> Result<Shape, ScanError> {
+/// [`scan_update`], handing every struct and deleted range to `on_part`.
+pub fn walk_update(bytes: &[u8], mut on_part: impl FnMut(Part)) -> Result<Shape, ScanError> {
     let mut r = Reader { bytes, pos: 0 };
     let mut shape = Shape::default();
     let clients = r.count()?;
@@ -122,17 +133,21 @@ pub fn walk_update(bytes: &[u8], mut on_struct: impl FnMut(Struct)) -> Result<Sh
                 .checked_add(item.len)
                 .filter(|c| *c <= u64::from(u32::MAX))
                 .ok_or(ScanError::IntegerOutOfRange)?;
-            on_struct(item);
+            on_part(Part::Struct(item));
         }
     }
     let clients = r.count()?;
     for _ in 0..clients {
-        r.uint()?; // client
+        let client = r.uint()?;
         let ranges = r.count()?;
         for _ in 0..ranges {
-            r.uint()?; // clock
-            r.len()?; // yjs cannot re-encode an empty range: it throws
+            let clock = r.uint()?;
+            let len = r.len()?; // yjs cannot re-encode an empty range: it throws
             shape.deletes += 1;
+            on_part(Part::Deleted {
+                id: Id { client, clock },
+                len,
+            });
         }
     }
     Ok(shape)

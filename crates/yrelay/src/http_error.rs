@@ -43,6 +43,7 @@ impl From<HubError> for ApiError {
             HubError::BadUpdate(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
             }
+            HubError::Deleted => ApiError::new(StatusCode::GONE, "DOC_DELETED", e.to_string()),
             HubError::Unexportable(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "DOC_TOO_DEEP",

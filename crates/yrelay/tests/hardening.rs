@@ -384,3 +384,62 @@ async fn a_full_disk_never_loses_an_acknowledged_update() {
         acked.len()
     );
 }
+
+/// After a `DELETE`, a client still writing from its old state builds on
+/// content the document no longer holds: refused as deleted (410, 4410),
+/// also after a restart; a fresh client may create the document anew.
+#[tokio::test]
+async fn updates_building_on_a_deleted_document_are_refused() {
+    use common::sse::post;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]).await;
+    let old = Doc::with_client_id(7);
+    let text = old.get_or_insert_text("text");
+    let edit = |content: &str| {
+        let before = old.transact().state_vector();
+        let len = text.len(&old.transact());
+        text.insert(&mut old.transact_mut(), len, content);
+        old.transact().encode_diff_v1(&before)
+    };
+    let (status, body) = post(server.addr, "/v1/docs/s/gone/updates", &edit("hello")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = common::http_request(server.addr, "DELETE", "/v1/docs/s/gone", &[]).await;
+    assert_eq!(status, 204);
+
+    let stale = edit(" again");
+    let (status, body) = post(server.addr, "/v1/docs/s/gone/updates", &stale).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"]["code"], "DOC_DELETED", "{body}");
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("s/gone"))
+        .await
+        .unwrap();
+    socket
+        .send(Message::Binary(sync::encode_update(&stale).into()))
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if let Message::Close(frame) = frame {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4410, "{close:?}");
+
+    // A fresh client creates the document anew; the stale one stays refused.
+    let (status, body) = post(
+        server.addr,
+        "/v1/docs/s/gone/updates",
+        &text_update(8, "new"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    server.restart().await;
+    let (status, body) = post(server.addr, "/v1/docs/s/gone/updates", &stale).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(served_text(&server, "s/gone").await, "new");
+}

@@ -112,6 +112,9 @@ pub(super) struct DocState {
     pub announced: Option<Instant>,
     /// How deep the replica's types nest (updates nesting deeper are refused).
     pub nesting: Nesting,
+    /// The document was deleted once: updates that build on what it held
+    /// then are refused (they could never show up).
+    pub deleted: bool,
 }
 
 pub struct LiveDoc {
@@ -145,6 +148,7 @@ impl LiveDoc {
                 blocked: false,
                 announced: None,
                 nesting: Nesting::default(),
+                deleted: false,
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -354,6 +358,7 @@ impl DocState {
 struct History {
     stored: Vec<Vec<u8>>,
     blocked: bool,
+    deleted: bool,
     cursor: Option<LogCursor>,
     tail: Vec<LogEntry>,
 }
@@ -366,6 +371,7 @@ impl History {
     ) -> Result<Self, HubError> {
         // The compactor may move entries into the store and trim them from
         // the log between our two reads: then read the store again.
+        let deleted = store.deleted_at(addr).await?.is_some();
         for _ in 0..5 {
             let stored = store.load(addr).await?;
             let cursor = stored.as_ref().and_then(|s| s.log_cursor);
@@ -382,6 +388,7 @@ impl History {
                 return Ok(Self {
                     stored,
                     blocked,
+                    deleted,
                     cursor,
                     tail,
                 });
@@ -401,6 +408,7 @@ impl History {
             state.cursor = self.cursor;
         }
         state.blocked = self.blocked;
+        state.deleted = self.deleted;
         for entry in &self.tail {
             state.apply(addr, entry);
         }

@@ -143,7 +143,7 @@ impl DocHub {
     /// disconnected on every instance. `false` when it did not exist.
     pub async fn delete(&self, addr: &DocAddress) -> Result<bool, HubError> {
         let held = !self.live(addr).await?.is_empty();
-        let stored = self.inner.store.delete(addr).await?;
+        let stored = self.inner.store.delete(addr, now_ms()).await?;
         self.inner.log.delete(addr).await?;
         self.notify(addr, DocNotice::Deleted).await?;
         if held || stored {

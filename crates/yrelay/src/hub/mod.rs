@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use yrelay_protocol::DocAddress;
+use yrelay_protocol::nesting::NestingError;
 use yrelay_protocol::update::CheckedUpdate;
 use yrs::updates::encoder::Encode;
 
@@ -81,6 +82,9 @@ pub enum HubError {
     ShuttingDown,
     #[error("the document is blocked: it accepts no updates")]
     Blocked,
+    /// The update builds on what a deleted document held.
+    #[error("the document was deleted: this update builds on what it held")]
+    Deleted,
     /// The update is well formed but would harm the document (nested too
     /// deep); refused like an undecodable one.
     #[error("update refused: {0}")]
@@ -218,9 +222,17 @@ impl DocHub {
             }
             // Recorded now, not when the log delivers it: an update that
             // builds on this one may come before that.
-            if let Err(e) = state.nesting.admit(update.bytes()) {
-                metrics::rejected("too_deep");
-                return Err(HubError::BadUpdate(e.to_string()));
+            let may_wait = !state.deleted;
+            match state.nesting.admit(update.bytes(), may_wait) {
+                Ok(()) => {}
+                Err(NestingError::Missing) => {
+                    metrics::rejected("deleted");
+                    return Err(HubError::Deleted);
+                }
+                Err(e) => {
+                    metrics::rejected("too_deep");
+                    return Err(HubError::BadUpdate(e.to_string()));
+                }
             }
         }
         let announce = doc.space_event_due();

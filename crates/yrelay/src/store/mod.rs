@@ -167,8 +167,12 @@ pub trait Store: Send + Sync + 'static {
         blocked: Option<bool>,
     ) -> Result<Option<DocMeta>, StoreError>;
 
-    /// Removes a document and its history. `false` if it did not exist.
-    async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError>;
+    /// Removes a document and its history, leaving a tombstone dated
+    /// `timestamp_ms`. `false` if it did not exist.
+    async fn delete(&self, addr: &DocAddress, timestamp_ms: i64) -> Result<bool, StoreError>;
+
+    /// When the document was last deleted, if ever.
+    async fn deleted_at(&self, addr: &DocAddress) -> Result<Option<i64>, StoreError>;
 
     /// Checks that the store is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

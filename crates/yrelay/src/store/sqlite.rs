@@ -332,7 +332,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)
     }
 
-    async fn delete(&self, addr: &DocAddress) -> Result<bool, StoreError> {
+    async fn delete(&self, addr: &DocAddress, timestamp_ms: i64) -> Result<bool, StoreError> {
         transaction(&self.pool, async |conn| {
             let mut tx = conn.begin().await.map_err(unavailable)?;
             for table in ["doc_updates", "doc_snapshots"] {
@@ -351,10 +351,29 @@ impl Store for SqliteStore {
                 .await
                 .map_err(unavailable)?
                 .rows_affected();
+            sqlx::query(
+                "INSERT INTO doc_tombstones (space, doc, deleted_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (space, doc) DO UPDATE SET deleted_at = excluded.deleted_at",
+            )
+            .bind(addr.space())
+            .bind(addr.doc())
+            .bind(timestamp_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
             Ok(deleted > 0)
         })
         .await
+    }
+
+    async fn deleted_at(&self, addr: &DocAddress) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT deleted_at FROM doc_tombstones WHERE space = ?1 AND doc = ?2")
+            .bind(addr.space())
+            .bind(addr.doc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -600,6 +600,12 @@ impl Gateway {
                 json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
             )),
             Err(HubError::BadUpdate(reason)) => Err(bad_request(reason)),
+            Err(HubError::Deleted) => Err(error(
+                410,
+                "DOC_DELETED",
+                format!("document {} was deleted", push.doc_id),
+                json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
+            )),
             Err(e) => Err(error(
                 500,
                 "FAILED_TO_SAVE_UPDATES",

@@ -82,6 +82,7 @@ impl From<HubError> for Close {
         match e {
             HubError::ShuttingDown => Close::GoingAway,
             HubError::BadUpdate(reason) => Close::Invalid(reason),
+            HubError::Deleted => Close::Deleted,
             e => Close::TryAgain(e.to_string()),
         }
     }
