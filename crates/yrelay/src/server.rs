@@ -95,7 +95,7 @@ pub struct Server {
 impl Server {
     /// Opens the store (migrating it), the log, and binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
-        let store = store::open(&config.store).await?;
+        let store = store::open_or_wait(&config.store).await?;
         let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas).await?;
         let hub = DocHub::new(
             store,
@@ -245,7 +245,7 @@ pub async fn run_worker(
     config: ServerConfig,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store = store::open(&config.store).await?;
+    let store = store::open_or_wait(&config.store).await?;
     let log = log::open(&config.log, LOCAL_LOG_RETAIN, 0).await?;
     tracing::info!(
         "yrelay worker compacting (store: {}, log: {})",

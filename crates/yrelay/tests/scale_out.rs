@@ -12,6 +12,20 @@ use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact};
 
 const DOC: &str = "team/shared";
 
+/// The document as the store alone holds it (normal form).
+async fn stored_state(pg: &PostgresServer, doc: &str) -> Option<Vec<u8>> {
+    let store = yrelay::store::open(&pg.url()).await.ok()?;
+    let stored = store
+        .load(&DocAddress::parse_path(doc).unwrap())
+        .await
+        .ok()??;
+    let parts = stored
+        .snapshot
+        .iter()
+        .chain(stored.updates.iter().map(|(_, u)| u));
+    merge_updates(parts.map(Vec::as_slice)).ok()
+}
+
 /// Instances on one log and one store (`R`: a Redis server or cluster).
 struct Cluster<R = RedisServer> {
     redis: R,
@@ -62,16 +76,7 @@ impl<R> Cluster<R> {
     }
 
     async fn stored_state_of(&self, doc: &str) -> Option<Vec<u8>> {
-        let store = yrelay::store::open(&self.pg.url()).await.ok()?;
-        let stored = store
-            .load(&DocAddress::parse_path(doc).unwrap())
-            .await
-            .ok()??;
-        let parts = stored
-            .snapshot
-            .iter()
-            .chain(stored.updates.iter().map(|(_, u)| u));
-        merge_updates(parts.map(Vec::as_slice)).ok()
+        stored_state(&self.pg, doc).await
     }
 
     /// Waits until the store alone holds exactly `expected`.
@@ -227,6 +232,50 @@ async fn postgres_outage_does_not_stop_editing_and_the_backlog_drains() {
 
     cluster.pg.start_again().await;
     cluster.store_catches_up(&during).await;
+}
+
+/// An instance started while PostgreSQL is down (an autoscaler adding
+/// capacity during an outage, or a restart) starts, says it is not ready,
+/// and serves once PostgreSQL is back, without a restart.
+#[tokio::test]
+async fn an_instance_starts_while_postgres_is_down_and_serves_once_it_returns() {
+    let redis = RedisServer::start().await;
+    let mut pg = PostgresServer::start().await;
+    pg.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, log) = (pg.url(), redis.url());
+    let args = [
+        "--store",
+        &store,
+        "--log",
+        &log,
+        "--compact-idle-secs",
+        "0.2",
+    ];
+    let server = TestServer::start(dir.path(), &args).await;
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("STORE_UNAVAILABLE"), "{body}");
+
+    pg.start_again().await;
+    tokio::time::timeout(WAIT, async {
+        while server.get("/readyz").await.0 != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("ready once PostgreSQL is back");
+    let a = connect(&server, Doc::new()).await;
+    let mut seed = 5;
+    edit(&a, &mut seed, 10);
+    let state = converge(&[&a]).await;
+    tokio::time::timeout(WAIT, async {
+        while stored_state(&pg, DOC).await.as_ref() != Some(&state) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the store holds the edits");
 }
 
 #[tokio::test]

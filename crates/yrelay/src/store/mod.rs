@@ -198,6 +198,15 @@ pub(crate) async fn transaction<DB: sqlx::Database, T>(
     outcome
 }
 
+/// [`open`] for a server or worker: a PostgreSQL store that is
+/// unreachable does not stop the start (see [`PostgresStore::open_or_wait`]).
+pub async fn open_or_wait(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::open_or_wait(url).await?));
+    }
+    open(url).await
+}
+
 /// Opens the store named by a URL (`sqlite://PATH` or `postgres://...`).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {

@@ -1,10 +1,12 @@
 //! The PostgreSQL store of scaled-out deployments (same schema as SQLite).
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgPool, Row};
 use yrelay_protocol::DocAddress;
 
@@ -13,6 +15,9 @@ use crate::log::LogCursor;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Set once the schema is migrated (at once, or in the background when
+    /// PostgreSQL was unreachable at start).
+    migrated: Arc<AtomicBool>,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -33,20 +38,62 @@ fn meta_from_row(row: &PgRow) -> Result<DocMeta, sqlx::Error> {
 const META_COLUMNS: &str = "doc, title, blocked, created_at, updated_at, size";
 
 impl PostgresStore {
-    /// Connects to `url` and migrates the schema.
+    /// Connects to `url` and migrates the schema, or fails.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::lazy(url)?;
+        migrate(&store.pool).await?;
+        store.migrated.store(true, Ordering::Release);
+        Ok(store)
+    }
+
+    /// Like [`PostgresStore::open`], but an unreachable server does not stop
+    /// the start (DESIGN invariant 5): the schema is migrated in the
+    /// background once it answers, and until then every call fails as
+    /// unavailable (and `/readyz` says so).
+    pub async fn open_or_wait(url: &str) -> Result<Self, StoreError> {
+        let store = Self::lazy(url)?;
+        match migrate(&store.pool).await {
+            Ok(()) => store.migrated.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL is unreachable: starting without it; the schema is migrated once it answers");
+                let (pool, migrated) = (store.pool.clone(), store.migrated.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(MIGRATE_RETRY).await;
+                        if migrate(&pool).await.is_ok() {
+                            migrated.store(true, Ordering::Release);
+                            tracing::info!("PostgreSQL answers: schema migrated");
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// A pool that connects on first use (a bad URL still fails here).
+    fn lazy(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(unavailable)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(unavailable)?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            migrated: Arc::new(AtomicBool::new(false)),
+        })
     }
+}
+
+/// How often a start without PostgreSQL tries the migration again.
+const MIGRATE_RETRY: Duration = Duration::from_secs(1);
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("./migrations/postgres")
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
 }
 
 #[async_trait]
@@ -367,6 +414,11 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if !self.migrated.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "PostgreSQL was unreachable at start: the schema is not migrated yet".into(),
+            ));
+        }
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
