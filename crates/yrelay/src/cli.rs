@@ -10,7 +10,8 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::json::json_to_update_with_progress;
 use yrs::StateVector;
 
-use crate::config::{DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
+use crate::compactor::measure_backlog;
+use crate::config::{BacklogArgs, DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
 use crate::hub::{DocHub, Durability, HubConfig};
 use crate::{log, store};
 
@@ -18,6 +19,27 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn address(path: &str) -> Result<DocAddress, Box<dyn std::error::Error>> {
     DocAddress::parse_path(path).map_err(|e| format!("{path:?}: {e}").into())
+}
+
+/// `yrelay backlog`: prints `{"docs", "updates"}` the log holds beyond the
+/// store, and fails while there are any (so a script can wait for 0 before
+/// it retires or flushes the log).
+pub async fn backlog(args: BacklogArgs) -> CliResult {
+    let store = store::open(args.store.as_deref().unwrap_or(DEFAULT_STORE)).await?;
+    let log = log::open(args.log.as_deref().unwrap_or("local"), 1, 0).await?;
+    let backlog = measure_backlog(&*store, &*log).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "docs": backlog.docs, "updates": backlog.updates })
+    );
+    if backlog.updates > 0 {
+        return Err(format!(
+            "{} updates of {} documents are in the log but not yet in the store",
+            backlog.updates, backlog.docs
+        )
+        .into());
+    }
+    Ok(())
 }
 
 pub async fn run(args: DocArgs) -> CliResult {

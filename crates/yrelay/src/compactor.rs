@@ -61,7 +61,12 @@ impl Compactor {
     }
 
     /// Runs until `shutdown` changes.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_shared(shutdown).await
+    }
+
+    /// [`Compactor::run`] without giving the compactor up (to drain after).
+    pub async fn run_shared(&self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.poll);
         loop {
             tokio::select! {
@@ -75,24 +80,58 @@ impl Compactor {
         }
     }
 
-    /// One pass: drain the log's backlog into the store, then compact.
-    pub async fn round(&self) -> Result<(), CompactError> {
-        let mut owed = 0;
-        let mut outcome = Ok(());
-        for addr in self.log.backlog(64).await? {
-            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
-                outcome = self.persist(&addr, &mut owed).await;
-                self.log.release_lease(&addr, &self.holder).await?;
-                if outcome.is_err() {
-                    break;
+    /// Moves what it can of the log's backlog to the store, for at most
+    /// `limit` (a graceful stop), and says what is left.
+    pub async fn drain(&self, limit: Duration) {
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                match self.persist_backlog().await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e),
                 }
             }
+        })
+        .await;
+        if let Ok(Err(e)) = &drained {
+            tracing::warn!(error = %e, "moving the log's backlog to the store failed");
         }
-        // What the log held beyond the store when we looked (while the store
-        // is down this is what waits for it).
-        metrics::store_backlog(owed as f64);
-        outcome?;
+        match measure_backlog(&*self.store, &*self.log).await {
+            Ok(left) if left.updates == 0 => {
+                tracing::info!("at stop the store holds everything the log held")
+            }
+            Ok(left) => tracing::warn!(
+                updates = left.updates,
+                docs = left.docs,
+                "at stop the log holds updates the store does not have yet (a compactor moves them once one runs)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "at stop the backlog could not be measured"),
+        }
+    }
+
+    /// One pass: drain the log's backlog into the store, then compact.
+    pub async fn round(&self) -> Result<(), CompactError> {
+        self.persist_backlog().await?;
         let idle_before = now_ms() - self.config.idle.as_millis() as i64;
+        self.compact_candidates(idle_before).await
+    }
+
+    /// Persists the documents of the backlog whose lease it gets; returns
+    /// how many it worked on.
+    async fn persist_backlog(&self) -> Result<usize, CompactError> {
+        let mut worked = 0;
+        for addr in self.log.backlog(64).await? {
+            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
+                let outcome = self.persist(&addr).await;
+                self.log.release_lease(&addr, &self.holder).await?;
+                outcome?;
+                worked += 1;
+            }
+        }
+        Ok(worked)
+    }
+
+    async fn compact_candidates(&self, idle_before: i64) -> Result<(), CompactError> {
         for addr in self
             .store
             .compaction_candidates(self.config.min_updates, idle_before, 32)
@@ -108,28 +147,10 @@ impl Compactor {
     }
 
     /// Appends to the store what the log holds beyond the store's cursor,
-    /// then trims the log up to it. Adds what it found owed to `owed`.
-    async fn persist(&self, addr: &DocAddress, owed: &mut usize) -> Result<(), CompactError> {
-        let cursor = match self.store.log_cursor(addr).await {
-            Ok(cursor) => cursor,
-            Err(e) => {
-                // The store is down: all the log holds is owed.
-                *owed += self
-                    .log
-                    .read(addr, None)
-                    .await?
-                    .map_or(0, |held| held.len());
-                return Err(e.into());
-            }
-        };
-        let entries = match self.log.read(addr, cursor).await? {
-            Some(entries) => entries,
-            None => {
-                let held = self.log.read(addr, None).await?.unwrap_or_default();
-                held.into_iter().filter(|e| e.cursor > cursor).collect()
-            }
-        };
-        *owed += entries.len();
+    /// then trims the log up to it.
+    async fn persist(&self, addr: &DocAddress) -> Result<(), CompactError> {
+        let cursor = self.store.log_cursor(addr).await?;
+        let entries = held_after(&*self.log, addr, cursor).await?;
         for chunk in entries.chunks(PERSIST_BATCH) {
             let batch: Vec<NewUpdate> = chunk
                 .iter()
@@ -157,6 +178,71 @@ impl Compactor {
         }
         Ok(())
     }
+}
+
+/// What the log holds beyond the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub docs: usize,
+    pub updates: usize,
+}
+
+/// Documents listed in the backlog, at most (the gauge and `yrelay backlog`).
+const BACKLOG_SCAN: usize = 100_000;
+
+/// Counts what the log holds beyond the store, for every document (all it
+/// holds of a document when the store cannot say: an outage is counted in
+/// full, never as drained).
+pub async fn measure_backlog(store: &dyn Store, log: &dyn Log) -> Result<Backlog, CompactError> {
+    let mut backlog = Backlog::default();
+    for addr in log.backlog(BACKLOG_SCAN).await? {
+        let owed = match store.log_cursor(&addr).await {
+            Ok(cursor) => held_after(log, &addr, cursor).await?.len(),
+            Err(_) => log.read(&addr, None).await?.map_or(0, |held| held.len()),
+        };
+        if owed > 0 {
+            backlog.docs += 1;
+            backlog.updates += owed;
+        }
+    }
+    Ok(backlog)
+}
+
+/// Keeps `yrelay_store_backlog_updates` current on this instance (whether
+/// it compacts or not), every `every`, until `shutdown` changes.
+pub async fn watch_backlog(
+    store: Arc<dyn Store>,
+    log: Arc<dyn Log>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match measure_backlog(&*store, &*log).await {
+            Ok(backlog) => metrics::store_backlog(backlog.updates as f64),
+            Err(e) => tracing::debug!(error = %e, "backlog not measured"),
+        }
+    }
+}
+
+/// The update entries the log holds of `addr` after `cursor` (trimmed past
+/// it or not).
+async fn held_after(
+    log: &dyn Log,
+    addr: &DocAddress,
+    cursor: Option<LogCursor>,
+) -> Result<Vec<crate::log::LogEntry>, crate::log::LogError> {
+    Ok(match log.read(addr, cursor).await? {
+        Some(entries) => entries,
+        None => {
+            let held = log.read(addr, None).await?.unwrap_or_default();
+            held.into_iter().filter(|e| e.cursor > cursor).collect()
+        }
+    })
 }
 
 /// Compacts one document: everything appended so far goes into the snapshot.

@@ -39,6 +39,18 @@ pub enum Command {
     Token(TokenArgs),
     /// Manage documents in a store (the REST API's operations, without a server).
     Doc(DocArgs),
+    /// How many updates the log holds that the store does not have yet (exits 1 while any).
+    Backlog(BacklogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BacklogArgs {
+    /// Store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "YRELAY_STORE")]
+    pub store: Option<String>,
+    /// The shared log (redis://...).
+    #[arg(long, env = "YRELAY_LOG")]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,7 @@ async fn run() -> ExitCode {
             })
         }
         Command::Doc(args) => yrelay::cli::run(args).await,
+        Command::Backlog(args) => yrelay::cli::backlog(args).await,
         Command::Migrate(args) => {
             async {
                 let url = args.store.unwrap_or_else(|| DEFAULT_STORE.into());

@@ -18,7 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 use crate::auth::{Auth, KeyError};
-use crate::compactor::{Compactor, CompactorConfig};
+use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
 use crate::config::{JwtKey, ServerConfig};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocHub, HubConfig};
@@ -191,11 +191,17 @@ impl Server {
                 tracing::info!("auth: tokens signed by the key in {}", path.display())
             }
         }
+        let store = hub.store().clone();
         if config.compactor {
-            let compactor =
-                Compactor::new(hub.store().clone(), log.clone(), compactor_config(&config));
+            let compactor = Compactor::new(store.clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
+        tokio::spawn(watch_backlog(
+            store.clone(),
+            log.clone(),
+            BACKLOG_EVERY,
+            app.shutdown.clone(),
+        ));
         let mut router = router(app, &config.cors_origins);
         if let Some(dir) = &config.static_dir {
             tracing::info!("serving {} at /app/", dir.display());
@@ -207,6 +213,9 @@ impl Server {
             let _ = shutdown.send(true);
             hub.close_all(CloseReason::ShuttingDown);
         };
+        let compactor = config
+            .compactor
+            .then(|| Compactor::new(store, log.clone(), compactor_config(&config)));
         if let Some((cert, key)) = &config.tls {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
@@ -224,10 +233,18 @@ impl Server {
                 .await
                 .map_err(ServerError::Serve)?;
         }
+        if let Some(compactor) = compactor {
+            compactor.drain(STOP_DRAIN).await;
+        }
         tracing::info!("yrelay stopped");
         Ok(())
     }
 }
+
+/// How often every instance measures the log's backlog (the gauge).
+const BACKLOG_EVERY: Duration = Duration::from_secs(2);
+/// How long a graceful stop spends moving the backlog to the store.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the compactor looks for work: at most every second, more often
 /// when documents are to be compacted sooner.
@@ -253,11 +270,21 @@ pub async fn run_worker(
         log.name()
     );
     let (stop, stopped) = watch::channel(false);
-    let compactor =
-        tokio::spawn(Compactor::new(store, log, compactor_config(&config)).run(stopped));
+    tokio::spawn(watch_backlog(
+        store.clone(),
+        log.clone(),
+        BACKLOG_EVERY,
+        stopped.clone(),
+    ));
+    let compactor = Arc::new(Compactor::new(store, log, compactor_config(&config)));
+    let running = tokio::spawn({
+        let compactor = compactor.clone();
+        async move { compactor.run_shared(stopped).await }
+    });
     signal.await;
     let _ = stop.send(true);
-    let _ = compactor.await;
+    let _ = running.await;
+    compactor.drain(STOP_DRAIN).await;
     tracing::info!("yrelay worker stopped");
     Ok(())
 }
