@@ -53,6 +53,9 @@ step "Rust tests"
 cargo build --workspace --locked
 cargo test --workspace --locked
 
+step "chaos: 60 s of killed instances, Redis restarts, PostgreSQL stops and a full disk under writers on every transport; nothing acknowledged may be lost"
+target/debug/yrelay-bench chaos --seconds 60 --yrelay target/debug/yrelay
+
 step "a live server for the load generator smoke run and the OpenAPI check"
 smoke_dir=$(mktemp -d)
 target/debug/yrelay serve --listen 127.0.0.1:0 --store "sqlite://$smoke_dir/yrelay.db" 2>"$smoke_dir/server.log" &

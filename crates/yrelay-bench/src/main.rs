@@ -14,6 +14,7 @@
 //! floor (a bare frame-forwarding relay) to compare against.
 
 mod acks;
+mod chaos;
 mod join;
 mod relay;
 mod sio;
@@ -58,6 +59,10 @@ enum Scenario {
     /// Connect-to-synced time of new clients on a document with many stored
     /// updates (cold with --settle and a short --idle-unload-secs).
     Join(join::JoinArgs),
+    /// Faults at random (killed instances, Redis restarts, PostgreSQL
+    /// stopped, a full disk) under writers on every transport; checks that
+    /// nothing acknowledged is lost.
+    Chaos(chaos::ChaosArgs),
     /// C idle connections over D documents: the server's RSS and idle CPU
     /// (read from /proc of --server-pid).
     Idle(IdleArgs),
@@ -181,6 +186,7 @@ async fn main() {
         Scenario::Idle(args) => idle(args).await,
         Scenario::Acks(args) => acks::run(args).await,
         Scenario::Join(args) => join::run(args).await,
+        Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Readers(args) => readers_process(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
     };
