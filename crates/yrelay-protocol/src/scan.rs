@@ -528,6 +528,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Deep and wide values: refused exactly past the bound, whatever
+        /// the shape, and never by overflowing the stack.
+        #[test]
+        fn deep_and_wide_values_are_bounded(
+            depth in 0usize..600,
+            width in 0usize..64,
+            as_object in proptest::prelude::any::<bool>(),
+        ) {
+            let mut content = vec![1];
+            for _ in 0..depth {
+                if as_object {
+                    content.extend_from_slice(&[118, 1, 1, b'k']);
+                } else {
+                    content.extend_from_slice(&[117, 1]);
+                }
+            }
+            content.push(117);
+            content.push(width as u8);
+            content.extend(std::iter::repeat_n(125u8, width).flat_map(|t| [t, 1]));
+            let update = item_update(8, &content);
+            let scanned = scan_update(&update);
+            if depth + 1 > MAX_VALUE_DEPTH {
+                proptest::prop_assert_eq!(scanned, Err(ScanError::TooDeep));
+            } else {
+                proptest::prop_assert_eq!(scanned.map(|s| s.structs), Ok(1));
+                proptest::prop_assert!(check_update(update).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn counts_larger_than_the_update_are_refused() {
         // 2^32 clients announced in a 7-byte update.
