@@ -220,6 +220,9 @@ pub struct ServeArgs {
     /// Updates per second one WebSocket connection may send (bursts of twice that); past it: 1008.
     #[arg(long, env = "YRELAY_MAX_UPDATES_PER_SEC")]
     pub max_updates_per_sec: Option<u32>,
+    /// Seconds a write to a client may make no progress before its connection is closed.
+    #[arg(long, env = "YRELAY_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<f64>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -246,6 +249,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
     max_updates_per_sec: Option<u32>,
+    write_timeout_secs: Option<f64>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -272,6 +276,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub max_updates_per_sec: u32,
+    /// How long a write to a client may make no progress.
+    pub write_timeout: Duration,
 }
 
 /// How tokens are verified.
@@ -396,14 +402,21 @@ impl ServeArgs {
                 .max_updates_per_sec
                 .or(file.max_updates_per_sec)
                 .unwrap_or(DEFAULT_MAX_UPDATES_PER_SEC),
+            write_timeout: seconds(
+                "write_timeout_secs",
+                self.write_timeout_secs
+                    .or(file.write_timeout_secs)
+                    .unwrap_or(20.0),
+            )?,
         };
         if config.queue_bound == 0
             || config.max_message_size == 0
             || config.max_connections == 0
             || config.max_updates_per_sec == 0
+            || config.write_timeout.is_zero()
         {
             return Err(ConfigError::Invalid(
-                "queue_bound, max_message_size, max_connections and max_updates_per_sec must be positive".into(),
+                "queue_bound, max_message_size, max_connections, max_updates_per_sec and write_timeout_secs must be positive".into(),
             ));
         }
         Ok(config)

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod compactor;
 pub mod config;
+pub mod deadline;
 pub mod edge;
 pub mod http_error;
 pub mod hub;

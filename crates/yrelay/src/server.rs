@@ -20,6 +20,7 @@ use tower_http::services::ServeDir;
 use crate::auth::{Auth, KeyError};
 use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
 use crate::config::{JwtKey, ServerConfig};
+use crate::deadline::DeadlineListener;
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocHub, HubConfig};
 use crate::log::{self, LogError};
@@ -219,6 +220,7 @@ impl Server {
         if let Some((cert, key)) = &config.tls {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
+            let listener = DeadlineListener::new(listener, config.write_timeout);
             axum::serve(listener, router)
                 .with_graceful_shutdown(stopping)
                 .await
@@ -228,6 +230,7 @@ impl Server {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
+            let listener = DeadlineListener::new(listener, config.write_timeout);
             axum::serve(listener, router)
                 .with_graceful_shutdown(stopping)
                 .await

@@ -1,0 +1,86 @@
+//! Every resource bounded per connection and per document (issue 13): what
+//! a hostile or broken client holds is released, counted by the server's own
+//! gauges, never by timing.
+
+mod common;
+
+use common::{TestServer, connect};
+use tokio::io::AsyncWriteExt;
+use yrs::Text;
+
+/// A TCP connection with a tiny receive window that sends `request` and
+/// then never reads.
+async fn non_reader(server: &TestServer, request: String) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+fn ws_upgrade(server: &TestServer, doc: &str) -> String {
+    format!(
+        "GET /v1/ws/{doc} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+}
+
+fn sse_request(server: &TestServer, doc: &str) -> String {
+    format!(
+        "GET /v1/docs/{doc}/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        server.addr
+    )
+}
+
+/// Readers that stop reading (WebSocket and event stream) are closed once
+/// a write to them makes no progress for the write timeout, and everything
+/// they held is released: rounds of them leave no connection and, once the
+/// writer leaves too, no document loaded. (They used to stay connected for
+/// good, each holding a replica of the document.)
+#[tokio::test]
+async fn readers_that_stop_reading_are_closed_and_release_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--write-timeout-secs",
+        "1",
+        "--queue-bound",
+        "8",
+        "--idle-unload-secs",
+        "0.2",
+    ];
+    let server = TestServer::start(dir.path(), &args).await;
+    // More than the kernel buffers of both ends hold (up to 4 MiB each),
+    // so writes to the non-readers block.
+    let chunk = "x".repeat(128 * 1024);
+    for round in 0..3 {
+        let doc = format!("s/stuck-{round}");
+        let writer = connect(&server, &doc).await;
+        let ws = non_reader(&server, ws_upgrade(&server, &doc)).await;
+        let sse = non_reader(&server, sse_request(&server, &doc)).await;
+        server
+            .wait_for_metric("yrelay_connections{transport=\"sse\"}", |v| v == 1.0)
+            .await;
+        server
+            .wait_for_metric("yrelay_connections{transport=\"websocket\"}", |v| v == 2.0)
+            .await;
+        let text = writer.doc().get_or_insert_text("text");
+        for _ in 0..96 {
+            writer.edit(|txn| text.push(txn, &chunk));
+        }
+        // Both non-readers are gone; the writer stays.
+        server
+            .wait_for_metric("yrelay_connections{transport=\"websocket\"}", |v| v == 1.0)
+            .await;
+        server
+            .wait_for_metric("yrelay_connections{transport=\"sse\"}", |v| v == 0.0)
+            .await;
+        writer.close().await;
+        server
+            .wait_for_metric("yrelay_connections{transport=\"websocket\"}", |v| v == 0.0)
+            .await;
+        server
+            .wait_for_metric("yrelay_docs_loaded", |v| v == 0.0)
+            .await;
+        drop((ws, sse));
+    }
+}
