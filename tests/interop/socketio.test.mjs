@@ -223,9 +223,9 @@ test('bad input gets BAD_REQUEST and leaves the socket usable', async (t) => {
   const stamps = await call(s, 'space:load-doc-timestamps', { ...ws })
   assert.deepEqual(stamps.data, {})
   const big = new Y.Doc()
-  big.getText('t').insert(0, 'x'.repeat(3 * 1024 * 1024))
+  big.getText('t').insert(0, 'x'.repeat(1000 * 1024))
   const accepted = await call(s, 'space:push-doc-update', { ...ws, docId: 'big', update: b64(Y.encodeStateAsUpdate(big)) })
-  assert.equal(accepted.data.accepted, true, 'AFFiNE pushes large documents: payloads past the WebSocket limit are accepted')
+  assert.equal(accepted.data.accepted, true, 'updates up to --max-message-size are accepted')
 })
 
 test('a Socket.IO client and a y-websocket client edit one document and converge', async (t) => {
@@ -401,4 +401,44 @@ test('limits and outages: past the update rate TOO_MANY_REQUESTS, log down FAILE
   const failed = await fresh.timeout(60000).emitWithAck('space:push-doc-update', { ...ws, docId: 'down', update: b64(update((d) => d.getMap('m').set('x', 1))) })
   assert.equal(failed.error?.name, 'FAILED_TO_SAVE_UPDATES', JSON.stringify(failed))
   assert.equal(failed.error.status, 500)
+})
+
+test('one size limit on both engines, and sockets count against --max-connections', async (t) => {
+  const limit = 1 << 20
+  const server = await new YrelayProcess(['--max-message-size', String(limit), '--max-connections', '3']).start()
+  t.after(() => server.dispose())
+  const text = (n) => {
+    const doc = new Y.Doc()
+    doc.getText('t').insert(0, 'x'.repeat(n))
+    return b64(Y.encodeStateAsUpdate(doc))
+  }
+  for (const transports of [['websocket'], ['polling']]) {
+    const socket = await connect(server, { transports })
+    t.after(() => socket.disconnect())
+    const space = { ...ws, spaceId: `size-${transports[0]}` }
+    await call(socket, 'space:join', { ...space, clientVersion: '0.26.0' })
+    // Just over the limit: a clear error, nothing stored.
+    const over = await call(socket, 'space:push-doc-update', { ...space, docId: 'big', update: text(limit + 10000) })
+    assert.equal(over.error?.name, 'BODY_TOO_LARGE', JSON.stringify(over).slice(0, 200))
+    const missing = await call(socket, 'space:load-doc', { ...space, docId: 'big' })
+    assert.equal(missing.error?.name, 'DOC_NOT_FOUND')
+    // Just under it: accepted on both engines.
+    const under = await call(socket, 'space:push-doc-update', { ...space, docId: 'fits', update: text(limit - 1000) })
+    assert.equal(under.data?.accepted, true, JSON.stringify(under).slice(0, 200))
+    socket.disconnect()
+  }
+  // Far over it (5 MB): refused by the engine itself, never stored.
+  const socket = await connect(server, { transports: ['polling'] })
+  const space = { ...ws, spaceId: 'size-huge' }
+  await call(socket, 'space:join', { ...space, clientVersion: '0.26.0' })
+  await call(socket, 'space:push-doc-update', { ...space, docId: 'huge', update: text(5 * limit) }).catch(() => {})
+  socket.disconnect()
+  const check = await connect(server)
+  await call(check, 'space:join', { ...space, clientVersion: '0.26.0' })
+  assert.equal((await call(check, 'space:load-doc', { ...space, docId: 'huge' })).error?.name, 'DOC_NOT_FOUND')
+
+  // --max-connections 3 counts Socket.IO sockets: the 4th is refused.
+  const more = [await connect(server), await connect(server)]
+  t.after(() => { for (const s of [check, ...more]) s.disconnect() })
+  await assert.rejects(connect(server), /TOO_MANY_CONNECTIONS/)
 })

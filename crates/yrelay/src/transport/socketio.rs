@@ -50,8 +50,12 @@ use crate::metrics;
 use crate::server::AppState;
 
 const TRANSPORT: &str = "socketio";
-/// AFFiNE pushes whole documents: accept payloads up to 100 MB.
-const MAX_PAYLOAD: u64 = 100 * 1024 * 1024;
+/// The largest Socket.IO packet (or polling payload, or WebSocket message)
+/// that carries an update of `max_update` bytes: base64 (4/3) in a JSON
+/// event, with room for its other fields.
+fn packet_limit(max_update: usize) -> usize {
+    max_update.saturating_add(2) / 3 * 4 + 64 * 1024
+}
 
 /// An ack: `{data}` or `{error}`.
 type Reply = Result<Value, Value>;
@@ -61,7 +65,8 @@ fn error(status: u16, name: &str, message: impl Into<String>, data: Value) -> Va
         400 => "INVALID_INPUT",
         401 => "AUTHENTICATION_REQUIRED",
         403 => "ACTION_FORBIDDEN",
-        404 => "RESOURCE_NOT_FOUND",
+        404 | 410 => "RESOURCE_NOT_FOUND",
+        413 => "INVALID_INPUT",
         429 => "TOO_MANY_REQUESTS",
         _ => "INTERNAL_SERVER_ERROR",
     };
@@ -168,6 +173,8 @@ struct Conn {
     spaces: HashMap<SpaceRef, Protocol>,
     /// The awareness clients this socket introduced, per document.
     awareness: HashMap<DocAddress, AwarenessClients>,
+    /// Its place under --max-connections, given back when it is forgotten.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The Socket.IO gateway of this instance.
@@ -207,8 +214,15 @@ fn connect_token(socket: &SocketRef, auth: &Option<Value>) -> Option<String> {
 
 /// The layer serving Socket.IO, and the gateway behind it.
 pub fn layer(app: AppState) -> SocketIoLayer {
+    // One size limit on every transport (--max-message-size, for the update
+    // a packet carries): the polling transport's payloads and the WebSocket
+    // transport's messages and frames (tungstenite's own default, 16 MiB,
+    // tore connections without a word).
+    let limit = packet_limit(app.limits.max_message_size);
     let (layer, io) = SocketIo::builder()
-        .max_payload(MAX_PAYLOAD)
+        .max_payload(limit as u64)
+        .ws_max_message_size(limit)
+        .ws_max_frame_size(limit)
         .max_buffer_size(4096)
         .build_layer();
     let gateway = Arc::new(Gateway {
@@ -236,7 +250,14 @@ pub fn layer(app: AppState) -> SocketIoLayer {
                     metrics::rejected("unauthorized");
                     format!("sign in required: {e}")
                 })?;
-                gw.connected(socket, auth);
+                // Sockets count against --max-connections like WebSockets
+                // and event streams do.
+                let slot = gw
+                    .app
+                    .limits
+                    .connection_slot()
+                    .map_err(|_| "TOO_MANY_CONNECTIONS: this instance holds as many connections as it may; try again later".to_string())?;
+                gw.connected(socket, auth, slot);
                 Ok::<(), String>(())
             }
         }
@@ -275,7 +296,12 @@ async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
 }
 
 impl Gateway {
-    fn connected(self: Arc<Self>, socket: SocketRef, auth: Option<Value>) {
+    fn connected(
+        self: Arc<Self>,
+        socket: SocketRef,
+        auth: Option<Value>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let token = connect_token(&socket, &auth);
         let sub = self
             .app
@@ -306,6 +332,7 @@ impl Gateway {
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
                 spaces: HashMap::new(),
                 awareness: HashMap::new(),
+                _slot: slot,
             },
         );
         self.route(&socket, "space:join", Gateway::join);
@@ -559,7 +586,21 @@ impl Gateway {
         let addr = push.space.address(&push.doc_id)?;
         // Permission before decoding: a reader's update is never looked into.
         self.check_write(&socket, &addr, &push.space)?;
-        let update = check_update(base64("update", &push.update)?).map_err(|e| {
+        let update = base64("update", &push.update)?;
+        if update.len() > self.app.limits.max_message_size {
+            metrics::rejected("too_big");
+            return Err(error(
+                413,
+                "BODY_TOO_LARGE",
+                format!(
+                    "an update of {} bytes exceeds the limit of {} bytes",
+                    update.len(),
+                    self.app.limits.max_message_size
+                ),
+                json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
+            ));
+        }
+        let update = check_update(update).map_err(|e| {
             metrics::rejected("bad_update");
             bad_request(e.to_string())
         })?;
