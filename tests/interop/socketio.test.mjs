@@ -442,3 +442,44 @@ test('one size limit on both engines, and sockets count against --max-connection
   t.after(() => { for (const s of [check, ...more]) s.disconnect() })
   await assert.rejects(connect(server), /TOO_MANY_CONNECTIONS/)
 })
+
+test('a socket loading ids that do not exist keeps nothing loaded; documents per socket and load rate are bounded', async (t) => {
+  const server = await new YrelayProcess([
+    '--idle-unload-secs', '0.2', '--max-docs-per-connection', '60', '--max-syncs-per-sec', '10'
+  ]).start()
+  t.after(() => server.dispose())
+  const socket = await connect(server)
+  t.after(() => socket.disconnect())
+  await call(socket, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  const metric = async (name) => {
+    const text = await (await fetch(`${server.httpUrl}/metrics`)).text()
+    const line = text.split('\n').find((l) => l.startsWith(name + ' '))
+    return line ? Number(line.split(' ')[1]) : 0
+  }
+  // 60 loads of ids that do not exist, within the sync rate (10/s).
+  let answered = 0
+  for (let i = 0; i < 60; i++) {
+    const answer = await call(socket, 'space:load-doc', { ...ws, docId: `nope-${i}` })
+    if (answer.error?.name === 'TOO_MANY_REQUESTS') {
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      i--
+      continue
+    }
+    assert.equal(answer.error?.name, 'DOC_NOT_FOUND')
+    answered++
+  }
+  assert.equal(answered, 60)
+  // Nothing stays loaded (the gauge is polled: no event announces it).
+  const deadline = Date.now() + 20000
+  while ((await metric('yrelay_docs_loaded')) !== 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  assert.equal(await metric('yrelay_docs_loaded'), 0)
+  // The 61st document is one too many for this socket.
+  const more = await call(socket, 'space:load-doc', { ...ws, docId: 'one-more' })
+  assert.equal(more.error?.name, 'TOO_MANY_DOCS')
+  // A burst past the sync rate is refused.
+  const burst = await Promise.all(Array.from({ length: 40 }, () =>
+    call(socket, 'space:load-doc', { ...ws, docId: 'nope-0' })))
+  assert.ok(burst.some((a) => a.error?.name === 'TOO_MANY_REQUESTS'))
+})

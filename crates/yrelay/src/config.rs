@@ -223,6 +223,12 @@ pub struct ServeArgs {
     /// Seconds a write to a client may make no progress before its connection is closed.
     #[arg(long, env = "YRELAY_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<f64>,
+    /// Sync requests (SyncStep1, queryAwareness, Socket.IO load-doc) per second one connection may send (bursts of twice that).
+    #[arg(long, env = "YRELAY_MAX_SYNCS_PER_SEC")]
+    pub max_syncs_per_sec: Option<u32>,
+    /// Documents one Socket.IO socket may load or write.
+    #[arg(long, env = "YRELAY_MAX_DOCS_PER_CONNECTION")]
+    pub max_docs_per_connection: Option<usize>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -250,6 +256,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_updates_per_sec: Option<u32>,
     write_timeout_secs: Option<f64>,
+    max_syncs_per_sec: Option<u32>,
+    max_docs_per_connection: Option<usize>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -278,6 +286,8 @@ pub struct ServerConfig {
     pub max_updates_per_sec: u32,
     /// How long a write to a client may make no progress.
     pub write_timeout: Duration,
+    pub max_syncs_per_sec: u32,
+    pub max_docs_per_connection: usize,
 }
 
 /// How tokens are verified.
@@ -408,15 +418,25 @@ impl ServeArgs {
                     .or(file.write_timeout_secs)
                     .unwrap_or(20.0),
             )?,
+            max_syncs_per_sec: self
+                .max_syncs_per_sec
+                .or(file.max_syncs_per_sec)
+                .unwrap_or(20),
+            max_docs_per_connection: self
+                .max_docs_per_connection
+                .or(file.max_docs_per_connection)
+                .unwrap_or(10_000),
         };
         if config.queue_bound == 0
             || config.max_message_size == 0
             || config.max_connections == 0
             || config.max_updates_per_sec == 0
             || config.write_timeout.is_zero()
+            || config.max_syncs_per_sec == 0
+            || config.max_docs_per_connection == 0
         {
             return Err(ConfigError::Invalid(
-                "queue_bound, max_message_size, max_connections, max_updates_per_sec and write_timeout_secs must be positive".into(),
+                "queue_bound, max_message_size, max_connections, max_updates_per_sec, write_timeout_secs, max_syncs_per_sec and max_docs_per_connection must be positive".into(),
             ));
         }
         Ok(config)

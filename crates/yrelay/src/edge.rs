@@ -163,8 +163,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
     }
 }
 
-/// The per-connection update rate limit (`--max-updates-per-sec`): a token
-/// bucket of `per_sec` updates per second, bursts of twice that.
+/// A per-connection rate limit (`--max-updates-per-sec`,
+/// `--max-syncs-per-sec`): a token bucket of `per_sec` a second, bursts of
+/// twice that.
 pub struct UpdateRate {
     per_sec: f64,
     tokens: f64,

@@ -36,6 +36,8 @@ const LOCAL_LOG_RETAIN: usize = 10_000;
 pub struct Limits {
     pub max_message_size: usize,
     pub max_updates_per_sec: u32,
+    pub max_syncs_per_sec: u32,
+    pub max_docs_per_connection: usize,
     /// One permit per open connection (WebSocket or event stream).
     pub connections: Arc<Semaphore>,
 }
@@ -129,6 +131,8 @@ impl Server {
             limits: Limits {
                 max_message_size: config.max_message_size,
                 max_updates_per_sec: config.max_updates_per_sec,
+                max_syncs_per_sec: config.max_syncs_per_sec,
+                max_docs_per_connection: config.max_docs_per_connection,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
             },
             metrics: metrics::install(),

@@ -84,3 +84,52 @@ async fn readers_that_stop_reading_are_closed_and_release_everything() {
         drop((ws, sse));
     }
 }
+
+/// One frame of many SyncStep1 messages (each answered with a diff of the
+/// whole document) is cut off at the sync rate: 1008, and at most a burst's
+/// worth of answers (it made the server produce 2.2 GB from one 80 KB frame).
+#[tokio::test]
+async fn sync_requests_are_rate_limited() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use yrelay_protocol::sync;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--max-syncs-per-sec", "10"]).await;
+    let writer = connect(&server, "s/big").await;
+    let text = writer.doc().get_or_insert_text("text");
+    writer.edit(|txn| text.push(txn, &"y".repeat(100_000)));
+    drop(writer);
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("s/big"))
+        .await
+        .unwrap();
+    let step1 = sync::encode_sync_step1(&[0]);
+    let frame: Vec<u8> = std::iter::repeat_n(step1, 2000).flatten().collect();
+    socket.send(Message::Binary(frame.into())).await.unwrap();
+    let mut answers = 0;
+    let close = tokio::time::timeout(common::WAIT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(data) if data.starts_with(&[0, 1]) => answers += 1,
+                Message::Close(frame) => return frame,
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("sync requests"), "{close:?}");
+    assert!(
+        answers <= 20,
+        "{answers} answers: a burst is twice the rate"
+    );
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"sync_rate_limited\"}")
+            .await
+            >= 1.0
+    );
+}

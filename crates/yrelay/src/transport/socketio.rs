@@ -22,7 +22,7 @@
 //! Every failure is an ack `{error: {status, code, type, name, message,
 //! data}}`; the socket stays usable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,6 +169,10 @@ struct Conn {
     sub: Option<String>,
     origin: Origin,
     rate: UpdateRate,
+    /// Sync requests (load-doc) per second.
+    syncs: UpdateRate,
+    /// The documents it loaded or wrote (at most --max-docs-per-connection).
+    docs: HashSet<DocAddress>,
     /// Joined spaces and the protocol each was joined with.
     spaces: HashMap<SpaceRef, Protocol>,
     /// The awareness clients this socket introduced, per document.
@@ -330,6 +334,8 @@ impl Gateway {
                 sub,
                 origin,
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
+                syncs: UpdateRate::new(self.app.limits.max_syncs_per_sec),
+                docs: HashSet::new(),
                 spaces: HashMap::new(),
                 awareness: HashMap::new(),
                 _slot: slot,
@@ -536,6 +542,9 @@ impl Gateway {
         let load: LoadDoc = parse(data)?;
         self.member(&socket, &load.space)?;
         let addr = load.space.address(&load.doc_id)?;
+        let doc_ref = json!({ "spaceId": load.space.space_id, "docId": load.doc_id });
+        self.take_sync(&socket, &doc_ref)?;
+        self.take_doc(&socket, &addr, &doc_ref)?;
         let sv = match load.state_vector.as_deref().filter(|s| !s.is_empty()) {
             Some(text) => decode_state_vector(&base64("stateVector", text)?)
                 .map_err(|_| bad_request("stateVector is not a Yjs state vector"))?,
@@ -549,11 +558,14 @@ impl Gateway {
             .await
             .map_err(internal)?
         else {
+            // Nothing to watch: a socket asking for ids that do not exist
+            // keeps nothing loaded (a push watches it again).
+            self.unwatch(&load.space, &addr);
             return Err(error(
                 404,
                 "DOC_NOT_FOUND",
                 format!("document {} does not exist", load.doc_id),
-                json!({ "spaceId": load.space.space_id, "docId": load.doc_id }),
+                doc_ref,
             ));
         };
         let timestamp = self
@@ -604,6 +616,11 @@ impl Gateway {
             metrics::rejected("bad_update");
             bad_request(e.to_string())
         })?;
+        self.take_doc(
+            &socket,
+            &addr,
+            &json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
+        )?;
         let within_rate = lock(&self.conns)
             .get_mut(&socket.id)
             .is_some_and(|c| c.rate.take());
@@ -814,6 +831,57 @@ impl Gateway {
         }
         let task = tokio::spawn(relay(Arc::downgrade(self), space.clone(), session));
         watchers.insert(key, task);
+    }
+
+    /// Takes one sync request's worth of the socket's rate (429 past it).
+    fn take_sync(&self, socket: &SocketRef, doc_ref: &Value) -> Result<(), Value> {
+        let within = lock(&self.conns)
+            .get_mut(&socket.id)
+            .is_some_and(|c| c.syncs.take());
+        if within {
+            return Ok(());
+        }
+        metrics::rejected("sync_rate_limited");
+        Err(error(
+            429,
+            "TOO_MANY_REQUESTS",
+            format!(
+                "more than {} sync requests per second",
+                self.app.limits.max_syncs_per_sec
+            ),
+            doc_ref.clone(),
+        ))
+    }
+
+    /// Counts `addr` among the documents the socket uses (429 past
+    /// --max-docs-per-connection).
+    fn take_doc(
+        &self,
+        socket: &SocketRef,
+        addr: &DocAddress,
+        doc_ref: &Value,
+    ) -> Result<(), Value> {
+        let max = self.app.limits.max_docs_per_connection;
+        let admitted = lock(&self.conns).get_mut(&socket.id).is_some_and(|c| {
+            c.docs.contains(addr) || (c.docs.len() < max && c.docs.insert(addr.clone()))
+        });
+        if admitted {
+            return Ok(());
+        }
+        metrics::rejected("too_many_docs");
+        Err(error(
+            429,
+            "TOO_MANY_DOCS",
+            format!("a socket may use at most {max} documents"),
+            doc_ref.clone(),
+        ))
+    }
+
+    /// Stops watching a document (one that turned out not to exist).
+    fn unwatch(&self, space: &SpaceRef, addr: &DocAddress) {
+        if let Some(task) = lock(&self.watchers).remove(&(space.clone(), addr.clone())) {
+            task.abort();
+        }
     }
 
     /// Stops the watchers of `space` when no socket here is a member any more.

@@ -242,6 +242,7 @@ async fn serve(
         return Close::Peer;
     }
     let mut rate = UpdateRate::new(app.limits.max_updates_per_sec);
+    let mut syncs = UpdateRate::new(app.limits.max_syncs_per_sec);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
@@ -280,6 +281,15 @@ async fn serve(
                         return Close::Policy(format!(
                             "more than {} updates per second",
                             app.limits.max_updates_per_sec
+                        ));
+                    }
+                    // Each answer costs a diff of the whole document (or every
+                    // awareness state): bounded like updates.
+                    if matches!(message, ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) && !syncs.take() {
+                        metrics::rejected("sync_rate_limited");
+                        return Close::Policy(format!(
+                            "more than {} sync requests per second",
+                            app.limits.max_syncs_per_sec
                         ));
                     }
                     if let Err(close) = handle(session, socket, message, writable, in_flight).await {
