@@ -215,9 +215,15 @@ impl Auth {
         };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            Ok(data) if data.claims.sub.is_empty() => {
+                Err(AuthError::Invalid("the subject (sub) is empty".into()))
+            }
             Ok(data) => Ok(Some(data.claims)),
             Err(e) => Err(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    AuthError::Invalid("the token is not valid yet (nbf)".into())
+                }
                 kind => AuthError::Invalid(format!("{kind:?}")),
             }),
         }
@@ -266,7 +272,9 @@ impl Auth {
 fn validation(algorithms: &[Algorithm]) -> Validation {
     let mut validation = Validation::new(algorithms[0]);
     validation.algorithms = algorithms.to_vec();
+    // The same small leeway for `nbf` as for `exp` (clock skew).
     validation.leeway = 5;
+    validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation
@@ -372,6 +380,24 @@ mod tests {
         assert!(matches!(
             auth.doc(Some(&forged), &addr("@ann", "d")),
             Err(AuthError::Invalid(_))
+        ));
+        // Not valid yet (nbf an hour ahead), and an empty subject.
+        let claims = |sub: &str, nbf: i64| serde_json::json!({ "sub": sub, "exp": now_ms() / 1000 + 7200, "nbf": nbf, "access": [] });
+        let signed = |c: serde_json::Value| {
+            jsonwebtoken::encode(&Header::default(), &c, &EncodingKey::from_secret(b"s3cret"))
+                .unwrap()
+        };
+        let later = signed(claims("ann", now_ms() / 1000 + 3600));
+        assert!(matches!(
+            auth.doc(Some(&later), &addr("@ann", "d")),
+            Err(AuthError::Invalid(m)) if m.contains("nbf")
+        ));
+        let now = signed(claims("ann", now_ms() / 1000));
+        assert!(auth.doc(Some(&now), &addr("@ann", "d")).is_ok());
+        let nobody = signed(claims("", now_ms() / 1000));
+        assert!(matches!(
+            auth.doc(Some(&nobody), &addr("x", "d")),
+            Err(AuthError::Invalid(m)) if m.contains("sub")
         ));
         let expired = mint(&key, "ann", vec![], -60).unwrap();
         assert_eq!(
