@@ -303,3 +303,27 @@ async fn the_cli_imports_exports_lists_and_deletes() {
     let (ok, _, err) = doc_cli(&store, &["export", "app/bad id"]);
     assert!(!ok && err.contains("app/bad id"), "{err}");
 }
+
+/// A document holding only deletions of items it never held is listed
+/// with metadata, so it is served (empty) too, not 404 on one endpoint and
+/// listed on another.
+#[tokio::test]
+async fn a_document_with_nothing_visible_answers_the_same_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let delete_unknown = [0u8, 1, 9, 1, 0, 1];
+    let (status, body) = call(&server, "POST", "/v1/docs/s/ghost/updates", &delete_unknown).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, list) = call(&server, "GET", "/v1/spaces/s/docs", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["doc"], "ghost", "{list}");
+    let (status, _) = call(&server, "GET", "/v1/docs/s/ghost", &[]).await;
+    assert_eq!(status, 200);
+    let (status, json) = call(&server, "GET", "/v1/docs/s/ghost/json", &[]).await;
+    assert_eq!((status, json), (200, serde_json::json!({})));
+    let update = server.get_bytes("/v1/docs/s/ghost/update").await;
+    assert!(!update.is_empty());
+    // A document never written is still 404 everywhere.
+    let (status, _) = call(&server, "GET", "/v1/docs/s/nothing/json", &[]).await;
+    assert_eq!(status, 404);
+}

@@ -65,15 +65,21 @@ impl DocHub {
     }
 
     /// `read` on the live replica of `addr` (loaded if needed), or `None`
-    /// when the document holds nothing (was never written).
+    /// when the document was never written.
     async fn read_replica<T>(
         &self,
         addr: &DocAddress,
         read: impl FnOnce(&yrs::Doc) -> T,
     ) -> Result<Option<T>, HubError> {
         let doc = self.live(addr).await?;
+        // A document the store lists is served even when nothing in it is
+        // visible (only deletions of items it never held): listed, it must
+        // not answer 404 here.
+        if doc.is_empty() && self.inner.store.meta(addr).await?.is_none() {
+            return Ok(None);
+        }
         let state = doc.lock();
-        Ok((!state.is_empty()).then(|| read(state.awareness.doc())))
+        Ok(Some(read(state.awareness.doc())))
     }
 
     /// Creates a document from `update` (built from imported JSON), exactly
