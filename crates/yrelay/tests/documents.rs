@@ -327,3 +327,27 @@ async fn a_document_with_nothing_visible_answers_the_same_everywhere() {
     let (status, _) = call(&server, "GET", "/v1/docs/s/nothing/json", &[]).await;
     assert_eq!(status, 404);
 }
+
+/// A `Last-Event-ID` from the future (no instance has reached it) gets a
+/// fresh `sync`, then the updates that follow: it used to skip every update
+/// up to that cursor, that is all of them, on a 200 stream.
+#[tokio::test]
+async fn a_resume_cursor_from_the_future_gets_a_fresh_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let update = |client: u64, key: &str| {
+        let doc = Doc::with_client_id(client);
+        doc.get_or_insert_map("m")
+            .insert(&mut doc.transact_mut(), key, 1);
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    let (status, _) = post(server.addr, "/v1/docs/s/f/updates", &update(1, "a")).await;
+    assert_eq!(status, 200);
+    let future = "99999999999999-0";
+    let mut events = EventStream::open(server.addr, "/v1/docs/s/f/events", Some(future)).await;
+    assert_eq!(events.next().await.event, "sync");
+    let (status, _) = post(server.addr, "/v1/docs/s/f/updates", &update(2, "b")).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.next().await.event, "update");
+}

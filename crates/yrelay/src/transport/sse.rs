@@ -61,7 +61,12 @@ pub async fn events(
     let session = app.hub.join(&addr).await?;
     metrics::connection_opened(TRANSPORT);
 
-    // Resuming: exactly what the log holds after the cursor, if it still does.
+    // Resuming: exactly what the log holds after the cursor, if it still
+    // does. A cursor past what this replica has applied (from the future, or
+    // from an instance ahead of this one) cannot be trusted to skip by:
+    // a fresh sync instead (it skipped every update, for good).
+    let resume_after =
+        resume_after.filter(|after| session.cursor().is_some_and(|have| *after <= have));
     let replay = match resume_after {
         Some(after) => app
             .hub
