@@ -27,6 +27,31 @@ pub enum FrameError {
     UnknownType(u64),
     #[error("unknown sync message type {0}")]
     UnknownSyncType(u64),
+    #[error("{0} message: its length overflows 32 bits")]
+    LengthOverflow(&'static str),
+}
+
+/// A length-prefixed buffer of a `what` message. yrs reads the length as a
+/// u32 that silently wraps: 2^32 + 5 read as 5, and the rest of the bytes
+/// then went for another message, named wrongly in the refusal.
+fn read_buf<'c>(cursor: &'c mut Cursor<'_>, what: &'static str) -> Result<&'c [u8], FrameError> {
+    let mut len: u64 = 0;
+    let mut shift = 0u32;
+    loop {
+        let byte = cursor.read_u8().map_err(|_| FrameError::Malformed(what))?;
+        len |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return Err(FrameError::LengthOverflow(what));
+        }
+    }
+    let len = u32::try_from(len).map_err(|_| FrameError::LengthOverflow(what))?;
+    cursor
+        .read_exact(len as usize)
+        .map_err(|_| FrameError::Malformed(what))
 }
 
 /// One y-protocols message received from a client.
@@ -72,9 +97,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> 
             let kind: u64 = cursor
                 .read_var()
                 .map_err(|_| FrameError::Malformed("sync"))?;
-            let buf = cursor
-                .read_buf()
-                .map_err(|_| FrameError::Malformed("sync"))?;
+            let buf = read_buf(cursor, "sync")?;
             match kind {
                 k if k == MSG_SYNC_STEP_1 as u64 => StateVector::decode_v1(buf)
                     .map(ClientMessage::SyncStep1)
@@ -85,9 +108,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> 
             }
         }
         t if t == MSG_AWARENESS as u64 => {
-            let raw = cursor
-                .read_buf()
-                .map_err(|_| FrameError::Malformed("awareness"))?;
+            let raw = read_buf(cursor, "awareness")?;
             let update = decode_awareness(raw)?;
             Ok(ClientMessage::Awareness {
                 raw: raw.to_vec(),
@@ -253,6 +274,14 @@ mod tests {
             decode_frame(&[0, 2, 50, 1]),
             Err(FrameError::Malformed(_))
         ));
+        // A sync length of 2^32 + 2: named as such, not wrapped to 2.
+        let mut wrapped = vec![0, 2];
+        wrapped.write_var((1u64 << 32) + 2);
+        wrapped.extend_from_slice(&[0, 0, 9, 9]);
+        assert_eq!(
+            decode_frame(&wrapped),
+            Err(FrameError::LengthOverflow("sync"))
+        );
         // awareness whose state is not JSON
         let mut raw = Vec::new();
         raw.write_var(1u32);

@@ -338,7 +338,7 @@ fn reject_frame(e: FrameError) -> Close {
             metrics::rejected("unknown_message");
             Close::Unsupported(e.to_string())
         }
-        FrameError::Empty | FrameError::Malformed(_) => {
+        FrameError::Empty | FrameError::Malformed(_) | FrameError::LengthOverflow(_) => {
             metrics::rejected("malformed");
             Close::Invalid(e.to_string())
         }
