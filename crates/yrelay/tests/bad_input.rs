@@ -5,8 +5,6 @@
 mod common;
 
 use common::{TestServer, WAIT, connect, text};
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 use yrelay_protocol::sync;
 use yrs::Text;
 
@@ -134,18 +132,7 @@ async fn a_slow_consumer_is_closed_with_1013_and_can_resync() {
         .await;
 
     // Now read: whatever was queued, then a 1013 close.
-    let close = tokio::time::timeout(WAIT, async {
-        while let Some(frame) = reader.next().await {
-            if let Ok(Message::Close(frame)) = frame {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("reader closed in time")
-    .expect("a close frame");
-    assert_eq!(u16::from(close.code), 1013, "{close:?}");
+    assert_eq!(common::close_code(&mut reader).await, Some(1013));
     assert!(server.metric("yrelay_slow_consumers_closed_total").await >= 1.0);
 
     // Reconnecting resyncs everything. The last accepted updates may still

@@ -55,18 +55,7 @@ async fn an_update_sent_just_before_a_close_is_kept_and_the_close_answered() {
             })))
             .await
             .unwrap();
-        let answer = tokio::time::timeout(WAIT, async {
-            while let Some(frame) = socket.next().await {
-                match frame {
-                    Ok(Message::Close(frame)) => return Some(frame),
-                    Ok(_) => continue,
-                    Err(_) => return None,
-                }
-            }
-            None
-        })
-        .await
-        .expect("the server answers in time");
+        let answer = common::close_code(&mut socket).await;
         assert!(answer.is_some(), "round {round}: the close is answered");
         assert_eq!(served_text(&server, &doc).await, word, "round {round}");
     }
@@ -114,18 +103,7 @@ async fn types_nested_past_the_limit_are_refused_and_the_instance_survives() {
         .unwrap();
     let frame = sync::encode_update(&updates[limit]);
     socket.send(Message::Binary(frame.into())).await.unwrap();
-    let close = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(frame)) = socket.next().await {
-            if let Message::Close(frame) = frame {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed in time")
-    .expect("a close frame");
-    assert_eq!(u16::from(close.code), 1007, "{close:?}");
+    assert_eq!(common::close_code(&mut socket).await, Some(1007));
     let served = server.get_bytes("/v1/docs/s/deep/update").await;
     let replica = Doc::new();
     yrelay_protocol::update::apply_update(&replica, &served).unwrap();
@@ -417,18 +395,7 @@ async fn updates_building_on_a_deleted_document_are_refused() {
         .send(Message::Binary(sync::encode_update(&stale).into()))
         .await
         .unwrap();
-    let close = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(frame)) = socket.next().await {
-            if let Message::Close(frame) = frame {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed in time")
-    .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4410, "{close:?}");
+    assert_eq!(common::close_code(&mut socket).await, Some(4410));
 
     // A fresh client creates the document anew; the stale one stays refused.
     let (status, body) = post(

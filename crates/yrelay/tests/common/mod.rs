@@ -230,6 +230,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, &[]).await
 }
 
+/// Reads a raw WebSocket until the server's close frame (skipping the rest):
+/// its code, or `None` when the connection ended without one.
+pub async fn close_code<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes in time")
+}
+
 /// Connects a yrs client to `doc` on `server` and waits for the sync.
 pub async fn connect(server: &TestServer, doc: &str) -> yrelay_client::WsClient {
     let client = yrelay_client::WsClient::connect(&server.ws_url(doc), yrs::Doc::new())
