@@ -44,6 +44,14 @@ impl From<HubError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
             }
             HubError::Deleted => ApiError::new(StatusCode::GONE, "DOC_DELETED", e.to_string()),
+            HubError::Awareness(crate::hub::AwarenessRefusal::Foreign(_)) => {
+                ApiError::new(StatusCode::FORBIDDEN, "AWARENESS_NOT_YOURS", e.to_string())
+            }
+            HubError::Awareness(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_AWARENESS_CLIENTS",
+                e.to_string(),
+            ),
             HubError::Unexportable(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "DOC_TOO_DEEP",

@@ -133,3 +133,108 @@ async fn sync_requests_are_rate_limited() {
             >= 1.0
     );
 }
+
+/// An awareness update setting each of `ids` (clock 1) to a small state
+/// naming `by`.
+fn awareness(ids: impl IntoIterator<Item = u64>, by: &str) -> Vec<u8> {
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    use yrs::updates::encoder::Encode;
+    let clients = ids
+        .into_iter()
+        .map(|id| {
+            let entry = AwarenessUpdateEntry {
+                clock: 1,
+                json: std::sync::Arc::from(format!("{{\"user\":{id},\"by\":\"{by}\"}}")),
+            };
+            (yrs::ClientID::new(id), entry)
+        })
+        .collect();
+    AwarenessUpdate { clients }.encode_v1()
+}
+
+/// Awareness client ids belong to the connection that introduced them (no
+/// other may overwrite or remove them), a connection introduces a few at
+/// most, a document holds a bounded number (any connection could add states
+/// without end, and overwrite anyone's presence).
+#[tokio::test]
+async fn awareness_is_owned_and_bounded() {
+    use common::sse::post;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use yrelay_protocol::sync;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let send = |ids: Vec<u64>, by: &str| {
+        Message::Binary(sync::encode_awareness(&awareness(ids, by)).into())
+    };
+    let (mut ann, _) = tokio_tungstenite::connect_async(server.ws_url("s/here"))
+        .await
+        .unwrap();
+    ann.send(send(vec![100], "ann")).await.unwrap();
+    // Once the server relays it back (awareness goes to its sender too), the
+    // id is recorded as Ann's.
+    tokio::time::timeout(common::WAIT, async {
+        while let Some(Ok(message)) = ann.next().await {
+            if let Message::Binary(data) = message
+                && data.first() == Some(&1)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("ann's presence relayed");
+    let (mut bob, _) = tokio_tungstenite::connect_async(server.ws_url("s/here"))
+        .await
+        .unwrap();
+    // Refused updates are dropped and counted; the connection stays (a
+    // reconnecting client reuses its id while its old connection lingers).
+    let refusals = "yrelay_rejected_messages_total{reason=\"awareness\"}";
+    bob.send(send(vec![100], "bob")).await.unwrap();
+    server.wait_for_metric(refusals, |v| v >= 1.0).await;
+    bob.send(send((200..209).collect(), "bob")).await.unwrap();
+    server.wait_for_metric(refusals, |v| v >= 2.0).await;
+    // Ann still owns 100: what a newcomer is told is hers.
+    let newcomer = connect(&server, "s/here").await;
+    newcomer
+        .wait_for("ann's state", common::WAIT, |c| {
+            c.peers()
+                .iter()
+                .any(|(id, state)| *id == 100 && state.contains("ann"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        !newcomer
+            .peers()
+            .iter()
+            .any(|(id, _)| (200..209).contains(id))
+    );
+
+    // POSTs (8 ids each) until the document holds as many states as it may.
+    let mut refused = None;
+    for n in 0..200u64 {
+        let (status, body) = post(
+            server.addr,
+            "/v1/docs/s/here/awareness",
+            &awareness((0..8).map(|i| 1000 + 8 * n + i), "post"),
+        )
+        .await;
+        if status != 204 {
+            refused = Some((n, status, body));
+            break;
+        }
+    }
+    // Ann's state and 124 posts of 8 are 993 states: the 125th post would
+    // pass 1,000 (a few more may pass while the log delivers the last ones
+    // to the replica that counts them).
+    let (n, status, body) = refused.expect("a bound is reached");
+    assert_eq!(status, 429, "{body}");
+    assert!((124..=140).contains(&n), "refused after {n} posts of 8");
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"awareness\"}")
+            .await
+            >= 3.0
+    );
+}

@@ -23,6 +23,15 @@ use crate::store::Store;
 /// (clients renew every 15 s; y-protocols drops states after 30 s).
 const AWARENESS_STALE_MS: u64 = 30_000;
 
+/// Awareness client ids one connection may introduce (a client has one; a
+/// few more cover reconnects that kept their old id).
+pub const AWARENESS_CLIENTS_PER_CONNECTION: usize = 8;
+/// Awareness states one document may hold (people present at once).
+pub const AWARENESS_STATES_PER_DOC: usize = 1000;
+/// Awareness updates one connection may send per second (bursts of twice
+/// that): cursors and selections, a few a second while typing.
+pub const AWARENESS_PER_SEC: u32 = 60;
+
 /// `doc.updated` events of one document, at most this often per instance.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 
@@ -115,6 +124,9 @@ pub(super) struct DocState {
     /// The document was deleted once: updates that build on what it held
     /// then are refused (they could never show up).
     pub deleted: bool,
+    /// Which connection introduced each awareness client id (`None`: one
+    /// without a connection, an SSE POST); only it may change or remove it.
+    pub awareness_owners: HashMap<u64, Option<Origin>>,
 }
 
 pub struct LiveDoc {
@@ -149,6 +161,7 @@ impl LiveDoc {
                 announced: None,
                 nesting: Nesting::default(),
                 deleted: false,
+                awareness_owners: HashMap::new(),
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -300,7 +313,84 @@ impl LiveDoc {
     }
 }
 
+/// Why an awareness update is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwarenessRefusal {
+    #[error("awareness client {0} belongs to another connection")]
+    Foreign(u64),
+    #[error(
+        "a connection may introduce at most {AWARENESS_CLIENTS_PER_CONNECTION} awareness clients"
+    )]
+    TooManyClients,
+    #[error("the document holds as many awareness states as it may ({AWARENESS_STATES_PER_DOC})")]
+    TooManyStates,
+}
+
 impl DocState {
+    /// Drops awareness states not renewed for twice the time clients wait
+    /// (clients renew every 15 s and drop a peer after 30 s), so that
+    /// connections that vanished without a removal free their place; and
+    /// rebuilds the awareness when removed clients (which yrs keeps as
+    /// entries) outnumber the present ones.
+    pub(super) fn sweep_awareness(&mut self) {
+        let stale_before = (now_ms() as u64).saturating_sub(2 * AWARENESS_STALE_MS);
+        let stale: Vec<_> = self
+            .awareness
+            .iter()
+            .filter(|(_, s)| s.data.is_some() && s.last_updated < stale_before)
+            .map(|(id, _)| id)
+            .collect();
+        for id in stale {
+            self.awareness.remove_state(id);
+            self.awareness_owners.remove(&id.get());
+        }
+        let present: Vec<_> = self
+            .awareness
+            .iter()
+            .filter(|(_, s)| s.data.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        if self.awareness.iter().count() > 2 * present.len() + 64 {
+            let mut fresh = Awareness::new(self.awareness.doc().clone());
+            if let Ok(update) = self.awareness.update_with_clients(present) {
+                let _ = fresh.apply_update(update);
+            }
+            self.awareness = fresh;
+        }
+    }
+
+    /// Whether `origin`, which has introduced `introduced`, may publish
+    /// `update`: it changes only client ids that are new or its own, stays
+    /// within its own bound and within the document's.
+    pub(super) fn admit_awareness(
+        &self,
+        update: &AwarenessUpdate,
+        origin: Option<Origin>,
+        introduced: &HashSet<u64>,
+    ) -> Result<(), AwarenessRefusal> {
+        let mut new_here = 0;
+        let mut new_for_it = 0;
+        for (client, state) in &update.clients {
+            let id = client.get();
+            match self.awareness_owners.get(&id) {
+                Some(owner) if *owner != origin => return Err(AwarenessRefusal::Foreign(id)),
+                Some(_) => {}
+                None if &*state.json != "null" => new_here += 1,
+                None => {}
+            }
+            if &*state.json != "null" && !introduced.contains(&id) {
+                new_for_it += 1;
+            }
+        }
+        if introduced.len() + new_for_it > AWARENESS_CLIENTS_PER_CONNECTION {
+            return Err(AwarenessRefusal::TooManyClients);
+        }
+        if new_here > 0 && self.awareness_owners.len() + new_here > AWARENESS_STATES_PER_DOC {
+            return Err(AwarenessRefusal::TooManyStates);
+        }
+        Ok(())
+    }
+
     /// Whether the replica holds nothing.
     pub(super) fn is_empty(&self) -> bool {
         self.awareness.doc().transact().state_vector().is_empty()
@@ -344,6 +434,15 @@ impl DocState {
             }
             EntryKind::Awareness => {
                 if let Ok(update) = AwarenessUpdate::decode_v1(&entry.payload) {
+                    for (client, state) in &update.clients {
+                        if &*state.json == "null" {
+                            self.awareness_owners.remove(&client.get());
+                        } else {
+                            self.awareness_owners
+                                .entry(client.get())
+                                .or_insert(entry.origin);
+                        }
+                    }
                     let _ = self.awareness.apply_update(update);
                 }
             }
@@ -451,6 +550,7 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
                 },
             },
             _ = idle_check.tick() => {
+                doc.lock().sweep_awareness();
                 if hub.unload_if_idle(&doc) {
                     return;
                 }

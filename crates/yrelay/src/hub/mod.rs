@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::nesting::NestingError;
 use yrelay_protocol::update::CheckedUpdate;
+use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 
 use crate::clock::now_ms;
@@ -33,7 +34,10 @@ use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 use live::LiveDoc;
-pub use live::{AwarenessClients, CloseReason, DocEvent, DocNotice, SpaceEvent};
+pub use live::{
+    AWARENESS_PER_SEC, AwarenessClients, AwarenessRefusal, CloseReason, DocEvent, DocNotice,
+    SpaceEvent,
+};
 pub use session::Session;
 
 /// Who submits an update: the connection, which is not sent its own update
@@ -89,6 +93,10 @@ pub enum HubError {
     /// deep); refused like an undecodable one.
     #[error("update refused: {0}")]
     BadUpdate(String),
+    /// An awareness update that would touch another connection's clients or
+    /// pass a bound.
+    #[error("awareness refused: {0}")]
+    Awareness(#[from] live::AwarenessRefusal),
     /// The document cannot be shown in the form asked for (it nests deeper
     /// than a JSON export walks).
     #[error("{0}")]
@@ -266,9 +274,29 @@ impl DocHub {
         })
     }
 
-    /// Relays an (already validated) awareness update to every subscriber of
-    /// the document, on every instance.
+    /// Relays an (already decoded) awareness update of `origin` to every
+    /// subscriber of the document, on every instance, if it may: it changes
+    /// only client ids that are new or that `origin` introduced (those in
+    /// `introduced`), within the bounds per connection and per document.
     pub async fn publish_awareness(
+        &self,
+        addr: &DocAddress,
+        raw: Vec<u8>,
+        update: &AwarenessUpdate,
+        origin: Option<Origin>,
+        introduced: &AwarenessClients,
+    ) -> Result<(), HubError> {
+        let doc = self.live(addr).await?;
+        let refused = doc.lock().admit_awareness(update, origin, introduced.ids());
+        if let Err(refusal) = refused {
+            metrics::rejected("awareness");
+            return Err(HubError::Awareness(refusal));
+        }
+        self.relay_awareness(addr, raw, origin).await
+    }
+
+    /// Relays an awareness update (a removal the server makes) unchecked.
+    async fn relay_awareness(
         &self,
         addr: &DocAddress,
         raw: Vec<u8>,
@@ -320,7 +348,7 @@ impl DocHub {
         let addr = doc.addr().clone();
         tokio::spawn(async move {
             let raw = removal.encode_v1();
-            let _ = hub.publish_awareness(&addr, raw, Some(origin)).await;
+            let _ = hub.relay_awareness(&addr, raw, Some(origin)).await;
         });
     }
 

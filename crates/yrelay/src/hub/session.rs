@@ -128,10 +128,17 @@ impl Session {
         raw: Vec<u8>,
         update: &AwarenessUpdate,
     ) -> Result<(), HubError> {
-        self.awareness_clients.record(update);
         self.hub
-            .publish_awareness(self.addr(), raw, Some(self.origin))
-            .await
+            .publish_awareness(
+                self.addr(),
+                raw,
+                update,
+                Some(self.origin),
+                &self.awareness_clients,
+            )
+            .await?;
+        self.awareness_clients.record(update);
+        Ok(())
     }
 }
 

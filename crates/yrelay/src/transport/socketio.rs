@@ -44,7 +44,7 @@ use yrs::StateVector;
 use crate::auth::{AuthError, userspace_owner};
 use crate::clock::now_ms;
 use crate::edge::UpdateRate;
-use crate::hub::{AwarenessClients, DocEvent, HubError, Session, Writer};
+use crate::hub::{AWARENESS_PER_SEC, AwarenessClients, DocEvent, HubError, Session, Writer};
 use crate::log::Origin;
 use crate::metrics;
 use crate::server::AppState;
@@ -171,6 +171,8 @@ struct Conn {
     rate: UpdateRate,
     /// Sync requests (load-doc) per second.
     syncs: UpdateRate,
+    /// Awareness updates per second.
+    awareness_rate: UpdateRate,
     /// The documents it loaded or wrote (at most --max-docs-per-connection).
     docs: HashSet<DocAddress>,
     /// Joined spaces and the protocol each was joined with.
@@ -335,6 +337,7 @@ impl Gateway {
                 origin,
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
                 syncs: UpdateRate::new(self.app.limits.max_syncs_per_sec),
+                awareness_rate: UpdateRate::new(AWARENESS_PER_SEC),
                 docs: HashSet::new(),
                 spaces: HashMap::new(),
                 awareness: HashMap::new(),
@@ -779,18 +782,39 @@ impl Gateway {
             decode_awareness(&raw).map_err(|e| bad_request(format!("awarenessUpdate: {e}")))?;
         let (space, addr) = self.awareness_target(&socket, data)?;
         self.watch(&space, &addr).await;
-        let origin = lock(&self.conns).get_mut(&socket.id).map(|conn| {
+        let within_rate = lock(&self.conns)
+            .get_mut(&socket.id)
+            .is_some_and(|c| c.awareness_rate.take());
+        if !within_rate {
+            metrics::rejected("awareness_rate_limited");
+            return Err(error(
+                429,
+                "TOO_MANY_REQUESTS",
+                format!("more than {AWARENESS_PER_SEC} awareness updates per second"),
+                json!({}),
+            ));
+        }
+        let (origin, introduced) = lock(&self.conns)
+            .get(&socket.id)
+            .map(|conn| (conn.origin, conn.awareness.get(&addr).cloned()))
+            .unzip();
+        let introduced = introduced.flatten().unwrap_or_default();
+        match self
+            .app
+            .hub
+            .publish_awareness(&addr, raw, &update, origin, &introduced)
+            .await
+        {
+            Ok(()) => {}
+            Err(HubError::Awareness(refusal)) => return Err(bad_request(refusal.to_string())),
+            Err(e) => return Err(internal(e)),
+        }
+        if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
             conn.awareness
                 .entry(addr.clone())
                 .or_default()
                 .record(&update);
-            conn.origin
-        });
-        self.app
-            .hub
-            .publish_awareness(&addr, raw, origin)
-            .await
-            .map_err(internal)?;
+        }
         Ok(json!({}))
     }
 

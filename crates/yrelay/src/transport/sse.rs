@@ -223,9 +223,10 @@ pub async fn post_awareness(
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
     let payload = body(payload)?;
-    decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
+    let update =
+        decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
     app.hub
-        .publish_awareness(&addr, payload.to_vec(), None)
+        .publish_awareness(&addr, payload.to_vec(), &update, None, &Default::default())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -22,7 +22,7 @@ use yrelay_protocol::update::check_update;
 use crate::auth::{AuthError, Permit};
 use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
-use crate::hub::{CloseReason, DocEvent, HubError, Session};
+use crate::hub::{AWARENESS_PER_SEC, CloseReason, DocEvent, HubError, Session};
 use crate::metrics;
 use crate::server::AppState;
 
@@ -83,6 +83,7 @@ impl From<HubError> for Close {
             HubError::ShuttingDown => Close::GoingAway,
             HubError::BadUpdate(reason) => Close::Invalid(reason),
             HubError::Deleted => Close::Deleted,
+            HubError::Awareness(refusal) => Close::Policy(refusal.to_string()),
             e => Close::TryAgain(e.to_string()),
         }
     }
@@ -243,6 +244,7 @@ async fn serve(
     }
     let mut rate = UpdateRate::new(app.limits.max_updates_per_sec);
     let mut syncs = UpdateRate::new(app.limits.max_syncs_per_sec);
+    let mut awareness_rate = UpdateRate::new(AWARENESS_PER_SEC);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
@@ -285,6 +287,12 @@ async fn serve(
                     }
                     // Each answer costs a diff of the whole document (or every
                     // awareness state): bounded like updates.
+                    if matches!(message, ClientMessage::Awareness { .. }) && !awareness_rate.take() {
+                        metrics::rejected("awareness_rate_limited");
+                        return Close::Policy(format!(
+                            "more than {AWARENESS_PER_SEC} awareness updates per second"
+                        ));
+                    }
                     if matches!(message, ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) && !syncs.take() {
                         metrics::rejected("sync_rate_limited");
                         return Close::Policy(format!(
@@ -377,8 +385,15 @@ async fn handle(
             in_flight.push_back(Box::pin(session.submit_update(checked, TRANSPORT)));
             Ok(())
         }
+        // A refused awareness update (another connection's client id, or a
+        // bound) is dropped and counted, the connection kept: a client that
+        // reconnects while the server still holds its old connection reuses
+        // its id, and must not be closed for it.
         ClientMessage::Awareness { raw, update } => {
-            Ok(session.submit_awareness(raw, &update).await?)
+            match session.submit_awareness(raw, &update).await {
+                Ok(()) | Err(HubError::Awareness(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         }
         ClientMessage::QueryAwareness => match session.awareness() {
             Some(awareness) => send(socket, sync::encode_awareness(&awareness)).await,
