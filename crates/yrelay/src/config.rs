@@ -229,6 +229,9 @@ pub struct ServeArgs {
     /// Documents one Socket.IO socket may load or write.
     #[arg(long, env = "YRELAY_MAX_DOCS_PER_CONNECTION")]
     pub max_docs_per_connection: Option<usize>,
+    /// Seconds a client may take to send a request's headers, between two parts of its body, or idle between requests.
+    #[arg(long, env = "YRELAY_HTTP_TIMEOUT_SECS")]
+    pub http_timeout_secs: Option<f64>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -258,6 +261,7 @@ struct FileConfig {
     write_timeout_secs: Option<f64>,
     max_syncs_per_sec: Option<u32>,
     max_docs_per_connection: Option<usize>,
+    http_timeout_secs: Option<f64>,
 }
 
 /// Resolved settings of `yrelay serve`.
@@ -288,6 +292,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     pub max_syncs_per_sec: u32,
     pub max_docs_per_connection: usize,
+    /// How long a client may take over a request's headers or between two
+    /// parts of its body, or stay idle between requests.
+    pub http_timeout: Duration,
 }
 
 /// How tokens are verified.
@@ -426,17 +433,24 @@ impl ServeArgs {
                 .max_docs_per_connection
                 .or(file.max_docs_per_connection)
                 .unwrap_or(10_000),
+            http_timeout: seconds(
+                "http_timeout_secs",
+                self.http_timeout_secs
+                    .or(file.http_timeout_secs)
+                    .unwrap_or(10.0),
+            )?,
         };
         if config.queue_bound == 0
             || config.max_message_size == 0
             || config.max_connections == 0
             || config.max_updates_per_sec == 0
             || config.write_timeout.is_zero()
+            || config.http_timeout.is_zero()
             || config.max_syncs_per_sec == 0
             || config.max_docs_per_connection == 0
         {
             return Err(ConfigError::Invalid(
-                "queue_bound, max_message_size, max_connections, max_updates_per_sec, write_timeout_secs, max_syncs_per_sec and max_docs_per_connection must be positive".into(),
+                "queue_bound, max_message_size, max_connections, max_updates_per_sec, write_timeout_secs, http_timeout_secs, max_syncs_per_sec and max_docs_per_connection must be positive".into(),
             ));
         }
         Ok(config)

@@ -17,20 +17,26 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// A stream whose writes must make progress within `limit`.
+/// A stream whose writes must make progress within `limit`, and whose
+/// first bytes must arrive within `first_read` (a connection that sends
+/// nothing at all never reaches hyper's header timeout: hyper waits for
+/// them to tell HTTP/1 from HTTP/2).
 pub struct WriteDeadline<S> {
     inner: S,
     limit: Duration,
     /// Running while writes are stuck; dropped on any progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Running until the first bytes arrive.
+    first_read: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, limit: Duration) -> Self {
+    pub fn new(inner: S, limit: Duration, first_read: Duration) -> Self {
         Self {
             inner,
             limit,
             stalled: None,
+            first_read: Some(Box::pin(tokio::time::sleep(first_read))),
         }
     }
 
@@ -58,7 +64,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(first_read) = self.first_read.as_mut() else {
+            return poll;
+        };
+        match poll {
+            Poll::Ready(Ok(())) if buf.filled().len() == before => Poll::Ready(Ok(())),
+            Poll::Ready(outcome) => {
+                self.first_read = None;
+                Poll::Ready(outcome)
+            }
+            Poll::Pending => {
+                ready!(first_read.as_mut().poll(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer sent nothing",
+                )))
+            }
+        }
     }
 }
 
@@ -96,15 +120,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     }
 }
 
-/// Accepted connections wrapped in a [`WriteDeadline`], for `axum::serve`.
+/// Accepted connections wrapped in a [`WriteDeadline`].
 pub struct DeadlineListener<L> {
     inner: L,
     limit: Duration,
+    first_read: Duration,
 }
 
 impl<L> DeadlineListener<L> {
-    pub fn new(inner: L, limit: Duration) -> Self {
-        Self { inner, limit }
+    pub fn new(inner: L, limit: Duration, first_read: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            first_read,
+        }
     }
 }
 
@@ -118,7 +147,7 @@ where
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
-        (WriteDeadline::new(io, self.limit), addr)
+        (WriteDeadline::new(io, self.limit, self.first_read), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -134,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_reads_nothing_fails_the_write_after_the_limit() {
         let (ours, theirs) = tokio::io::duplex(1024);
-        let mut ours = WriteDeadline::new(ours, Duration::from_millis(100));
+        let mut ours = WriteDeadline::new(ours, Duration::from_millis(100), Duration::MAX);
         let chunk = vec![0u8; 4096];
         let outcome = tokio::time::timeout(Duration::from_secs(10), ours.write_all(&chunk)).await;
         let err = outcome.expect("the deadline ends the write").unwrap_err();
@@ -146,7 +175,7 @@ mod tests {
     async fn a_slow_but_reading_peer_is_never_cut() {
         use tokio::io::AsyncReadExt;
         let (ours, mut theirs) = tokio::io::duplex(64);
-        let mut ours = WriteDeadline::new(ours, Duration::from_millis(200));
+        let mut ours = WriteDeadline::new(ours, Duration::from_millis(200), Duration::MAX);
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             let mut total = 0;

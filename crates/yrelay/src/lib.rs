@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadline;
 pub mod edge;
 pub mod http_error;
+pub mod http_serve;
 pub mod hub;
 pub mod log;
 pub mod metrics;

@@ -22,11 +22,13 @@ use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
 use crate::config::{JwtKey, ServerConfig};
 use crate::deadline::DeadlineListener;
 use crate::http_error::ApiError;
+use crate::http_serve;
 use crate::hub::{CloseReason, DocHub, HubConfig};
 use crate::log::{self, LogError};
 use crate::store::{self, StoreError};
 use crate::tls::{self, TlsError};
 use crate::{api, metrics, transport};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Entries the in-process log keeps per live document for resuming by cursor.
 const LOCAL_LOG_RETAIN: usize = 10_000;
@@ -207,7 +209,7 @@ impl Server {
             BACKLOG_EVERY,
             app.shutdown.clone(),
         ));
-        let mut router = router(app, &config.cors_origins);
+        let mut router = router(app, &config.cors_origins, config.http_timeout);
         if let Some(dir) = &config.static_dir {
             tracing::info!("serving {} at /app/", dir.display());
             router = router.nest_service("/app", ServeDir::new(dir));
@@ -224,21 +226,17 @@ impl Server {
         if let Some((cert, key)) = &config.tls {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
-            let listener = DeadlineListener::new(listener, config.write_timeout);
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopping)
-                .await
-                .map_err(ServerError::Serve)?;
+            let listener =
+                DeadlineListener::new(listener, config.write_timeout, config.http_timeout);
+            let _ = http_serve::serve(listener, router, config.http_timeout, stopping).await;
         } else {
             // Small frames must leave at once: no Nagle delay on any connection.
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            let listener = DeadlineListener::new(listener, config.write_timeout);
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopping)
-                .await
-                .map_err(ServerError::Serve)?;
+            let listener =
+                DeadlineListener::new(listener, config.write_timeout, config.http_timeout);
+            let _ = http_serve::serve(listener, router, config.http_timeout, stopping).await;
         }
         if let Some(compactor) = compactor {
             compactor.drain(STOP_DRAIN).await;
@@ -296,7 +294,7 @@ pub async fn run_worker(
     Ok(())
 }
 
-fn router(app: AppState, cors_origins: &[String]) -> Router {
+fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Router {
     let body_limit = DefaultBodyLimit::max(app.limits.max_message_size);
     let router = Router::new()
         .route("/healthz", get(api::healthz))
@@ -332,6 +330,8 @@ fn router(app: AppState, cors_origins: &[String]) -> Router {
             post(transport::sse::post_awareness),
         )
         .layer(body_limit)
+        // A body whose next part takes longer than this ends the request.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .fallback(api::not_found)
         .with_state(app.clone())
         .layer(transport::socketio::layer(app));

@@ -238,3 +238,40 @@ async fn awareness_is_owned_and_bounded() {
             >= 3.0
     );
 }
+
+/// Connections that send nothing, stop halfway through a request's headers
+/// or body, or idle after a request, are closed after `--http-timeout-secs`
+/// (they held a descriptor each for good).
+#[tokio::test]
+async fn silent_and_half_sent_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--http-timeout-secs", "1"]).await;
+    let silent = String::new();
+    let half_head = "GET /healthz HTTP/1.1\r\nHost: x\r\n".to_string();
+    let half_body =
+        "POST /v1/docs/s/d/updates HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"
+            .to_string();
+    let idle = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_string();
+    for (what, request) in [
+        ("silent", silent),
+        ("half a head", half_head),
+        ("half a body", half_body),
+        ("idle", idle),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let closed = tokio::time::timeout(common::WAIT, async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // an answer (the idle one's, or a 4xx): then the close
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{what}: the server closes the connection");
+    }
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
