@@ -77,6 +77,20 @@ impl Claims {
             .max()
     }
 
+    /// The best mode the claims give on anything in `space` (a whole-space
+    /// grant or one of its documents): what joining a space needs, the
+    /// documents themselves being checked one by one.
+    pub fn member_mode(&self, space: &str) -> Option<Mode> {
+        if self.owns(space) {
+            return Some(Mode::Rw);
+        }
+        self.access
+            .iter()
+            .filter(|g| matches(&g.space, space))
+            .map(|g| g.mode)
+            .max()
+    }
+
     fn owns(&self, space: &str) -> bool {
         userspace_owner(space) == Some(self.sub.as_str())
     }
@@ -247,6 +261,12 @@ impl Auth {
     /// What `token` allows on a whole space (at least read).
     pub fn space(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
         self.permit(token, |c| c.space_mode(space), || format!("space {space}"))
+    }
+
+    /// Whether `token` may be a member of `space` (any access in it): the
+    /// one decision for joining a space, on every transport.
+    pub fn member(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
+        self.permit(token, |c| c.member_mode(space), || format!("space {space}"))
     }
 
     fn permit(

@@ -41,7 +41,7 @@ use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector, merge_updates};
 use yrs::StateVector;
 
-use crate::auth::{AuthError, userspace_owner};
+use crate::auth::AuthError;
 use crate::clock::now_ms;
 use crate::edge::UpdateRate;
 use crate::hub::{AWARENESS_PER_SEC, AwarenessClients, DocEvent, HubError, Session, Writer};
@@ -450,20 +450,37 @@ impl Gateway {
         if let Err(e) = yrelay_protocol::address::check_space_id(&space.space()) {
             return Err(bad_request(e.to_string()));
         }
-        let sub = lock(&self.conns)
-            .get(&socket.id)
-            .and_then(|c| c.sub.clone());
-        if space.space_type == SpaceType::Userspace
-            && sub.is_some()
-            && userspace_owner(&space.space()) != sub.as_deref()
-        {
-            return Err(denied());
-        }
+        // The same decision as every other transport's: a userspace is
+        // `@{user}`, owned by that user, and grants count for it too; a
+        // grant of one document makes its space joinable (each document is
+        // then checked on its own).
         self.app
             .auth
-            .space(self.token(socket).as_deref(), &space.space())
+            .member(self.token(socket).as_deref(), &space.space())
             .map(|_| ())
             .map_err(|_| denied())
+    }
+
+    /// May this socket read `addr`?
+    fn check_read(
+        &self,
+        socket: &SocketRef,
+        addr: &DocAddress,
+        space: &SpaceRef,
+    ) -> Result<(), Value> {
+        self.app
+            .auth
+            .doc(self.token(socket).as_deref(), addr)
+            .map(|_| ())
+            .map_err(|_| {
+                metrics::rejected("unauthorized");
+                error(
+                    403,
+                    "DOC_ACTION_DENIED",
+                    format!("you may not read {addr}"),
+                    json!({ "spaceId": space.space_id, "docId": addr.doc(), "action": "Doc.Read" }),
+                )
+            })
     }
 
     /// May this socket write `addr`?
@@ -545,6 +562,7 @@ impl Gateway {
         let load: LoadDoc = parse(data)?;
         self.member(&socket, &load.space)?;
         let addr = load.space.address(&load.doc_id)?;
+        self.check_read(&socket, &addr, &load.space)?;
         let doc_ref = json!({ "spaceId": load.space.space_id, "docId": load.doc_id });
         self.take_sync(&socket, &doc_ref)?;
         self.take_doc(&socket, &addr, &doc_ref)?;
@@ -691,8 +709,24 @@ impl Gateway {
             .list(&query.space.space(), query.timestamp)
             .await
             .map_err(internal)?;
+        // Only the documents this socket may read (a member by the grant of
+        // one document sees that one).
+        let claims = self
+            .app
+            .auth
+            .verify(self.token(&socket).as_deref())
+            .ok()
+            .flatten();
+        let readable = |doc: &str| {
+            let Some(claims) = &claims else { return true };
+            query
+                .space
+                .address(doc)
+                .is_ok_and(|addr| claims.doc_mode(&addr).is_some())
+        };
         Ok(Value::Object(
             docs.into_iter()
+                .filter(|m| readable(&m.doc))
                 .map(|m| (m.doc, Value::from(m.updated_at)))
                 .collect(),
         ))
@@ -729,6 +763,7 @@ impl Gateway {
         }
         self.member(&socket, &join.space)?;
         let addr = join.space.address(&join.doc_id)?;
+        self.check_read(&socket, &addr, &join.space)?;
         socket.join(awareness_room(&join.space, &addr));
         self.watch(&join.space, &addr).await;
         Ok(json!({ "clientId": socket.id.to_string(), "success": true }))
@@ -834,6 +869,7 @@ impl Gateway {
         let target: Target = parse(data)?;
         self.member(socket, &target.space)?;
         let addr = target.space.address(&target.doc_id)?;
+        self.check_read(socket, &addr, &target.space)?;
         Ok((target.space, addr))
     }
 
