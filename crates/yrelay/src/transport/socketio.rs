@@ -564,8 +564,8 @@ impl Gateway {
         let addr = load.space.address(&load.doc_id)?;
         self.check_read(&socket, &addr, &load.space)?;
         let doc_ref = json!({ "spaceId": load.space.space_id, "docId": load.doc_id });
-        self.take_sync(&socket, &doc_ref)?;
         self.take_doc(&socket, &addr, &doc_ref)?;
+        self.take_sync(&socket, &doc_ref)?;
         let sv = match load.state_vector.as_deref().filter(|s| !s.is_empty()) {
             Some(text) => decode_state_vector(&base64("stateVector", text)?)
                 .map_err(|_| bad_request("stateVector is not a Yjs state vector"))?,
@@ -579,9 +579,10 @@ impl Gateway {
             .await
             .map_err(internal)?
         else {
-            // Nothing to watch: a socket asking for ids that do not exist
-            // keeps nothing loaded (a push watches it again).
-            self.unwatch(&load.space, &addr);
+            // Still watched: a document created later (on any transport)
+            // reaches the socket. What a socket can keep loaded this way is
+            // bounded by --max-docs-per-connection, and released once no
+            // socket here is a member of the space.
             return Err(error(
                 404,
                 "DOC_NOT_FOUND",
@@ -935,13 +936,6 @@ impl Gateway {
             format!("a socket may use at most {max} documents"),
             doc_ref.clone(),
         ))
-    }
-
-    /// Stops watching a document (one that turned out not to exist).
-    fn unwatch(&self, space: &SpaceRef, addr: &DocAddress) {
-        if let Some(task) = lock(&self.watchers).remove(&(space.clone(), addr.clone())) {
-            task.abort();
-        }
     }
 
     /// Stops the watchers of `space` when no socket here is a member any more.
