@@ -744,25 +744,28 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
     let mut in_store = BTreeSet::new();
     let mut in_client = BTreeSet::new();
     for d in 0..args.docs {
-        let exported = Command::new(&yrelay)
-            .args([
-                "doc",
-                "export",
-                &format!("{SPACE}/d{d}"),
-                "--format",
-                "update",
-            ])
-            .args(["--store", &store, "--log", &log])
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !exported.status.success() {
-            return Err(format!(
-                "yrelay doc export: {}",
-                String::from_utf8_lossy(&exported.stderr)
-            ));
-        }
-        in_store.extend(keys_of(&exported.stdout));
+        // PostgreSQL may still be recovering from its last stop: retried.
+        let mut attempts = 0;
+        let exported = loop {
+            let exported = Command::new(&yrelay)
+                .args(["doc", "export", &format!("{SPACE}/d{d}")])
+                .args(["--format", "update", "--store", &store, "--log", &log])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            attempts += 1;
+            if exported.status.success() {
+                break exported.stdout;
+            }
+            if attempts == 30 {
+                return Err(format!(
+                    "yrelay doc export: {}",
+                    String::from_utf8_lossy(&exported.stderr)
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        in_store.extend(keys_of(&exported));
         let url = format!("ws://{}/v1/ws/{SPACE}/d{d}", addrs[d % addrs.len()]);
         let fresh = WsClient::connect(&url, Doc::new())
             .await
