@@ -13,6 +13,7 @@
 //! document applies log entries in cursor order and unloads the document once
 //! it has been idle.
 
+mod awareness;
 mod live;
 mod manage;
 mod session;
@@ -33,11 +34,9 @@ use crate::clock::now_ms;
 use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
+pub use awareness::{AWARENESS_PER_SEC, AwarenessClients, AwarenessRefusal};
 use live::LiveDoc;
-pub use live::{
-    AWARENESS_PER_SEC, AwarenessClients, AwarenessRefusal, CloseReason, DocEvent, DocNotice,
-    SpaceEvent,
-};
+pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use session::Session;
 
 /// Who submits an update: the connection, which is not sent its own update
@@ -96,7 +95,7 @@ pub enum HubError {
     /// An awareness update that would touch another connection's clients or
     /// pass a bound.
     #[error("awareness refused: {0}")]
-    Awareness(#[from] live::AwarenessRefusal),
+    Awareness(#[from] AwarenessRefusal),
     /// The document cannot be shown in the form asked for (it nests deeper
     /// than a JSON export walks).
     #[error("{0}")]
@@ -318,7 +317,7 @@ impl DocHub {
     ) -> Result<Option<Vec<u8>>, HubError> {
         let doc = self.live(addr).await?;
         let state = doc.lock();
-        Ok(live::fresh_awareness(&state.awareness, except.ids()))
+        Ok(awareness::fresh_awareness(&state.awareness, except.ids()))
     }
 
     /// Announces that `clients`, of a connection that is leaving the
@@ -341,7 +340,7 @@ impl DocHub {
     }
 
     fn forget_awareness(&self, doc: &LiveDoc, clients: &AwarenessClients, origin: Origin) {
-        let Some(removal) = live::removal_update(&doc.lock().awareness, clients.ids()) else {
+        let Some(removal) = awareness::removal_update(&doc.lock().awareness, clients.ids()) else {
             return;
         };
         let hub = self.clone();

@@ -13,7 +13,8 @@ use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use super::live::{AwarenessClients, LiveDoc, Subscriber, fresh_awareness};
+use super::awareness::{AwarenessClients, fresh_awareness};
+use super::live::{LiveDoc, Subscriber};
 use super::{Ack, CloseReason, DocEvent, DocHub, HubError, Writer};
 use crate::log::Origin;
 
