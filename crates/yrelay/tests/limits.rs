@@ -275,3 +275,63 @@ async fn silent_and_half_sent_connections_are_closed() {
     }
     assert_eq!(server.get("/healthz").await.0, 200);
 }
+
+/// A Socket.IO socket that stops reading is closed by the write timeout like
+/// any other connection (it used to be "disconnected to resync" hundreds of
+/// times while it stayed connected with its packet buffer full).
+#[tokio::test]
+async fn a_socketio_socket_that_stops_reading_is_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--write-timeout-secs", "1"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut sio, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let space = r#""spaceType":"workspace","spaceId":"s""#;
+    let mut step = 0;
+    // Open, connect, join, load the document; then read nothing more.
+    while step < 4 {
+        let Some(Ok(Message::Text(text))) = sio.next().await else {
+            panic!("the handshake ended");
+        };
+        let reply = match (step, text.as_str()) {
+            (0, t) if t.starts_with('0') => "40".to_string(),
+            (1, t) if t.starts_with("40") => {
+                format!(r#"420["space:join",{{{space},"clientVersion":"0.26.0"}}]"#)
+            }
+            (2, t) if t.starts_with("430") => {
+                format!(r#"421["space:load-doc",{{{space},"docId":"d"}}]"#)
+            }
+            (3, t) if t.starts_with("431") => break,
+            _ => continue,
+        };
+        sio.send(Message::Text(reply.into())).await.unwrap();
+        step += 1;
+    }
+    server
+        .wait_for_metric(
+            "yrelay_connections{transport=\"socketio-websocket\"}",
+            |v| v == 1.0,
+        )
+        .await;
+    let writer = connect(&server, "s/d").await;
+    let text = writer.doc().get_or_insert_text("text");
+    let chunk = "x".repeat(128 * 1024);
+    for _ in 0..96 {
+        writer.edit(|txn| text.push(txn, &chunk));
+    }
+    // Its writes stall; engine.io ends the socket at its next heartbeat
+    // (every 25 s), so this waits longer than the kit's usual 20 s.
+    let gauge = "yrelay_connections{transport=\"socketio-websocket\"}";
+    tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        while server.metric(gauge).await != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the socket is closed");
+    drop(sio);
+}
