@@ -91,7 +91,13 @@ impl Cluster {
         let disk_dir = dir.join("pgdisk");
         std::fs::create_dir_all(&disk_dir).map_err(|e| e.to_string())?;
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={}m", args.disk_mb),
+                "tmpfs",
+            ])
             .arg(&disk_dir)
             .stderr(Stdio::null())
             .status()

@@ -47,6 +47,10 @@ pub struct ChaosArgs {
     docs: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Size of the store's disk (a tmpfs) in MiB: what the run writes must
+    /// fit (a 30-minute run writes about 1 GiB into PostgreSQL).
+    #[arg(long, default_value_t = 256)]
+    disk_mb: u64,
 }
 
 /// A tiny xorshift generator: the run is the same for the same seed (up to
