@@ -60,14 +60,14 @@ impl Nesting {
     /// build on anything the document lacks ([`NestingError::Missing`]: it
     /// would wait, or its deletions would, for what may never come).
     pub fn admit(&mut self, update: &[u8], may_wait: bool) -> Result<(), NestingError> {
-        self.apply(update, true, may_wait)
+        self.apply(update, true, may_wait).map(|_| ())
     }
 
     /// Records an update already accepted (from the store or the log),
-    /// whatever its depth: returns the deepest nesting now recorded.
+    /// whatever its depth: returns how deep the items it placed (its own, and
+    /// those of waiting structs it completed) sit.
     pub fn record(&mut self, update: &[u8]) -> Result<u32, NestingError> {
-        self.apply(update, false, true)?;
-        Ok(self.deepest)
+        self.apply(update, false, true)
     }
 
     /// The deepest nesting recorded so far.
@@ -75,7 +75,9 @@ impl Nesting {
         self.deepest
     }
 
-    fn apply(&mut self, update: &[u8], enforce: bool, may_wait: bool) -> Result<(), NestingError> {
+    /// Checks (when `enforce`) and records `update`; how deep the items it
+    /// placed sit.
+    fn apply(&mut self, update: &[u8], enforce: bool, may_wait: bool) -> Result<u32, NestingError> {
         let mut structs = Vec::new();
         let mut deleted = Vec::new();
         walk_update(update, |part| match part {
@@ -151,7 +153,7 @@ impl Nesting {
         self.waiting.retain(|_, by_clock| !by_clock.is_empty());
         self.waiting_count = waiting;
         self.deepest = self.deepest.max(deepest);
-        Ok(())
+        Ok(deepest)
     }
 }
 

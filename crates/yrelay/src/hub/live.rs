@@ -312,7 +312,7 @@ impl DocState {
         match self.nesting.record(update) {
             Ok(deepest) if deepest > MAX_TYPE_DEPTH => {
                 metrics::too_deep_doc();
-                tracing::warn!(doc = %addr, deepest, limit = MAX_TYPE_DEPTH, "{what} update nests types deeper than the limit");
+                tracing::warn!(doc = %addr, depth = deepest, limit = MAX_TYPE_DEPTH, "{what} update nests types deeper than the limit");
             }
             Ok(_) => {}
             Err(e) => {
