@@ -437,10 +437,14 @@ test('one size limit on both engines, and sockets count against --max-connection
   await call(check, 'space:join', { ...space, clientVersion: '0.26.0' })
   assert.equal((await call(check, 'space:load-doc', { ...space, docId: 'huge' })).error?.name, 'DOC_NOT_FOUND')
 
-  // --max-connections 3 counts Socket.IO sockets: the 4th is refused.
+  // --max-connections 3 counts Socket.IO sockets: the 4th is refused at
+  // its engine.io handshake, before the server keeps anything for it.
   const more = [await connect(server), await connect(server)]
   t.after(() => { for (const s of [check, ...more]) s.disconnect() })
-  await assert.rejects(connect(server), /TOO_MANY_CONNECTIONS/)
+  await assert.rejects(connect(server))
+  const handshake = await fetch(`${server.httpUrl}/socket.io/?EIO=4&transport=polling`)
+  assert.equal(handshake.status, 503)
+  assert.match(await handshake.text(), /TOO_MANY_CONNECTIONS/)
 })
 
 test('documents per socket and load rate are bounded; what a socket loaded is released when it leaves', async (t) => {

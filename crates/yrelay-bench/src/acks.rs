@@ -102,6 +102,11 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
             .map_err(|e| e.to_string())?;
         socket.write_all(&update).await.map_err(|e| e.to_string())?;
         let status = read_response(&mut stream).await?;
+        if status == 429 {
+            return Err(format!(
+                "POST {path}: HTTP 429 (start yrelay with a high --max-posts-per-sec: every worker posts from one address)"
+            ));
+        }
         if status != 200 {
             return Err(format!("POST {path}: HTTP {status}"));
         }

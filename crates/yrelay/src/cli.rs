@@ -12,7 +12,7 @@ use yrs::StateVector;
 
 use crate::compactor::measure_backlog;
 use crate::config::{BacklogArgs, DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
-use crate::hub::{DocHub, Durability, HubConfig};
+use crate::hub::{AwarenessBounds, DocHub, Durability, HubConfig};
 use crate::{log, store};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -52,6 +52,11 @@ pub async fn run(args: DocArgs) -> CliResult {
             durability: Durability::Store,
             idle_unload: Duration::from_secs(60),
             subscriber_queue: 16,
+            // The command line relays no presence.
+            awareness: AwarenessBounds {
+                per_connection: 0,
+                per_doc: 0,
+            },
         },
     );
     let mut out = std::io::stdout().lock();

@@ -4,22 +4,28 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use yrelay_protocol::update::decode_state_vector;
 use yrelay_protocol::{AddressError, DocAddress};
 use yrs::StateVector;
 
 use crate::http_error::ApiError;
 use crate::hub::Ack;
+use crate::log::Origin;
 use crate::metrics;
 
 /// base64url with or without padding (state vectors in query strings).
@@ -193,5 +199,80 @@ impl UpdateRate {
         }
         self.tokens -= 1.0;
         true
+    }
+}
+
+/// Who makes an HTTP call, for per-caller limits: the token's subject, or
+/// the client's address when there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    Subject(String),
+    Address(IpAddr),
+}
+
+impl Caller {
+    pub fn new(subject: Option<String>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Self {
+        match subject {
+            Some(sub) => Self::Subject(sub),
+            None => Self::Address(peer.ip()),
+        }
+    }
+
+    /// The identity its awareness states are bound to, the same on every
+    /// instance (calls have no connection of their own).
+    pub fn origin(&self) -> Origin {
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        Origin {
+            instance: u64::MAX,
+            connection: hasher.finish(),
+        }
+    }
+}
+
+/// Calls per second per caller (`--max-posts-per-sec`, bursts of twice
+/// that), with the callers not seen lately dropped as more arrive.
+#[derive(Debug)]
+pub struct CallerRate {
+    limiter: DefaultKeyedRateLimiter<Caller>,
+    per_sec: u32,
+    /// Callers held before the next sweep of idle ones.
+    sweep_at: AtomicUsize,
+}
+
+/// Callers held before the first sweep.
+const CALLERS_SWEPT_FROM: usize = 10_000;
+
+impl CallerRate {
+    pub fn new(per_sec: u32) -> Self {
+        let rate = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 is not 0"));
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            per_sec,
+            sweep_at: AtomicUsize::new(CALLERS_SWEPT_FROM),
+        }
+    }
+
+    /// Counts one call of `caller`; 429 `TOO_MANY_REQUESTS` past the rate.
+    pub fn take(&self, caller: &Caller) -> Result<(), ApiError> {
+        let held = self.limiter.len();
+        if held >= self.sweep_at.load(Ordering::Relaxed) {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            let next = (2 * self.limiter.len()).max(CALLERS_SWEPT_FROM);
+            self.sweep_at.store(next, Ordering::Relaxed);
+        }
+        self.limiter.check_key(caller).map_err(|_| {
+            metrics::rejected("posts_rate_limited");
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                format!(
+                    "more than {} calls per second from one caller (--max-posts-per-sec)",
+                    self.per_sec
+                ),
+            )
+        })
     }
 }

@@ -9,19 +9,24 @@
 //! - HTTP/2: the connection is pinged while idle and closed when the pings go
 //!   unanswered.
 //!
+//! Each request carries its peer's address (`ConnectInfo<SocketAddr>`).
+//!
 //! Graceful shutdown as `axum::serve` does it: stop accepting, let each
 //! connection finish what it serves, then return.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 /// HTTP/2 keep-alive pings of an idle connection, and how long one may go
 /// unanswered.
@@ -37,7 +42,7 @@ pub async fn serve<L>(
     signal: impl Future<Output = ()>,
 ) -> Result<(), Infallible>
 where
-    L: Listener,
+    L: Listener<Addr = SocketAddr>,
     L::Io: Unpin,
 {
     let (stop, stopping) = watch::channel(false);
@@ -55,11 +60,17 @@ where
         .enable_connect_protocol();
     let mut signal = std::pin::pin!(signal);
     loop {
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut signal => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = router
+            .clone()
+            .map_request(move |mut request: axum::http::Request<_>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let service = TowerToHyperService::new(service);
         let builder = builder.clone();
         let mut stopping = stopping.clone();
         tokio::spawn(async move {

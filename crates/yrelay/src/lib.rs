@@ -17,6 +17,7 @@ pub mod hub;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod transport;

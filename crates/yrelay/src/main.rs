@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 use yrelay::auth::{Grant, Mode, SigningKey, mint};
 use yrelay::config::{Cli, Command, DEFAULT_STORE};
@@ -35,11 +35,17 @@ async fn run() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The subcommand's own matches tell which settings were given.
+    let given = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     let outcome: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(args) => {
             async {
-                let config = args.resolve()?;
+                let config = args.resolve(&given)?;
                 let server = Server::bind(config).await?;
                 server.run(shutdown_signal()).await?;
                 Ok(())
@@ -48,7 +54,7 @@ async fn run() -> ExitCode {
         }
         Command::Worker(args) => {
             async {
-                yrelay::server::run_worker(args.resolve()?, shutdown_signal()).await?;
+                yrelay::server::run_worker(args.resolve(&given)?, shutdown_signal()).await?;
                 Ok(())
             }
             .await

@@ -19,12 +19,13 @@ use tower_http::services::ServeDir;
 
 use crate::auth::{Auth, KeyError};
 use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
-use crate::config::{JwtKey, ServerConfig};
 use crate::deadline::DeadlineListener;
+use crate::edge::CallerRate;
 use crate::http_error::ApiError;
 use crate::http_serve;
-use crate::hub::{CloseReason, DocHub, HubConfig};
+use crate::hub::{AwarenessBounds, CloseReason, DocHub, HubConfig};
 use crate::log::{self, LogError};
+use crate::settings::{JwtKey, Settings};
 use crate::store::{self, StoreError};
 use crate::tls::{self, TlsError};
 use crate::{api, metrics, transport};
@@ -39,7 +40,10 @@ pub struct Limits {
     pub max_message_size: usize,
     pub max_updates_per_sec: u32,
     pub max_syncs_per_sec: u32,
+    pub max_awareness_per_sec: u32,
     pub max_docs_per_connection: usize,
+    /// Calls per caller to the HTTP write endpoints.
+    pub posts: Arc<CallerRate>,
     /// One permit per open connection (WebSocket or event stream).
     pub connections: Arc<Semaphore>,
 }
@@ -94,12 +98,12 @@ pub struct Server {
     listener: TcpListener,
     app: AppState,
     shutdown: watch::Sender<bool>,
-    config: ServerConfig,
+    config: Settings,
 }
 
 impl Server {
     /// Opens the store (migrating it), the log, and binds the listener.
-    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+    pub async fn bind(config: Settings) -> Result<Self, ServerError> {
         let store = store::open_or_wait(&config.store).await?;
         let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas).await?;
         let hub = DocHub::new(
@@ -107,8 +111,12 @@ impl Server {
             log,
             HubConfig {
                 durability: config.durability,
-                idle_unload: config.idle_unload,
+                idle_unload: config.idle_unload_secs,
                 subscriber_queue: config.queue_bound,
+                awareness: AwarenessBounds {
+                    per_connection: config.max_awareness_clients,
+                    per_doc: config.max_awareness_states,
+                },
             },
         );
         let listener =
@@ -118,12 +126,12 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let auth = match &config.jwt {
+        let auth = match &config.jwt() {
             None => Auth::open(),
             Some(JwtKey::Secret(secret)) => Auth::with_secret(secret),
             Some(JwtKey::PublicKey(path)) => Auth::with_public_key(path)?,
         };
-        if let Some((cert, key)) = &config.tls {
+        if let Some((cert, key)) = config.tls() {
             tls::acceptor(cert, key)?; // fail at start, not on the first client
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -134,6 +142,8 @@ impl Server {
                 max_message_size: config.max_message_size,
                 max_updates_per_sec: config.max_updates_per_sec,
                 max_syncs_per_sec: config.max_syncs_per_sec,
+                max_awareness_per_sec: config.max_awareness_per_sec,
+                posts: Arc::new(CallerRate::new(config.max_posts_per_sec)),
                 max_docs_per_connection: config.max_docs_per_connection,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
             },
@@ -166,7 +176,7 @@ impl Server {
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let hub = app.hub.clone();
         let log = hub.log().clone();
-        let scheme = if config.tls.is_some() {
+        let scheme = if config.tls().is_some() {
             "https"
         } else {
             "http"
@@ -189,7 +199,7 @@ impl Server {
                 log.name()
             );
         }
-        match &config.jwt {
+        match &config.jwt() {
             None => tracing::warn!(
                 "auth is OFF: every request is allowed (development setup; set --jwt-secret or --jwt-public-key)"
             ),
@@ -199,7 +209,7 @@ impl Server {
             }
         }
         let store = hub.store().clone();
-        if config.compactor {
+        if !config.no_compactor {
             let compactor = Compactor::new(store.clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
@@ -209,7 +219,7 @@ impl Server {
             BACKLOG_EVERY,
             app.shutdown.clone(),
         ));
-        let mut router = router(app, &config.cors_origins, config.http_timeout);
+        let mut router = router(app, &config.cors_origins, config.http_timeout_secs);
         if let Some(dir) = &config.static_dir {
             tracing::info!("serving {} at /app/", dir.display());
             router = router.nest_service("/app", ServeDir::new(dir));
@@ -220,23 +230,28 @@ impl Server {
             let _ = shutdown.send(true);
             hub.close_all(CloseReason::ShuttingDown);
         };
-        let compactor = config
-            .compactor
+        let compactor = (!config.no_compactor)
             .then(|| Compactor::new(store, log.clone(), compactor_config(&config)));
-        if let Some((cert, key)) = &config.tls {
+        if let Some((cert, key)) = config.tls() {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
-            let listener =
-                DeadlineListener::new(listener, config.write_timeout, config.http_timeout);
-            let _ = http_serve::serve(listener, router, config.http_timeout, stopping).await;
+            let listener = DeadlineListener::new(
+                listener,
+                config.write_timeout_secs,
+                config.http_timeout_secs,
+            );
+            let _ = http_serve::serve(listener, router, config.http_timeout_secs, stopping).await;
         } else {
             // Small frames must leave at once: no Nagle delay on any connection.
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            let listener =
-                DeadlineListener::new(listener, config.write_timeout, config.http_timeout);
-            let _ = http_serve::serve(listener, router, config.http_timeout, stopping).await;
+            let listener = DeadlineListener::new(
+                listener,
+                config.write_timeout_secs,
+                config.http_timeout_secs,
+            );
+            let _ = http_serve::serve(listener, router, config.http_timeout_secs, stopping).await;
         }
         if let Some(compactor) = compactor {
             compactor.drain(STOP_DRAIN).await;
@@ -253,18 +268,18 @@ const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the compactor looks for work: at most every second, more often
 /// when documents are to be compacted sooner.
-pub fn compactor_config(config: &ServerConfig) -> CompactorConfig {
+pub fn compactor_config(config: &Settings) -> CompactorConfig {
     CompactorConfig {
         min_updates: config.compact_min_updates,
-        idle: config.compact_idle,
-        poll: Duration::from_secs(1).min(config.compact_idle.max(Duration::from_millis(100))),
-        log_retention: config.log_retention,
+        idle: config.compact_idle_secs,
+        poll: Duration::from_secs(1).min(config.compact_idle_secs.max(Duration::from_millis(100))),
+        log_retention: config.log_retention_secs,
     }
 }
 
 /// `yrelay worker`: the compactor alone, until `signal` resolves.
 pub async fn run_worker(
-    config: ServerConfig,
+    config: Settings,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = store::open_or_wait(&config.store).await?;
@@ -334,7 +349,11 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .fallback(api::not_found)
         .with_state(app.clone())
-        .layer(transport::socketio::layer(app));
+        .layer(transport::socketio::layer(app.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            transport::socketio::refuse_handshakes_when_full,
+        ));
     match cors(cors_origins) {
         Some(cors) => router.layer(cors),
         None => router,

@@ -335,3 +335,109 @@ async fn a_socketio_socket_that_stops_reading_is_closed() {
     .expect("the socket is closed");
     drop(sio);
 }
+
+/// The HTTP write endpoints are rate-limited per caller (token subject, or
+/// address without a token): one caller flooding `POST .../updates` gets
+/// 429 while another goes on; awareness posted over HTTP belongs to its
+/// caller (it belonged to no one: any caller could overwrite anyone's); the
+/// awareness bounds are settings. (`POST .../updates` had no limit at all.)
+#[tokio::test]
+async fn http_calls_are_limited_per_caller_and_presence_is_the_callers() {
+    use yrelay::auth::{Grant, Mode, SigningKey, mint};
+    let secret = "limits-secret";
+    let token = |sub: &str| {
+        let grant = Grant {
+            space: "s".into(),
+            doc: "*".into(),
+            mode: Mode::Rw,
+        };
+        let token = mint(&SigningKey::Secret(secret.into()), sub, vec![grant], 600).unwrap();
+        format!("Bearer {token}")
+    };
+    let (ann, bob, cy) = (token("ann"), token("bob"), token("cy"));
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--jwt-secret",
+        secret,
+        "--max-posts-per-sec",
+        "1",
+        "--max-awareness-clients",
+        "2",
+    ];
+    let server = TestServer::start(dir.path(), &args).await;
+    let post = |who: &str, path: &str, body: Vec<u8>| {
+        let (who, path) = (who.to_owned(), path.to_owned());
+        let addr = server.addr;
+        async move { common::http_call(addr, "POST", &path, &[("Authorization", &who)], &body).await }
+    };
+    let update = |s: &str| {
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("text");
+        let mut txn = yrs::Transact::transact_mut(&doc);
+        text.push(&mut txn, s);
+        txn.encode_update_v1()
+    };
+    // 1 call a second, bursts of 2: ten at once are over it.
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let (status, body) = post(&ann, "/v1/docs/s/flood/updates", update(&i.to_string())).await;
+        assert!(status == 200 || status == 429, "{status} {body}");
+        if status == 429 {
+            assert!(body.contains("TOO_MANY_REQUESTS"), "{body}");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let (status, body) = post(&bob, "/v1/docs/s/flood/updates", update("bob")).await;
+    assert_eq!(status, 200, "another caller goes on: {body}");
+    assert!(
+        server
+            .metric("yrelay_rejected_messages_total{reason=\"posts_rate_limited\"}")
+            .await
+            >= 1.0
+    );
+
+    // Bob's presence (client 7) is his: Ann cannot overwrite it.
+    let (status, body) = post(&bob, "/v1/docs/s/here/awareness", awareness([7], "bob")).await;
+    assert_eq!(status, 204, "{body}");
+    // Until the log delivers Bob's state to the replica, the id is nobody's
+    // yet; Ann's rate allows a try a second.
+    let tries = async {
+        loop {
+            let (status, body) =
+                post(&ann, "/v1/docs/s/here/awareness", awareness([7], "ann")).await;
+            match status {
+                204 | 429 => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+                _ => break (status, body),
+            }
+        }
+    };
+    let (status, body) = tokio::time::timeout(common::WAIT, tries).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("AWARENESS_NOT_YOURS"), "{body}");
+    // --max-awareness-clients 2: three new ids in one update are refused.
+    let (status, body) = post(
+        &cy,
+        "/v1/docs/s/other/awareness",
+        awareness([1, 2, 3], "cy"),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("at most 2 awareness clients"), "{body}");
+}
+
+/// Past `--max-connections`, a new Socket.IO (engine.io) session is refused
+/// at its handshake, before the server keeps anything for it; it used to
+/// be opened and only its Socket.IO connect refused.
+#[tokio::test]
+async fn socketio_handshakes_are_refused_when_the_instance_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--max-connections", "1"]).await;
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let (status, body) = server.get(handshake).await;
+    assert_eq!(status, 200, "{body}");
+    let _only = connect(&server, "s/full").await;
+    let (status, body) = server.get(handshake).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("TOO_MANY_CONNECTIONS"), "{body}");
+}

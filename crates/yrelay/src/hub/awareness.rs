@@ -16,26 +16,25 @@ use crate::log::Origin;
 /// (clients renew every 15 s; y-protocols drops states after 30 s).
 const AWARENESS_STALE_MS: u64 = 30_000;
 
-/// Awareness client ids one connection may introduce (a client has one; a
-/// few more cover reconnects that kept their old id).
-pub const AWARENESS_CLIENTS_PER_CONNECTION: usize = 8;
-/// Awareness states one document may hold (people present at once).
-pub const AWARENESS_STATES_PER_DOC: usize = 1000;
-/// Awareness updates one connection may send per second (bursts of twice
-/// that): cursors and selections, a few a second while typing.
-pub const AWARENESS_PER_SEC: u32 = 60;
+/// How much presence one connection and one document may hold
+/// (`--max-awareness-clients`, `--max-awareness-states`).
+#[derive(Debug, Clone, Copy)]
+pub struct AwarenessBounds {
+    /// Awareness client ids one connection may introduce.
+    pub per_connection: usize,
+    /// Awareness states one document may hold.
+    pub per_doc: usize,
+}
 
 /// Why an awareness update is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AwarenessRefusal {
     #[error("awareness client {0} belongs to another connection")]
     Foreign(u64),
-    #[error(
-        "a connection may introduce at most {AWARENESS_CLIENTS_PER_CONNECTION} awareness clients"
-    )]
-    TooManyClients,
-    #[error("the document holds as many awareness states as it may ({AWARENESS_STATES_PER_DOC})")]
-    TooManyStates,
+    #[error("a connection may introduce at most {0} awareness clients")]
+    TooManyClients(usize),
+    #[error("the document holds as many awareness states as it may ({0})")]
+    TooManyStates(usize),
 }
 
 impl DocState {
@@ -79,6 +78,7 @@ impl DocState {
         update: &AwarenessUpdate,
         origin: Option<Origin>,
         introduced: &HashSet<u64>,
+        bounds: AwarenessBounds,
     ) -> Result<(), AwarenessRefusal> {
         let mut new_here = 0;
         let mut new_for_it = 0;
@@ -94,11 +94,11 @@ impl DocState {
                 new_for_it += 1;
             }
         }
-        if introduced.len() + new_for_it > AWARENESS_CLIENTS_PER_CONNECTION {
-            return Err(AwarenessRefusal::TooManyClients);
+        if introduced.len() + new_for_it > bounds.per_connection {
+            return Err(AwarenessRefusal::TooManyClients(bounds.per_connection));
         }
-        if new_here > 0 && self.awareness_owners.len() + new_here > AWARENESS_STATES_PER_DOC {
-            return Err(AwarenessRefusal::TooManyStates);
+        if new_here > 0 && self.awareness_owners.len() + new_here > bounds.per_doc {
+            return Err(AwarenessRefusal::TooManyStates(bounds.per_doc));
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ use crate::clock::now_ms;
 use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
-pub use awareness::{AWARENESS_PER_SEC, AwarenessClients, AwarenessRefusal};
+pub use awareness::{AwarenessBounds, AwarenessClients, AwarenessRefusal};
 use live::LiveDoc;
 pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use session::Session;
@@ -73,6 +73,7 @@ pub struct HubConfig {
     pub idle_unload: Duration,
     /// Bound of each subscriber's outbound queue (a full queue closes it).
     pub subscriber_queue: usize,
+    pub awareness: AwarenessBounds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +287,12 @@ impl DocHub {
         introduced: &AwarenessClients,
     ) -> Result<(), HubError> {
         let doc = self.live(addr).await?;
-        let refused = doc.lock().admit_awareness(update, origin, introduced.ids());
+        let refused = doc.lock().admit_awareness(
+            update,
+            origin,
+            introduced.ids(),
+            self.inner.config.awareness,
+        );
         if let Err(refusal) = refused {
             metrics::rejected("awareness");
             return Err(HubError::Awareness(refusal));

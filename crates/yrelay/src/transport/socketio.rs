@@ -27,6 +27,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
@@ -44,12 +47,15 @@ use yrs::StateVector;
 use crate::auth::AuthError;
 use crate::clock::now_ms;
 use crate::edge::UpdateRate;
-use crate::hub::{AWARENESS_PER_SEC, AwarenessClients, DocEvent, HubError, Session, Writer};
+use crate::hub::{AwarenessClients, DocEvent, HubError, Session, Writer};
 use crate::log::Origin;
 use crate::metrics;
 use crate::server::AppState;
 
 const TRANSPORT: &str = "socketio";
+/// How long an engine.io session may wait for its Socket.IO connect (a
+/// client sends it at once): a session that never connects holds no slot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest Socket.IO packet (or polling payload, or WebSocket message)
 /// that carries an update of `max_update` bytes: base64 (4/3) in a JSON
 /// event, with room for its other fields.
@@ -230,6 +236,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         .ws_max_message_size(limit)
         .ws_max_frame_size(limit)
         .max_buffer_size(4096)
+        .connect_timeout(CONNECT_TIMEOUT)
         .build_layer();
     let gateway = Arc::new(Gateway {
         app,
@@ -272,6 +279,26 @@ pub fn layer(app: AppState) -> SocketIoLayer {
     use socketioxide::handler::ConnectHandler;
     io.ns("/", connected.with(admit));
     layer
+}
+
+/// Refuses a new engine.io session (a handshake: no `sid` yet) with 503
+/// `TOO_MANY_CONNECTIONS` while the instance holds as many connections as it
+/// may, before socketioxide keeps any state for it (the socket's own slot is
+/// taken when it connects).
+pub async fn refuse_handshakes_when_full(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let uri = request.uri();
+    let handshake = uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
+    if handshake && let Err(full) = app.limits.connection_slot() {
+        return full.into_response();
+    }
+    next.run(request).await
 }
 
 /// Every 5 s: sets `yrelay_active_users` (users seen in the last minute),
@@ -337,7 +364,7 @@ impl Gateway {
                 origin,
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
                 syncs: UpdateRate::new(self.app.limits.max_syncs_per_sec),
-                awareness_rate: UpdateRate::new(AWARENESS_PER_SEC),
+                awareness_rate: UpdateRate::new(self.app.limits.max_awareness_per_sec),
                 docs: HashSet::new(),
                 spaces: HashMap::new(),
                 awareness: HashMap::new(),
@@ -826,7 +853,10 @@ impl Gateway {
             return Err(error(
                 429,
                 "TOO_MANY_REQUESTS",
-                format!("more than {AWARENESS_PER_SEC} awareness updates per second"),
+                format!(
+                    "more than {} awareness updates per second",
+                    self.app.limits.max_awareness_per_sec
+                ),
                 json!({}),
             ));
         }

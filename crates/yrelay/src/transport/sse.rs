@@ -10,6 +10,7 @@
 //! - `POST /v1/docs/{space}/{doc}/awareness`: an awareness update → 204.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +29,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
-use crate::edge::{Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector};
+use crate::edge::{
+    Caller, Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector,
+};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session, Writer};
 use crate::log::LogCursor;
@@ -171,11 +174,15 @@ fn live_events(
 pub async fn post_update(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
     let permit = app.auth.writer(credentials.token(), &addr)?;
+    app.limits
+        .posts
+        .take(&Caller::new(permit.sub.clone(), peer))?;
     let payload = body(payload)?;
     let update = check_update(payload.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
@@ -199,11 +206,13 @@ pub async fn post_update(
 pub async fn post_sync(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    let permit = app.auth.doc(credentials.token(), &addr)?;
+    app.limits.posts.take(&Caller::new(permit.sub, peer))?;
     let payload = body(payload)?;
     let sv = Some(&payload[..])
         .filter(|p| !p.is_empty())
@@ -213,20 +222,32 @@ pub async fn post_sync(
     Ok(Json(sync_json(&session.diff(&sv), &session.state_vector())))
 }
 
-/// `POST /v1/docs/{space}/{doc}/awareness` (allowed read-only too)
+/// `POST /v1/docs/{space}/{doc}/awareness` (allowed read-only too). The
+/// client ids it introduces belong to the caller (its token's subject, or
+/// its address): other callers cannot overwrite or remove them.
 pub async fn post_awareness(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    let permit = app.auth.doc(credentials.token(), &addr)?;
+    let caller = Caller::new(permit.sub, peer);
+    app.limits.posts.take(&caller)?;
     let payload = body(payload)?;
     let update =
         decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
+    let origin = Some(caller.origin());
     app.hub
-        .publish_awareness(&addr, payload.to_vec(), &update, None, &Default::default())
+        .publish_awareness(
+            &addr,
+            payload.to_vec(),
+            &update,
+            origin,
+            &Default::default(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

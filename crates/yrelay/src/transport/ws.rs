@@ -22,7 +22,7 @@ use yrelay_protocol::update::check_update;
 use crate::auth::{AuthError, Permit};
 use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
-use crate::hub::{AWARENESS_PER_SEC, CloseReason, DocEvent, HubError, Session};
+use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::metrics;
 use crate::server::AppState;
 
@@ -244,7 +244,7 @@ async fn serve(
     }
     let mut rate = UpdateRate::new(app.limits.max_updates_per_sec);
     let mut syncs = UpdateRate::new(app.limits.max_syncs_per_sec);
-    let mut awareness_rate = UpdateRate::new(AWARENESS_PER_SEC);
+    let mut awareness_rate = UpdateRate::new(app.limits.max_awareness_per_sec);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
@@ -290,7 +290,8 @@ async fn serve(
                     if matches!(message, ClientMessage::Awareness { .. }) && !awareness_rate.take() {
                         metrics::rejected("awareness_rate_limited");
                         return Close::Policy(format!(
-                            "more than {AWARENESS_PER_SEC} awareness updates per second"
+                            "more than {} awareness updates per second",
+                            app.limits.max_awareness_per_sec
                         ));
                     }
                     if matches!(message, ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) && !syncs.take() {
