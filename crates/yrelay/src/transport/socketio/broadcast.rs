@@ -1,0 +1,148 @@
+//! Broadcasts: a watcher per document relays the hub's events to the rooms.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+use socketioxide::SocketError;
+use socketioxide::socket::Sid;
+use yrelay_protocol::update::merge_updates;
+
+use crate::hub::{DocEvent, Session, Writer};
+use crate::metrics;
+
+use super::gateway::Gateway;
+use super::wire::{SpaceRef, awareness_room, doc_event};
+
+/// A watcher: the hub's updates of one document, broadcast to the space's
+/// members on this instance (except to the socket that wrote each one).
+pub(super) async fn relay(
+    gateway: std::sync::Weak<Gateway>,
+    space: SpaceRef,
+    mut session: Session,
+) {
+    let head = doc_event(&space, session.addr());
+    let awareness = awareness_room(&space, session.addr());
+    loop {
+        let Ok(first) = session.next_event().await else {
+            return; // closed (deleted, slow, shutting down): the next load restarts it
+        };
+        let mut pending = Some(first);
+        while let Some(event) = pending.take() {
+            let Some(gw) = gateway.upgrade() else { return };
+            match event {
+                DocEvent::Awareness { payload, origin } => {
+                    let mut event = head.clone();
+                    event["awarenessUpdate"] = STANDARD.encode(payload).into();
+                    let name = "space:broadcast-awareness-update";
+                    emit_to_room(&gw, awareness.clone(), gw.writer(origin), name, &event);
+                }
+                DocEvent::Update {
+                    payload,
+                    timestamp_ms,
+                    origin,
+                    editor,
+                    ..
+                } => {
+                    // Everything already waiting from the same writer (and
+                    // user) goes in one batch.
+                    let mut batch = vec![payload];
+                    let mut timestamp = timestamp_ms;
+                    while let Some(event) = session.try_next_event() {
+                        match event {
+                            DocEvent::Update {
+                                payload,
+                                timestamp_ms,
+                                origin: o,
+                                editor: e,
+                                ..
+                            } if o == origin && e == editor => {
+                                batch.push(payload);
+                                timestamp = timestamp.max(timestamp_ms);
+                            }
+                            other => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    let writer = Writer { origin, editor };
+                    broadcast(&gw, &space, &head, &batch, timestamp, writer).await;
+                }
+            }
+        }
+    }
+}
+
+/// Emits a batch of updates (from one writer) to the space's members: one
+/// event per update to 0.25 clients, one (merged when several) to 0.26.
+pub(super) async fn broadcast(
+    gw: &Gateway,
+    space: &SpaceRef,
+    head: &Value,
+    batch: &[Arc<[u8]>],
+    timestamp: i64,
+    writer: Writer,
+) {
+    let sender = gw.writer(writer.origin);
+    let editor = writer.editor.as_deref();
+    for update in batch {
+        let mut event = head.clone();
+        event["update"] = STANDARD.encode(update).into();
+        event["timestamp"] = timestamp.into();
+        event["editor"] = editor.into();
+        emit_to_room(
+            gw,
+            space.room("sync-025"),
+            sender,
+            "space:broadcast-doc-update",
+            &event,
+        );
+    }
+    let (updates, compressed) = if batch.len() > 1 {
+        match merge_updates(batch.iter().map(|u| &u[..])) {
+            Ok(merged) => (vec![STANDARD.encode(merged)], true),
+            Err(_) => (batch.iter().map(|u| STANDARD.encode(u)).collect(), false),
+        }
+    } else {
+        (batch.iter().map(|u| STANDARD.encode(u)).collect(), false)
+    };
+    metrics::broadcast(if compressed { "compressed" } else { "batch" }, 1);
+    let mut event = head.clone();
+    event["updates"] = updates.into();
+    event["timestamp"] = timestamp.into();
+    event["editor"] = editor.into();
+    event["compressed"] = compressed.into();
+    emit_to_room(
+        gw,
+        space.room("sync-026"),
+        sender,
+        "space:broadcast-doc-updates",
+        &event,
+    );
+}
+
+/// Emits to every socket of `room` but `sender`. A socket whose queue is
+/// full is disconnected (it reconnects and loads again) rather than silently
+/// missing an update.
+pub(super) fn emit_to_room(
+    gw: &Gateway,
+    room: String,
+    sender: Option<Sid>,
+    name: &str,
+    event: &Value,
+) {
+    for socket in gw.io.to(room).sockets() {
+        if Some(socket.id) == sender {
+            continue;
+        }
+        if let Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) =
+            socket.emit(name, event)
+        {
+            metrics::slow_consumer_closed();
+            tracing::info!(socket = %socket.id, "socket.io client too slow: disconnected to resync");
+            let _ = socket.disconnect();
+        }
+    }
+}

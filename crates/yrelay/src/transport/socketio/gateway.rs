@@ -1,0 +1,380 @@
+//! The gateway of this instance: its sockets, who wrote what, the
+//! watchers, and the access checks every event makes.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::socket::Sid;
+use socketioxide::{SocketIo, TransportType};
+use yrelay_protocol::DocAddress;
+
+use crate::auth::AuthError;
+use crate::edge::UpdateRate;
+use crate::hub::AwarenessClients;
+use crate::log::Origin;
+use crate::metrics;
+use crate::server::AppState;
+
+use super::broadcast::relay;
+use super::wire::{Protocol, Reply, SpaceRef, bad_request, error};
+
+/// What the gateway knows about one socket.
+pub(super) struct Conn {
+    /// `socketio-websocket` or `socketio-polling`.
+    pub(super) transport: &'static str,
+    pub(super) opened: Instant,
+    pub(super) token: Option<String>,
+    pub(super) sub: Option<String>,
+    pub(super) origin: Origin,
+    pub(super) rate: UpdateRate,
+    /// Sync requests (load-doc) per second.
+    pub(super) syncs: UpdateRate,
+    /// Awareness updates per second.
+    pub(super) awareness_rate: UpdateRate,
+    /// The documents it loaded or wrote (at most --max-docs-per-connection).
+    pub(super) docs: HashSet<DocAddress>,
+    /// Joined spaces and the protocol each was joined with.
+    pub(super) spaces: HashMap<SpaceRef, Protocol>,
+    /// The awareness clients this socket introduced, per document.
+    pub(super) awareness: HashMap<DocAddress, AwarenessClients>,
+    /// Its place under --max-connections, given back when it is forgotten.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The Socket.IO gateway of this instance.
+pub struct Gateway {
+    pub(super) app: AppState,
+    pub(super) io: SocketIo,
+    pub(super) conns: Mutex<HashMap<Sid, Conn>>,
+    /// Which socket wrote with which origin (to skip it in broadcasts).
+    pub(super) writers: Mutex<HashMap<Origin, Sid>>,
+    /// One watcher per (space, document) loaded here, while its space has
+    /// members on this instance.
+    pub(super) watchers: Mutex<HashMap<(SpaceRef, DocAddress), tokio::task::JoinHandle<()>>>,
+    /// Users (or anonymous sockets) seen, for `yrelay_active_users`.
+    pub(super) seen: Mutex<HashMap<String, Instant>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The token of a connecting socket: `auth.token`, else `Authorization: Bearer`.
+pub(super) fn connect_token(socket: &SocketRef, auth: &Option<Value>) -> Option<String> {
+    auth.as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            socket
+                .req_parts()
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned())
+        })
+}
+
+impl Gateway {
+    pub(super) fn connected(
+        self: Arc<Self>,
+        socket: SocketRef,
+        auth: Option<Value>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let token = connect_token(&socket, &auth);
+        let sub = self
+            .app
+            .auth
+            .verify(token.as_deref())
+            .ok()
+            .flatten()
+            .map(|c| c.sub);
+        let transport = match socket.transport_type() {
+            TransportType::Websocket => "socketio-websocket",
+            TransportType::Polling => "socketio-polling",
+        };
+        metrics::connection_opened(transport);
+        let origin = self.app.hub.new_origin();
+        lock(&self.seen).insert(
+            sub.clone().unwrap_or_else(|| socket.id.to_string()),
+            Instant::now(),
+        );
+        lock(&self.writers).insert(origin, socket.id);
+        lock(&self.conns).insert(
+            socket.id,
+            Conn {
+                transport,
+                opened: Instant::now(),
+                token,
+                sub,
+                origin,
+                rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
+                syncs: UpdateRate::new(self.app.limits.max_syncs_per_sec),
+                awareness_rate: UpdateRate::new(self.app.limits.max_awareness_per_sec),
+                docs: HashSet::new(),
+                spaces: HashMap::new(),
+                awareness: HashMap::new(),
+                _slot: slot,
+            },
+        );
+        self.route(&socket, "space:join", Gateway::join);
+        self.route(&socket, "space:leave", Gateway::leave);
+        self.route(&socket, "space:load-doc", Gateway::load_doc);
+        self.route(&socket, "space:push-doc-update", Gateway::push_doc_update);
+        self.route(
+            &socket,
+            "space:load-doc-timestamps",
+            Gateway::load_doc_timestamps,
+        );
+        self.route(&socket, "space:delete-doc", Gateway::delete_doc);
+        self.route(&socket, "space:join-awareness", Gateway::join_awareness);
+        self.route(&socket, "space:leave-awareness", Gateway::leave_awareness);
+        self.route(&socket, "space:load-awarenesses", Gateway::load_awarenesses);
+        self.route(&socket, "space:update-awareness", Gateway::update_awareness);
+        let gw = self.clone();
+        socket.on_disconnect(move |socket: SocketRef| {
+            let gw = gw.clone();
+            async move { gw.forget(socket.id) }
+        });
+    }
+
+    /// Drops what the gateway knows about a socket that has gone.
+    pub(super) fn forget(&self, sid: Sid) {
+        let Some(conn) = lock(&self.conns).remove(&sid) else {
+            return;
+        };
+        metrics::connection_closed(conn.transport);
+        lock(&self.writers).remove(&conn.origin);
+        for (addr, clients) in &conn.awareness {
+            self.app.hub.forget_awareness_of(addr, clients, conn.origin);
+        }
+        for space in conn.spaces.keys() {
+            self.stop_watchers_if_unused(space);
+        }
+    }
+
+    /// Registers `handler` for `event`: its payload is a JSON object, its
+    /// result the ack (`{data}` or `{error}`).
+    pub(super) fn route<F, Fut>(
+        self: &Arc<Self>,
+        socket: &SocketRef,
+        event: &'static str,
+        handler: F,
+    ) where
+        F: Fn(Arc<Gateway>, SocketRef, Value) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let gw = self.clone();
+        socket.on(
+            event,
+            move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+                let gw = gw.clone();
+                let handler = handler.clone();
+                async move {
+                    let reply = match data {
+                        Ok(data) if data.is_object() => handler(gw, socket.clone(), data).await,
+                        _ => Err(bad_request(format!(
+                            "{event} takes one JSON object as its payload"
+                        ))),
+                    };
+                    let refused = reply
+                        .as_ref()
+                        .is_ok_and(|data| data.get("success") == Some(&Value::Bool(false)));
+                    let body = match reply {
+                        Ok(data) => json!({ "data": data }),
+                        Err(error) => error,
+                    };
+                    let _ = ack.send(&body);
+                    if refused {
+                        let _ = socket.disconnect(); // a client too old for this server
+                    }
+                }
+            },
+        );
+    }
+
+    /// The space of an event, which the socket must have joined.
+    pub(super) fn member(&self, socket: &SocketRef, space: &SpaceRef) -> Result<Protocol, Value> {
+        lock(&self.conns)
+            .get(&socket.id)
+            .and_then(|c| c.spaces.get(space).copied())
+            .ok_or_else(|| {
+                error(
+                    403,
+                    "NOT_IN_SPACE",
+                    format!("join space {} first", space.space_id),
+                    json!({ "spaceId": space.space_id }),
+                )
+            })
+    }
+
+    pub(super) fn token(&self, socket: &SocketRef) -> Option<String> {
+        lock(&self.conns)
+            .get(&socket.id)
+            .and_then(|c| c.token.clone())
+    }
+
+    /// May this socket use `space` at all (userspace ownership, grants)?
+    pub(super) fn check_space(&self, socket: &SocketRef, space: &SpaceRef) -> Result<(), Value> {
+        let denied = || {
+            error(
+                403,
+                "SPACE_ACCESS_DENIED",
+                format!("no access to space {}", space.space_id),
+                json!({ "spaceId": space.space_id }),
+            )
+        };
+        if let Err(e) = yrelay_protocol::address::check_space_id(&space.space()) {
+            return Err(bad_request(e.to_string()));
+        }
+        // The same decision as every other transport's: a userspace is
+        // `@{user}`, owned by that user, and grants count for it too; a
+        // grant of one document makes its space joinable (each document is
+        // then checked on its own).
+        self.app
+            .auth
+            .member(self.token(socket).as_deref(), &space.space())
+            .map(|_| ())
+            .map_err(|_| denied())
+    }
+
+    /// May this socket read `addr`?
+    pub(super) fn check_read(
+        &self,
+        socket: &SocketRef,
+        addr: &DocAddress,
+        space: &SpaceRef,
+    ) -> Result<(), Value> {
+        self.app
+            .auth
+            .doc(self.token(socket).as_deref(), addr)
+            .map(|_| ())
+            .map_err(|_| {
+                metrics::rejected("unauthorized");
+                error(
+                    403,
+                    "DOC_ACTION_DENIED",
+                    format!("you may not read {addr}"),
+                    json!({ "spaceId": space.space_id, "docId": addr.doc(), "action": "Doc.Read" }),
+                )
+            })
+    }
+
+    /// May this socket write `addr`?
+    pub(super) fn check_write(
+        &self,
+        socket: &SocketRef,
+        addr: &DocAddress,
+        space: &SpaceRef,
+    ) -> Result<(), Value> {
+        match self.app.auth.writer(self.token(socket).as_deref(), addr) {
+            Ok(_) => Ok(()),
+            Err(AuthError::ReadOnly(_) | AuthError::Denied(_)) => {
+                metrics::rejected("read_only");
+                Err(error(
+                    403,
+                    "DOC_ACTION_DENIED",
+                    format!("you may not change {addr}"),
+                    json!({ "spaceId": space.space_id, "docId": addr.doc(), "action": "Doc.Update" }),
+                ))
+            }
+            Err(e) => Err(error(
+                401,
+                "AUTHENTICATION_REQUIRED",
+                e.to_string(),
+                json!({}),
+            )),
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts the watcher of `addr` for `space` unless it runs.
+    pub(super) async fn watch(self: &Arc<Self>, space: &SpaceRef, addr: &DocAddress) {
+        let key = (space.clone(), addr.clone());
+        if lock(&self.watchers)
+            .get(&key)
+            .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        let Ok(session) = self.app.hub.join(addr).await else {
+            return; // the load itself reports the outage
+        };
+        let mut watchers = lock(&self.watchers);
+        if watchers.get(&key).is_some_and(|task| !task.is_finished()) {
+            return; // another event started one meanwhile
+        }
+        let task = tokio::spawn(relay(Arc::downgrade(self), space.clone(), session));
+        watchers.insert(key, task);
+    }
+
+    /// Takes one sync request's worth of the socket's rate (429 past it).
+    pub(super) fn take_sync(&self, socket: &SocketRef, doc_ref: &Value) -> Result<(), Value> {
+        let within = lock(&self.conns)
+            .get_mut(&socket.id)
+            .is_some_and(|c| c.syncs.take());
+        if within {
+            return Ok(());
+        }
+        metrics::rejected("sync_rate_limited");
+        Err(error(
+            429,
+            "TOO_MANY_REQUESTS",
+            format!(
+                "more than {} sync requests per second",
+                self.app.limits.max_syncs_per_sec
+            ),
+            doc_ref.clone(),
+        ))
+    }
+
+    /// Counts `addr` among the documents the socket uses (429 past
+    /// --max-docs-per-connection).
+    pub(super) fn take_doc(
+        &self,
+        socket: &SocketRef,
+        addr: &DocAddress,
+        doc_ref: &Value,
+    ) -> Result<(), Value> {
+        let max = self.app.limits.max_docs_per_connection;
+        let admitted = lock(&self.conns).get_mut(&socket.id).is_some_and(|c| {
+            c.docs.contains(addr) || (c.docs.len() < max && c.docs.insert(addr.clone()))
+        });
+        if admitted {
+            return Ok(());
+        }
+        metrics::rejected("too_many_docs");
+        Err(error(
+            429,
+            "TOO_MANY_DOCS",
+            format!("a socket may use at most {max} documents"),
+            doc_ref.clone(),
+        ))
+    }
+
+    /// Stops the watchers of `space` when no socket here is a member any more.
+    pub(super) fn stop_watchers_if_unused(&self, space: &SpaceRef) {
+        let used = lock(&self.conns)
+            .values()
+            .any(|c| c.spaces.contains_key(space));
+        if !used {
+            lock(&self.watchers).retain(|(s, _), task| {
+                if s == space {
+                    task.abort();
+                }
+                s != space
+            });
+        }
+    }
+
+    pub(super) fn writer(&self, origin: Option<Origin>) -> Option<Sid> {
+        origin.and_then(|o| lock(&self.writers).get(&o).copied())
+    }
+}
