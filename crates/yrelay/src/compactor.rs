@@ -120,10 +120,18 @@ impl Compactor {
     /// how many it worked on.
     async fn persist_backlog(&self) -> Result<usize, CompactError> {
         let mut worked = 0;
-        for addr in self.log.backlog(64).await? {
-            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
+        for addr in self.log.coordination().backlog(64).await? {
+            if self
+                .log
+                .coordination()
+                .try_lease(&addr, &self.holder, LEASE)
+                .await?
+            {
                 let outcome = self.persist(&addr).await;
-                self.log.release_lease(&addr, &self.holder).await?;
+                self.log
+                    .coordination()
+                    .release_lease(&addr, &self.holder)
+                    .await?;
                 outcome?;
                 worked += 1;
             }
@@ -137,9 +145,17 @@ impl Compactor {
             .compaction_candidates(self.config.min_updates, idle_before, 32)
             .await?
         {
-            if self.log.try_lease(&addr, &self.holder, LEASE).await? {
+            if self
+                .log
+                .coordination()
+                .try_lease(&addr, &self.holder, LEASE)
+                .await?
+            {
                 let outcome = compact(&*self.store, &addr).await;
-                self.log.release_lease(&addr, &self.holder).await?;
+                self.log
+                    .coordination()
+                    .release_lease(&addr, &self.holder)
+                    .await?;
                 outcome?;
             }
         }
@@ -172,7 +188,10 @@ impl Compactor {
         if let Some(upto) = persisted.map(|p| p.min(horizon)) {
             self.log.trim(addr, upto).await?;
         }
-        self.log.clear_backlog(addr, persisted).await?;
+        self.log
+            .coordination()
+            .clear_backlog(addr, persisted)
+            .await?;
         if !entries.is_empty() {
             tracing::debug!(doc = %addr, updates = entries.len(), "log persisted to store");
         }
@@ -195,7 +214,7 @@ const BACKLOG_SCAN: usize = 100_000;
 /// full, never as drained).
 pub async fn measure_backlog(store: &dyn Store, log: &dyn Log) -> Result<Backlog, CompactError> {
     let mut backlog = Backlog::default();
-    for addr in log.backlog(BACKLOG_SCAN).await? {
+    for addr in log.coordination().backlog(BACKLOG_SCAN).await? {
         let owed = match store.log_cursor(&addr).await {
             Ok(cursor) => held_after(log, &addr, cursor).await?.len(),
             Err(_) => log.read(&addr, None).await?.map_or(0, |held| held.len()),

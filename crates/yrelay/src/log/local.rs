@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use yrelay_protocol::DocAddress;
 
-use super::{EntryKind, Log, LogCursor, LogEntry, LogError, Origin, Subscription};
+use super::{Coordination, EntryKind, Log, LogCursor, LogEntry, LogError, Origin, Subscription};
 use crate::clock::now_ms;
 
 /// How many entries a subscriber may have queued before its feed is ended.
@@ -239,6 +239,17 @@ impl Log for LocalLog {
         Ok(())
     }
 
+    fn coordination(&self) -> &dyn Coordination {
+        &Solo
+    }
+}
+
+/// One process: nothing is owed (the store commit precedes every append)
+/// and its one compactor task needs no lease.
+struct Solo;
+
+#[async_trait]
+impl Coordination for Solo {
     async fn backlog(&self, _limit: usize) -> Result<Vec<DocAddress>, LogError> {
         // The store commit precedes every append: nothing is ever owed.
         Ok(Vec::new())

@@ -175,6 +175,14 @@ pub trait Log: Send + Sync + 'static {
     /// Checks that the log is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), LogError>;
 
+    /// How compactors share the work on this log.
+    fn coordination(&self) -> &dyn Coordination;
+}
+
+/// How compactors share the work: which documents the log holds beyond the
+/// store, and which compactor works on which document.
+#[async_trait]
+pub trait Coordination: Send + Sync {
     /// Documents whose log may hold updates the store does not have yet,
     /// oldest first (the compactor's work list). Empty for a log that the
     /// store always precedes.

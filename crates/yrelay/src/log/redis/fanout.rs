@@ -1,0 +1,347 @@
+//! Fan-out: each instance blocks on its inbox; a rung document's streams
+//! are read from each feed's position and delivered.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use redis::streams::StreamReadReply;
+use tokio::sync::Notify;
+use yrelay_protocol::DocAddress;
+
+use super::conn::{Conn, key, unavailable};
+use super::entries::{cursor_lt, entry_from, field, lock};
+use super::scripts::{FORGET, eval};
+use super::{BLOCK, INBOX_CAP, INBOX_RENEW, INBOX_TTL, READ_COUNT, SWEEP, Shared};
+use crate::clock::now_ms;
+use crate::log::{EntryKind, LogEntry, LogError};
+
+impl Shared {
+    pub(super) fn rang(&self, name: String) {
+        lock(&self.rung).insert(name);
+        self.ring.notify_one();
+    }
+}
+
+/// Rings a follower's inbox; forgets the follower when its inbox is gone.
+pub(super) async fn ring(
+    conn: &mut Conn,
+    addr: &DocAddress,
+    inbox: &str,
+    token: &str,
+) -> Result<(), redis::RedisError> {
+    let added: Option<String> = redis::cmd("XADD")
+        .arg(inbox)
+        .arg("NOMKSTREAM")
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_CAP)
+        .arg("*")
+        .arg("d")
+        .arg(addr.to_string())
+        .query_async(conn)
+        .await?;
+    let registered_ms = token
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<i64>().ok())
+        .unwrap_or(0);
+    // A fresh registration may come before its inbox: a feed ended by a
+    // failed read subscribes again while its instance re-opens the inbox
+    // (see `reader`).
+    if added.is_none() && now_ms() - registered_ms > INBOX_TTL.as_millis() as i64 {
+        let _: i64 = eval(FORGET, &[&key(addr, "subs")])
+            .arg(inbox)
+            .arg(token)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Creates (or keeps) the inbox, renews its expiry, and returns the id from
+/// which to read it.
+pub(super) async fn open_inbox(conn: &mut Conn, inbox: &str) -> Result<String, LogError> {
+    let id: String = redis::cmd("XADD")
+        .arg(inbox)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_CAP)
+        .arg("*")
+        .arg("h")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(inbox)
+        .arg(INBOX_TTL.as_millis() as u64)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(id)
+}
+
+pub(super) struct Unsubscribe {
+    pub(super) shared: Weak<Shared>,
+    pub(super) conn: Conn,
+    pub(super) name: String,
+    pub(super) id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let forget = {
+            let mut feeds = lock(&shared.feeds);
+            let Some(doc) = feeds.docs.get_mut(&self.name) else {
+                return;
+            };
+            doc.subs.remove(&self.id);
+            if !doc.subs.is_empty() {
+                return;
+            }
+            let doc = feeds.docs.remove(&self.name).expect("present");
+            (doc.addr, doc.token)
+        };
+        // The last feed of the document here: stop following it (unless a
+        // newer subscription registered again meanwhile).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let inbox = shared.inbox.clone();
+        runtime.spawn(async move {
+            let (addr, token) = forget;
+            let _: Result<i64, _> = eval(FORGET, &[&key(&addr, "subs")])
+                .arg(inbox)
+                .arg(token)
+                .query_async(&mut conn)
+                .await;
+        });
+    }
+}
+
+/// Blocks on the instance's inbox and hands the documents rung to the
+/// fetcher; renews the inbox.
+pub(super) async fn reader(
+    mut blocking: Conn,
+    mut conn: Conn,
+    shared: Weak<Shared>,
+    mut position: String,
+) {
+    let mut renewed = Instant::now();
+    let (mut trimmed, mut trimmed_at) = (position.clone(), Instant::now());
+    loop {
+        let Some(log) = shared.upgrade() else {
+            return; // the log was dropped
+        };
+        let inbox = log.inbox.clone();
+        drop(log);
+        if renewed.elapsed() >= INBOX_RENEW {
+            let kept: Result<i64, _> = redis::cmd("PEXPIRE")
+                .arg(&inbox)
+                .arg(INBOX_TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await;
+            if let Ok(kept) = kept {
+                renewed = Instant::now();
+                if kept == 0 {
+                    // Redis lost it (restarted empty, or this process stalled
+                    // past its lifetime): bells may be lost, and appends
+                    // forgot the registrations they rang. The inbox first,
+                    // then every feed subscribes (registers) again.
+                    tracing::warn!(%inbox, "redis log inbox was gone; feeds will resume by cursor");
+                    if let Ok(start) = open_inbox(&mut conn, &inbox).await {
+                        position = start;
+                    }
+                    end_all_feeds(&shared);
+                }
+            }
+        }
+        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&inbox)
+            .arg(&position)
+            .query_async(&mut blocking)
+            .await;
+        let reply = match reply {
+            Ok(Some(reply)) => reply,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis log read failed; feeds will resume by cursor");
+                end_all_feeds(&shared);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Ok(start) = open_inbox(&mut conn, &inbox).await {
+                    position = start;
+                    renewed = Instant::now();
+                }
+                continue;
+            }
+        };
+        let Some(log) = shared.upgrade() else {
+            return;
+        };
+        let mut rang = false;
+        for e in reply.keys.iter().flat_map(|s| &s.ids) {
+            position = e.id.clone();
+            if let Some(name) = field(&e.map, "d").and_then(|d| std::str::from_utf8(d).ok()) {
+                lock(&log.rung).insert(name.to_string());
+                rang = true;
+            }
+        }
+        if rang {
+            log.ring.notify_one();
+        }
+        drop(log);
+        // Drop what was read (rarely: one request per read-everything).
+        if position != trimmed && trimmed_at.elapsed() >= Duration::from_secs(1) {
+            let _: Result<i64, _> = redis::cmd("XTRIM")
+                .arg(&inbox)
+                .arg("MINID")
+                .arg(&position)
+                .query_async(&mut conn)
+                .await;
+            (trimmed, trimmed_at) = (position.clone(), Instant::now());
+        }
+    }
+}
+
+/// Reads the rung documents' streams and feeds the subscriptions.
+pub(super) async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>) {
+    let mut swept = Instant::now();
+    loop {
+        let Some(log) = shared.upgrade() else {
+            return;
+        };
+        if swept.elapsed() >= SWEEP {
+            // Bells are the fast path; this bounds how late an entry whose
+            // bell was lost (a failed ring, an overfull inbox) arrives.
+            let followed: Vec<String> = lock(&log.feeds).docs.keys().cloned().collect();
+            lock(&log.rung).extend(followed);
+            swept = Instant::now();
+        }
+        let rung: Vec<String> = lock(&log.rung).drain().collect();
+        if rung.is_empty() {
+            drop(log);
+            // Wakes when rung (a ring while busy leaves a permit), or now
+            // and then to notice the log was dropped.
+            let _ = tokio::time::timeout(BLOCK, ring.notified()).await;
+            continue;
+        }
+        let reads = rung.into_iter().filter_map(|name| {
+            let positions = {
+                let feeds = lock(&log.feeds);
+                let doc = feeds.docs.get(&name)?;
+                let mut subs = doc.subs.values();
+                let first = subs.next()?;
+                let (mut log_from, mut aw_from) = (first.log_last.clone(), first.aw_last.clone());
+                for feed in subs {
+                    if cursor_lt(&feed.log_last, &log_from) {
+                        log_from = feed.log_last.clone();
+                    }
+                    if cursor_lt(&feed.aw_last, &aw_from) {
+                        aw_from = feed.aw_last.clone();
+                    }
+                }
+                (doc.addr.clone(), log_from, aw_from)
+            };
+            let mut conn = conn.clone();
+            let log = &log;
+            Some(async move {
+                let (addr, log_from, aw_from) = positions;
+                match read_streams(&mut conn, &addr, log_from, aw_from).await {
+                    Ok(entries) => deliver(log, &name, entries),
+                    Err(e) => {
+                        tracing::warn!(error = %e, doc = %addr, "redis log read failed; feeds will resume by cursor");
+                        if let Some(doc) = lock(&log.feeds).docs.get_mut(&name) {
+                            doc.subs.clear();
+                        }
+                    }
+                }
+            })
+        });
+        join_all(reads).await;
+    }
+}
+
+/// The entries of a document's log and awareness streams after the given
+/// positions (all of them, in requests of [`READ_COUNT`]).
+pub(super) async fn read_streams(
+    conn: &mut Conn,
+    addr: &DocAddress,
+    mut log_from: String,
+    mut aw_from: String,
+) -> Result<Vec<(EntryKind, String, LogEntry)>, redis::RedisError> {
+    let (log_key, aw_key) = (key(addr, "log"), key(addr, "aw"));
+    let mut out = Vec::new();
+    loop {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(&log_key)
+            .arg(&aw_key)
+            .arg(&log_from)
+            .arg(&aw_from)
+            .query_async(conn)
+            .await?;
+        let mut more = false;
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let (kind, from) = if stream.key == log_key {
+                (EntryKind::Update, &mut log_from)
+            } else {
+                (EntryKind::Awareness, &mut aw_from)
+            };
+            more |= stream.ids.len() >= READ_COUNT;
+            for e in &stream.ids {
+                *from = e.id.clone();
+                if let Some(entry) = entry_from(&e.id, &e.map, kind.clone()) {
+                    out.push((kind.clone(), e.id.clone(), entry));
+                }
+            }
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// Sends each feed of `name` the entries past its positions; a feed that is
+/// full or closed ends (its owner resumes by cursor).
+pub(super) fn deliver(shared: &Shared, name: &str, entries: Vec<(EntryKind, String, LogEntry)>) {
+    let mut feeds = lock(&shared.feeds);
+    let Some(doc) = feeds.docs.get_mut(name) else {
+        return;
+    };
+    doc.subs.retain(|_, feed| {
+        for (kind, id, entry) in &entries {
+            let last = if *kind == EntryKind::Update {
+                &mut feed.log_last
+            } else {
+                &mut feed.aw_last
+            };
+            if !cursor_lt(last, id) {
+                continue;
+            }
+            *last = id.clone();
+            if feed.tx.try_send(entry.clone()).is_err() {
+                return false;
+            }
+        }
+        true
+    });
+}
+
+pub(super) fn end_all_feeds(shared: &Weak<Shared>) {
+    if let Some(shared) = shared.upgrade() {
+        for doc in lock(&shared.feeds).docs.values_mut() {
+            doc.subs.clear();
+        }
+    }
+}
