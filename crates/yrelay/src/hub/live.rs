@@ -476,17 +476,15 @@ async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
     const ATTEMPTS: u32 = 60;
     let log = hub.log();
     for attempt in 1..=ATTEMPTS {
+        // Subscribed first, as loading does: whatever is appended while it
+        // catches up arrives on this feed.
         let resumed = async {
             let feed = log.subscribe(&doc.addr).await?;
             let cursor = doc.lock().cursor;
-            Ok::<_, crate::log::LogError>(
-                log.read(&doc.addr, cursor)
-                    .await?
-                    .map(|missed| (feed, missed)),
-            )
+            Ok::<_, crate::log::LogError>((feed, log.read(&doc.addr, cursor).await?))
         };
         match resumed.await {
-            Ok(Some((feed, missed))) => {
+            Ok((feed, Some(missed))) => {
                 for entry in &missed {
                     doc.deliver(entry);
                 }
@@ -495,9 +493,8 @@ async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
                 }
                 return Some(feed);
             }
-            Ok(None) => match History::read(hub.store(), log, &doc.addr).await {
+            Ok((feed, None)) => match History::read(hub.store(), log, &doc.addr).await {
                 Ok(history) => {
-                    let feed = log.subscribe(&doc.addr).await.ok()?;
                     doc.catch_up(&history);
                     return Some(feed);
                 }

@@ -16,6 +16,8 @@
 mod awareness;
 mod live;
 mod manage;
+#[cfg(test)]
+mod resume_tests;
 mod session;
 
 use std::collections::HashMap;
