@@ -25,8 +25,8 @@ use yrs::StateVector;
 
 use crate::http_error::ApiError;
 use crate::hub::Ack;
-use crate::log::Origin;
 use crate::metrics;
+use crate::vocab::Origin;
 
 /// base64url with or without padding (state vectors in query strings).
 const URL_SAFE_ANY: GeneralPurpose = GeneralPurpose::new(

@@ -1,6 +1,8 @@
 //! yrelay: a real-time sync server for Yjs documents.
 //!
-//! Dependencies point one way: `transport` → `hub` → (`store`, `log`).
+//! Dependencies point one way: `transport` → `hub` → (`store`, `log`);
+//! `vocab` holds the types they all share, `state` what request handlers
+//! reach.
 //! `yrelay_protocol` holds the pure codecs every layer may use.
 
 pub mod api;
@@ -18,6 +20,8 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod settings;
+pub mod state;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod vocab;

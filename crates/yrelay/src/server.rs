@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
@@ -21,58 +20,18 @@ use crate::auth::{Auth, KeyError};
 use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
 use crate::deadline::DeadlineListener;
 use crate::edge::CallerRate;
-use crate::http_error::ApiError;
 use crate::http_serve;
 use crate::hub::{AwarenessBounds, CloseReason, DocHub, HubConfig};
-use crate::log::{self, LogError};
+use crate::log::{self, Log, LogError};
 use crate::settings::{JwtKey, Settings};
-use crate::store::{self, StoreError};
+pub use crate::state::{AppState, Limits};
+use crate::store::{self, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::{api, metrics, transport};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Entries the in-process log keeps per live document for resuming by cursor.
 const LOCAL_LOG_RETAIN: usize = 10_000;
-
-/// Limits applied at the transport edge.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_message_size: usize,
-    pub max_updates_per_sec: u32,
-    pub max_syncs_per_sec: u32,
-    pub max_awareness_per_sec: u32,
-    pub max_docs_per_connection: usize,
-    /// Calls per caller to the HTTP write endpoints.
-    pub posts: Arc<CallerRate>,
-    /// One permit per open connection (WebSocket or event stream).
-    pub connections: Arc<Semaphore>,
-}
-
-impl Limits {
-    /// A connection slot, held for as long as the connection is open; 503
-    /// when the instance holds as many as it may.
-    pub fn connection_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.connections.clone().try_acquire_owned().map_err(|_| {
-            metrics::rejected("too_many_connections");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "TOO_MANY_CONNECTIONS",
-                "this instance holds as many connections as it may; try again later",
-            )
-        })
-    }
-}
-
-/// What every request handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub hub: DocHub,
-    pub auth: Arc<Auth>,
-    pub limits: Limits,
-    pub metrics: PrometheusHandle,
-    /// Changes once when the server begins to shut down.
-    pub shutdown: watch::Receiver<bool>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -99,6 +58,9 @@ pub struct Server {
     app: AppState,
     shutdown: watch::Sender<bool>,
     config: Settings,
+    /// The store and log the hub uses, for the compactor and the backlog.
+    store: Arc<dyn Store>,
+    log: Arc<dyn Log>,
 }
 
 impl Server {
@@ -107,8 +69,8 @@ impl Server {
         let store = store::open_or_wait(&config.store).await?;
         let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas).await?;
         let hub = DocHub::new(
-            store,
-            log,
+            store.clone(),
+            log.clone(),
             HubConfig {
                 durability: config.durability,
                 idle_unload: config.idle_unload_secs,
@@ -155,6 +117,8 @@ impl Server {
             app,
             shutdown,
             config,
+            store,
+            log,
         })
     }
 
@@ -172,10 +136,11 @@ impl Server {
             app,
             shutdown,
             config,
+            store,
+            log,
         } = self;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let hub = app.hub.clone();
-        let log = hub.log().clone();
         let scheme = if config.tls().is_some() {
             "https"
         } else {
@@ -208,7 +173,6 @@ impl Server {
                 tracing::info!("auth: tokens signed by the key in {}", path.display())
             }
         }
-        let store = hub.store().clone();
         if !config.no_compactor {
             let compactor = Compactor::new(store.clone(), log.clone(), compactor_config(&config));
             tokio::spawn(compactor.run(app.shutdown.clone()));

@@ -21,8 +21,8 @@ use crate::edge::{
     Credentials, SvQuery, ack_json, address, bad_request, body, query, query_state_vector, space,
 };
 use crate::http_error::ApiError;
-use crate::server::AppState;
-use crate::store::DocMeta;
+use crate::state::AppState;
+use crate::vocab::DocMeta;
 
 fn meta_json(meta: &DocMeta) -> serde_json::Value {
     serde_json::json!({
@@ -216,21 +216,11 @@ pub async fn space_events(
     let slot = app.limits.connection_slot()?;
     let feed = app.hub.space_events(&space_id).await?;
     let events = stream::unfold((feed, slot), |(mut feed, slot)| async move {
-        loop {
-            let entry = feed.recv().await?;
-            let Ok(mut data) = serde_json::from_slice::<serde_json::Value>(&entry.payload) else {
-                continue;
-            };
-            let Some(name) = data
-                .as_object_mut()
-                .and_then(|o| o.remove("type"))
-                .and_then(|t| t.as_str().map(str::to_owned))
-            else {
-                continue;
-            };
-            let event = Event::default().event(name).data(data.to_string());
-            return Some((Ok::<_, Infallible>(event), (feed, slot)));
-        }
+        let notice = feed.next().await?;
+        let event = Event::default()
+            .event(notice.name)
+            .data(notice.data.to_string());
+        Some((Ok::<_, Infallible>(event), (feed, slot)))
     });
     Ok(Sse::new(events)
         .keep_alive(

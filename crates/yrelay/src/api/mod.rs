@@ -9,7 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::http_error::ApiError;
-use crate::server::AppState;
+use crate::hub::Unready;
+use crate::state::AppState;
 
 /// `GET /healthz`: the process runs.
 pub async fn healthz() -> &'static str {
@@ -18,33 +19,18 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: store and log are reachable.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let hub = &app.hub;
-    if let Some(e) = hub.store_failing() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "STORE_UNAVAILABLE",
-            format!("the last store commit failed: {e}"),
-        )
-        .into_response();
+    match app.hub.readiness().await {
+        Ok((store, log)) => {
+            Json(serde_json::json!({ "status": "ready", "store": store, "log": log }))
+                .into_response()
+        }
+        Err(Unready::Store(e)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", e).into_response()
+        }
+        Err(Unready::Log(e)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE", e).into_response()
+        }
     }
-    if let Err(e) = hub.store().ping().await {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "STORE_UNAVAILABLE",
-            e.to_string(),
-        )
-        .into_response();
-    }
-    if let Err(e) = hub.log().ping().await {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "LOG_UNAVAILABLE",
-            e.to_string(),
-        )
-        .into_response();
-    }
-    Json(serde_json::json!({ "status": "ready", "store": hub.store().name(), "log": hub.log().name() }))
-        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text.

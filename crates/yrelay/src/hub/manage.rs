@@ -160,12 +160,11 @@ impl DocHub {
     }
 
     /// Subscribes to the events of a space (documents created, updated,
-    /// renamed, deleted, on every instance); entries carry JSON
-    /// `{"type", "doc", "timestamp", "title"?}`.
-    pub async fn space_events(&self, space: &str) -> Result<Subscription, HubError> {
+    /// renamed, deleted, on every instance).
+    pub async fn space_events(&self, space: &str) -> Result<SpaceFeed, HubError> {
         let feed = DocAddress::space_feed(space)
             .map_err(|e| HubError::Log(LogError::Unavailable(e.to_string())))?;
-        Ok(self.inner.log.subscribe(&feed).await?)
+        Ok(SpaceFeed(self.inner.log.subscribe(&feed).await?))
     }
 
     /// Tells the document's space (in the background: announcing never
@@ -204,5 +203,36 @@ impl DocHub {
             .publish(addr, EntryKind::Notice, payload.into(), None)
             .await?;
         Ok(())
+    }
+}
+
+/// The events of one space, as they happen on any instance.
+pub struct SpaceFeed(Subscription);
+
+/// One event of a space: its name (`doc.created`, `doc.updated`,
+/// `doc.renamed`, `doc.deleted`) and `{"doc", "timestamp", "title"?}`.
+#[derive(Debug, Clone)]
+pub struct SpaceNotice {
+    pub name: String,
+    pub data: serde_json::Value,
+}
+
+impl SpaceFeed {
+    /// The next event; `None` once the feed has ended (the log broke: the
+    /// listener subscribes again).
+    pub async fn next(&mut self) -> Option<SpaceNotice> {
+        loop {
+            let entry = self.0.recv().await?;
+            let Ok(mut data) = serde_json::from_slice::<serde_json::Value>(&entry.payload) else {
+                continue;
+            };
+            let name = data
+                .as_object_mut()
+                .and_then(|o| o.remove("type"))
+                .and_then(|t| t.as_str().map(str::to_owned));
+            if let Some(name) = name {
+                return Some(SpaceNotice { name, data });
+            }
+        }
     }
 }

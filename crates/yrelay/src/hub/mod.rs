@@ -33,12 +33,13 @@ use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 
 use crate::clock::now_ms;
-use crate::log::{EntryKind, Log, LogCursor, LogError, Origin};
+use crate::log::{EntryKind, Log, LogCursor, LogEntry, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 pub use awareness::{AwarenessBounds, AwarenessClients, AwarenessRefusal};
 use live::LiveDoc;
 pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
+pub use manage::{SpaceFeed, SpaceNotice};
 pub use session::Session;
 
 /// Who submits an update: the connection, which is not sent its own update
@@ -76,6 +77,13 @@ pub struct HubConfig {
     /// Bound of each subscriber's outbound queue (a full queue closes it).
     pub subscriber_queue: usize,
     pub awareness: AwarenessBounds,
+}
+
+/// Why an instance cannot serve now.
+#[derive(Debug)]
+pub enum Unready {
+    Store(String),
+    Log(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,17 +165,37 @@ impl DocHub {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
-    pub fn log(&self) -> &Arc<dyn Log> {
+    fn log(&self) -> &Arc<dyn Log> {
         &self.inner.log
     }
 
-    /// Why the last store commit failed, if none has succeeded since.
-    pub fn store_failing(&self) -> Option<String> {
-        self.inner.commit.failing()
+    /// Whether this instance can serve (`/readyz`): the names of its store
+    /// and log, or what fails (the last store commit, or a ping).
+    pub async fn readiness(&self) -> Result<(&'static str, &'static str), Unready> {
+        if let Some(e) = self.inner.commit.failing() {
+            return Err(Unready::Store(format!("the last store commit failed: {e}")));
+        }
+        let (store, log) = (self.store(), self.log());
+        store
+            .ping()
+            .await
+            .map_err(|e| Unready::Store(e.to_string()))?;
+        log.ping().await.map_err(|e| Unready::Log(e.to_string()))?;
+        Ok((store.name(), log.name()))
+    }
+
+    /// The updates the log still holds after `after`, in order (for a
+    /// client resuming by cursor); `None` when it no longer holds `after`.
+    pub async fn replay(
+        &self,
+        addr: &DocAddress,
+        after: LogCursor,
+    ) -> Result<Option<Vec<LogEntry>>, HubError> {
+        Ok(self.log().read(addr, Some(after)).await?)
     }
 
     /// A new writer identity (for transports whose connections submit

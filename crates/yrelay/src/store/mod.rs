@@ -23,21 +23,11 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use yrelay_protocol::DocAddress;
 
-use crate::log::LogCursor;
+pub use crate::vocab::DocMeta;
+use crate::vocab::LogCursor;
 pub use group_commit::GroupCommit;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-/// What a listing or a metadata request shows of a document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DocMeta {
-    pub doc: String,
-    pub title: Option<String>,
-    pub blocked: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub size: i64,
-}
 
 /// Everything the store holds for one document.
 #[derive(Debug, Clone)]

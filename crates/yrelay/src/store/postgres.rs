@@ -11,7 +11,7 @@ use sqlx::{Connection, PgPool, Row};
 use yrelay_protocol::DocAddress;
 
 use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas, transaction};
-use crate::log::LogCursor;
+use crate::vocab::LogCursor;
 
 pub struct PostgresStore {
     pool: PgPool,

@@ -13,7 +13,7 @@ use sqlx::{Connection, Row, SqlitePool};
 use yrelay_protocol::DocAddress;
 
 use super::{DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas, transaction};
-use crate::log::LogCursor;
+use crate::vocab::LogCursor;
 
 pub struct SqliteStore {
     pool: SqlitePool,

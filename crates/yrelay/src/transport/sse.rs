@@ -33,10 +33,10 @@ use crate::edge::{
     Caller, Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector,
 };
 use crate::http_error::ApiError;
-use crate::hub::{CloseReason, DocEvent, HubError, Session, Writer};
-use crate::log::LogCursor;
+use crate::hub::{CloseReason, DocEvent, Session, Writer};
 use crate::metrics;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::vocab::LogCursor;
 
 const TRANSPORT: &str = "sse";
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -71,12 +71,7 @@ pub async fn events(
     let resume_after =
         resume_after.filter(|after| session.cursor().is_some_and(|have| *after <= have));
     let replay = match resume_after {
-        Some(after) => app
-            .hub
-            .log()
-            .read(&addr, Some(after))
-            .await
-            .map_err(HubError::from)?,
+        Some(after) => app.hub.replay(&addr, after).await?,
         None => None,
     };
     let (first, last) = match replay {

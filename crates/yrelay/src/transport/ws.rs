@@ -24,7 +24,7 @@ use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
 use crate::metrics;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const TRANSPORT: &str = "websocket";
 /// Updates of one connection waiting for durability at once; past this the

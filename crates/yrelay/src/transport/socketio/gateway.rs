@@ -15,9 +15,9 @@ use yrelay_protocol::DocAddress;
 use crate::auth::AuthError;
 use crate::edge::UpdateRate;
 use crate::hub::AwarenessClients;
-use crate::log::Origin;
 use crate::metrics;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::vocab::Origin;
 
 use super::broadcast::relay;
 use super::wire::{Protocol, Reply, SpaceRef, bad_request, error};

@@ -41,7 +41,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 
 use crate::metrics;
-use crate::server::AppState;
+use crate::state::AppState;
 
 use gateway::{Gateway, connect_token, lock};
 
