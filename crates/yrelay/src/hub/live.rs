@@ -1,4 +1,4 @@
-//! One live document: replica, cursor, subscribers, and its tail task.
+//! One live document: replica, cursor, subscribers and the events they get.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -12,7 +12,8 @@ use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, Transact};
 
-use super::{DocHub, HubError};
+use super::HubError;
+use super::history::History;
 use crate::log::{EntryKind, Log, LogCursor, LogEntry, Origin, Subscription};
 use crate::metrics;
 use crate::store::Store;
@@ -115,7 +116,7 @@ pub(super) struct DocState {
 }
 
 pub struct LiveDoc {
-    addr: DocAddress,
+    pub(super) addr: DocAddress,
     /// This instance's id: an entry's origin connection is one of ours
     /// only when its instance matches.
     instance: u64,
@@ -193,7 +194,7 @@ impl LiveDoc {
     }
 
     /// Applies a log entry and fans it out to the subscribers.
-    fn deliver(&self, entry: &LogEntry) {
+    pub(super) fn deliver(&self, entry: &LogEntry) {
         if self.lock().apply(&self.addr, entry) {
             self.fan_out(entry);
         }
@@ -251,7 +252,7 @@ impl LiveDoc {
     }
 
     /// Merges `history` and sends subscribers what it added, as one update.
-    fn catch_up(&self, history: &History) {
+    pub(super) fn catch_up(&self, history: &History) {
         let (missed, cursor) = {
             let mut state = self.lock();
             let before = state.awareness.doc().transact().state_vector();
@@ -308,7 +309,7 @@ impl DocState {
     /// the replica, and records how deep it nests. One stored before nesting
     /// was bounded may nest deeper: it is applied all the same (yrs has the
     /// stack for far more, see `main.rs`), logged and counted.
-    fn apply_update(&mut self, addr: &DocAddress, update: &[u8], what: &str) {
+    pub(super) fn apply_update(&mut self, addr: &DocAddress, update: &[u8], what: &str) {
         match self.nesting.record(update) {
             Ok(deepest) if deepest > MAX_TYPE_DEPTH => {
                 metrics::too_deep_doc();
@@ -327,7 +328,7 @@ impl DocState {
 
     /// Applies an entry to the replica; false when it was already applied
     /// (de-duplication by cursor).
-    fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {
+    pub(super) fn apply(&mut self, addr: &DocAddress, entry: &LogEntry) -> bool {
         match entry.kind {
             EntryKind::Update => {
                 if let (Some(have), Some(c)) = (self.cursor, entry.cursor)
@@ -358,154 +359,4 @@ impl DocState {
         }
         true
     }
-}
-
-/// A document's durable history: what the store holds, then the log after
-/// the store's cursor.
-struct History {
-    stored: Vec<Vec<u8>>,
-    blocked: bool,
-    deleted: bool,
-    cursor: Option<LogCursor>,
-    tail: Vec<LogEntry>,
-}
-
-impl History {
-    async fn read(
-        store: &Arc<dyn Store>,
-        log: &Arc<dyn Log>,
-        addr: &DocAddress,
-    ) -> Result<Self, HubError> {
-        // The compactor may move entries into the store and trim them from
-        // the log between our two reads: then read the store again.
-        let deleted = store.deleted_at(addr).await?.is_some();
-        for _ in 0..5 {
-            let stored = store.load(addr).await?;
-            let cursor = stored.as_ref().and_then(|s| s.log_cursor);
-            let blocked = stored.as_ref().is_some_and(|s| s.meta.blocked);
-            if let Some(tail) = log.read(addr, cursor).await? {
-                let stored = stored
-                    .map(|s| {
-                        s.snapshot
-                            .into_iter()
-                            .chain(s.updates.into_iter().map(|(_, u)| u))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Ok(Self {
-                    stored,
-                    blocked,
-                    deleted,
-                    cursor,
-                    tail,
-                });
-            }
-        }
-        Err(HubError::Log(crate::log::LogError::Unavailable(
-            "the log keeps moving past the store; try again".into(),
-        )))
-    }
-
-    /// Merges the history into a replica (idempotent: CRDT merge).
-    fn apply_to(&self, state: &mut DocState, addr: &DocAddress) {
-        for update in &self.stored {
-            state.apply_update(addr, update, "stored");
-        }
-        if state.cursor < self.cursor {
-            state.cursor = self.cursor;
-        }
-        state.blocked = self.blocked;
-        state.deleted = self.deleted;
-        for entry in &self.tail {
-            state.apply(addr, entry);
-        }
-    }
-}
-
-/// The tail task of a live document: applies its log entries in order,
-/// resumes the feed by cursor when it breaks, and unloads the document once
-/// it is idle.
-pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription) {
-    let period =
-        (hub.inner.config.idle_unload / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let mut idle_check = tokio::time::interval(period);
-    loop {
-        tokio::select! {
-            entry = feed.recv() => match entry {
-                Some(entry) if entry.kind == EntryKind::Notice => {
-                    match serde_json::from_slice::<DocNotice>(&entry.payload) {
-                        Ok(DocNotice::Blocked(blocked)) => doc.lock().blocked = blocked,
-                        Ok(DocNotice::Deleted) => {
-                            tracing::info!(doc = %doc.addr, "document deleted: closing its connections");
-                            doc.lock().closed = true;
-                            doc.close_subscribers(CloseReason::Deleted);
-                            hub.forget(&doc);
-                            return;
-                        }
-                        Err(e) => tracing::warn!(doc = %doc.addr, error = %e, "unknown notice ignored"),
-                    }
-                }
-                Some(entry) => doc.deliver(&entry),
-                None => match resume(&hub, &doc).await {
-                    Some(resumed) => feed = resumed,
-                    None => {
-                        tracing::warn!(doc = %doc.addr, "log feed lost and not resumable; clients will resync");
-                        doc.lock().closed = true;
-                        doc.close_subscribers(CloseReason::Resync);
-                        hub.forget(&doc);
-                        return;
-                    }
-                },
-            },
-            _ = idle_check.tick() => {
-                doc.lock().sweep_awareness();
-                if hub.unload_if_idle(&doc) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Subscribes again and replays what the log holds after the replica's
-/// cursor, retrying while the log is unreachable (a restarting Redis). When
-/// the log no longer holds that cursor (the compactor moved it to the
-/// store), catches up from the store instead and sends subscribers what they
-/// missed as one update. `None` when neither works for long.
-async fn resume(hub: &DocHub, doc: &Arc<LiveDoc>) -> Option<Subscription> {
-    const ATTEMPTS: u32 = 60;
-    let log = hub.log();
-    for attempt in 1..=ATTEMPTS {
-        // Subscribed first, as loading does: whatever is appended while it
-        // catches up arrives on this feed.
-        let resumed = async {
-            let feed = log.subscribe(&doc.addr).await?;
-            let cursor = doc.lock().cursor;
-            Ok::<_, crate::log::LogError>((feed, log.read(&doc.addr, cursor).await?))
-        };
-        match resumed.await {
-            Ok((feed, Some(missed))) => {
-                for entry in &missed {
-                    doc.deliver(entry);
-                }
-                if attempt > 1 {
-                    tracing::info!(doc = %doc.addr, attempt, "log feed resumed");
-                }
-                return Some(feed);
-            }
-            Ok((feed, None)) => match History::read(hub.store(), log, &doc.addr).await {
-                Ok(history) => {
-                    doc.catch_up(&history);
-                    return Some(feed);
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-            },
-            Err(e) if attempt == ATTEMPTS => {
-                tracing::warn!(doc = %doc.addr, error = %e, "log feed not resumable");
-                return None;
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-        }
-    }
-    None
 }

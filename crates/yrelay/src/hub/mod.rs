@@ -14,11 +14,13 @@
 //! it has been idle.
 
 mod awareness;
+mod history;
 mod live;
 mod manage;
 #[cfg(test)]
 mod resume_tests;
 mod session;
+mod tail;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -416,7 +418,7 @@ impl DocHub {
                 .await?;
                 metrics::doc_loaded();
                 tracing::info!(doc = %addr, "document loaded");
-                tokio::spawn(live::tail(self.clone(), doc.0.clone(), doc.1));
+                tokio::spawn(tail::tail(self.clone(), doc.0.clone(), doc.1));
                 Ok::<_, HubError>(doc.0)
             })
             .await;
