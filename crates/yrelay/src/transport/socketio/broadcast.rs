@@ -4,16 +4,17 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::Value;
+use serde_json::{Value, json};
 use socketioxide::SocketError;
 use socketioxide::socket::Sid;
+use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::merge_updates;
 
 use crate::hub::{DocEvent, Session, Writer};
 use crate::metrics;
 
 use super::gateway::Gateway;
-use super::wire::{SpaceRef, awareness_room, doc_event};
+use super::wire::{SpaceRef, awareness_room, doc_event, space_type, subscribers_room};
 
 /// A watcher: the hub's updates of one document, broadcast to the space's
 /// members on this instance (except to the socket that wrote each one).
@@ -68,7 +69,16 @@ pub(super) async fn relay(
                         }
                     }
                     let writer = Writer { origin, editor };
-                    broadcast(&gw, &space, &head, &batch, timestamp, writer).await;
+                    broadcast(
+                        &gw,
+                        &space,
+                        session.addr(),
+                        &head,
+                        &batch,
+                        timestamp,
+                        writer,
+                    )
+                    .await;
                 }
             }
         }
@@ -76,10 +86,13 @@ pub(super) async fn relay(
 }
 
 /// Emits a batch of updates (from one writer) to the space's members: one
-/// event per update to 0.25 clients, one (merged when several) to 0.26.
+/// event per update to 0.25 clients, one (merged when several) to 0.26 and
+/// to the document's subscribers, and an invalidation of the space to its
+/// batch members.
 pub(super) async fn broadcast(
     gw: &Gateway,
     space: &SpaceRef,
+    addr: &DocAddress,
     head: &Value,
     batch: &[Arc<[u8]>],
     timestamp: i64,
@@ -121,6 +134,21 @@ pub(super) async fn broadcast(
         "space:broadcast-doc-updates",
         &event,
     );
+    let name = "space:broadcast-doc-updates";
+    emit_to_room(gw, subscribers_room(space, addr), sender, name, &event);
+    let name = "space:broadcast-doc-invalidation";
+    emit_to_room(
+        gw,
+        space.room("batch"),
+        sender,
+        name,
+        &invalidation(space, timestamp),
+    );
+}
+
+/// `{spaceType, spaceId, timestamp}`: something in the space changed.
+pub(super) fn invalidation(space: &SpaceRef, timestamp: i64) -> Value {
+    json!({ "spaceType": space_type(space), "spaceId": space.space_id, "timestamp": timestamp })
 }
 
 /// Emits to every socket of `room` but `sender`. A socket whose queue is

@@ -36,7 +36,7 @@ impl Gateway {
         self.check_space(&socket, &join.space)?;
         let (keep, drop) = match protocol {
             Protocol::V025 => ("sync-025", "sync-026"),
-            Protocol::V026 => ("sync-026", "sync-025"),
+            Protocol::V026 | Protocol::Batch => ("sync-026", "sync-025"),
         };
         socket.leave(join.space.room(drop));
         socket.join([join.space.room("sync"), join.space.room(keep)]);

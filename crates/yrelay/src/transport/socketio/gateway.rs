@@ -19,6 +19,7 @@ use crate::metrics;
 use crate::state::AppState;
 use crate::vocab::Origin;
 
+use super::batch::unknown_event;
 use super::broadcast::relay;
 use super::wire::{Protocol, Reply, SpaceRef, bad_request, error};
 
@@ -39,6 +40,8 @@ pub(super) struct Conn {
     pub(super) docs: HashSet<DocAddress>,
     /// Joined spaces and the protocol each was joined with.
     pub(super) spaces: HashMap<SpaceRef, Protocol>,
+    /// Its active subscriptions (batch protocol).
+    pub(super) subscriptions: HashSet<(SpaceRef, DocAddress)>,
     /// The awareness clients this socket introduced, per document.
     pub(super) awareness: HashMap<DocAddress, AwarenessClients>,
     /// Its place under --max-connections, given back when it is forgotten.
@@ -55,6 +58,9 @@ pub struct Gateway {
     /// One watcher per (space, document) loaded here, while its space has
     /// members on this instance.
     pub(super) watchers: Mutex<HashMap<(SpaceRef, DocAddress), tokio::task::JoinHandle<()>>>,
+    /// One watcher of the space's events per space with batch members here
+    /// (the invalidations of documents not watched here).
+    pub(super) space_watchers: Mutex<HashMap<SpaceRef, tokio::task::JoinHandle<()>>>,
     /// Users (or anonymous sockets) seen, for `yrelay_active_users`.
     pub(super) seen: Mutex<HashMap<String, Instant>>,
 }
@@ -119,6 +125,7 @@ impl Gateway {
                 awareness_rate: UpdateRate::new(self.app.limits.max_awareness_per_sec),
                 docs: HashSet::new(),
                 spaces: HashMap::new(),
+                subscriptions: HashSet::new(),
                 awareness: HashMap::new(),
                 _slot: slot,
             },
@@ -137,6 +144,10 @@ impl Gateway {
         self.route(&socket, "space:leave-awareness", Gateway::leave_awareness);
         self.route(&socket, "space:load-awarenesses", Gateway::load_awarenesses);
         self.route(&socket, "space:update-awareness", Gateway::update_awareness);
+        self.route(&socket, "space:join-batch", Gateway::join_batch);
+        self.route(&socket, "space:leave-batch", Gateway::leave_batch);
+        self.route(&socket, "space:doc-lifecycle", Gateway::doc_lifecycle);
+        socket.on_fallback(unknown_event);
         let gw = self.clone();
         socket.on_disconnect(move |socket: SocketRef| {
             let gw = gw.clone();
@@ -371,6 +382,9 @@ impl Gateway {
                 }
                 s != space
             });
+            if let Some(task) = lock(&self.space_watchers).remove(space) {
+                task.abort();
+            }
         }
     }
 

@@ -23,6 +23,7 @@
 //! data}}`; the socket stays usable.
 
 mod awareness;
+mod batch;
 mod broadcast;
 mod docs;
 mod gateway;
@@ -76,6 +77,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         conns: Mutex::new(HashMap::new()),
         writers: Mutex::new(HashMap::new()),
         watchers: Mutex::new(HashMap::new()),
+        space_watchers: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
     });
     tokio::spawn(housekeeping(Arc::downgrade(&gateway)));
@@ -157,5 +159,6 @@ async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
                 gw.forget(sid);
             }
         }
+        gw.end_lost_subscriptions();
     }
 }

@@ -41,6 +41,31 @@ pub(super) enum Protocol {
     V025,
     /// 0.26.0 and later (prereleases included): `space:broadcast-doc-updates`.
     V026,
+    /// 0.27.5 and later, joined with `space:join-batch`: updates of the
+    /// documents it subscribed to, and an invalidation of the space after
+    /// any change.
+    Batch,
+}
+
+/// Whether `version` is 0.27.5 or later (prereleases included): a client
+/// that may join with `space:join-batch`.
+pub(super) fn batch_version(version: &str) -> Result<bool, Value> {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let parts: Result<Vec<u64>, _> = core.split('.').map(str::parse::<u64>).collect();
+    match parts.as_deref() {
+        Ok([major, minor, rest @ ..]) => {
+            let patch = rest.first().copied().unwrap_or(0);
+            Ok((*major, *minor, patch) >= (0, 27, 5))
+        }
+        _ => Err(bad_request(format!(
+            "clientVersion {version:?} is not a version"
+        ))),
+    }
+}
+
+/// The room of the sockets subscribed to `addr` (batch protocol).
+pub(super) fn subscribers_room(space: &SpaceRef, addr: &DocAddress) -> String {
+    space.room(&format!("{}:subscribers", addr.doc()))
 }
 
 /// `None` for versions below 0.25.0 (refused).

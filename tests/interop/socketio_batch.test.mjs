@@ -1,0 +1,199 @@
+// AFFiNE's batch protocol (clients from 0.27.5: `space:join-batch`), from the
+// client's side with npm `socket.io-client` and `yjs`, beside legacy 0.26
+// sockets and a y-websocket client, on two instances sharing a Redis log.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
+import { io } from 'socket.io-client'
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import { RedisProcess, YrelayProcess, waitFor, yrelayBin } from './server.mjs'
+
+const b64 = (bytes) => Buffer.from(bytes).toString('base64')
+const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
+const ws = { spaceType: 'workspace', spaceId: 'ws1' }
+const VERSION = '0.27.5'
+
+async function connect (server, options = {}) {
+  const socket = io(server.httpUrl, { transports: ['websocket'], reconnection: false, ...options })
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('connect_error', reject)
+  })
+  return socket
+}
+
+const call = (socket, event, payload) => socket.timeout(10000).emitWithAck(event, payload)
+
+function collect (socket, event) {
+  const seen = []
+  socket.on(event, (payload) => seen.push(payload))
+  return seen
+}
+
+function update (fn) {
+  const doc = new Y.Doc()
+  let captured = null
+  doc.on('update', (u) => { captured = u })
+  fn(doc)
+  return captured
+}
+
+/** Polls `check` (async) until it holds: for what only the server's metrics show. */
+async function until (what, check, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+async function metric (server, sample) {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith(sample + ' '))
+  return line ? Number(line.split(' ')[1]) : 0
+}
+
+test('batch join: subscriptions, invalidations from any transport and instance, awareness, leave', async (t) => {
+  const redis = await new RedisProcess().start()
+  t.after(() => redis.dispose())
+  const first = await new YrelayProcess(['--log', redis.url]).start()
+  const store = `sqlite://${join(first.dir, 'yrelay.db')}`
+  const second = await new YrelayProcess(['--log', redis.url, '--store', store]).start()
+  t.after(async () => { await second.dispose(); await first.dispose() })
+
+  // Refusals: too old (answered, then disconnected), bad lists.
+  const old = await connect(first)
+  const refused = await call(old, 'space:join-batch', { spaces: [ws], clientVersion: '0.27.4' })
+  assert.equal(refused.data.success, false)
+  await waitFor('the old client disconnected', () => !old.connected, [[old, 'disconnect']])
+  const a = await connect(first)
+  const b = await connect(second)
+  const legacy = await connect(first)
+  t.after(() => { a.close(); b.close(); legacy.close() })
+  for (const spaces of [[], Array.from({ length: 101 }, (_, i) => ({ ...ws, docId: `d${i}` })),
+    [ws, { spaceType: 'workspace', spaceId: 'other' }], [{ ...ws, docId: 'x' }, { ...ws, docId: 'x' }]]) {
+    const bad = await call(a, 'space:join-batch', { spaces, clientVersion: VERSION })
+    assert.equal(bad.error?.name, 'BAD_REQUEST', JSON.stringify(bad))
+  }
+  const before = await call(a, 'space:load-doc', { ...ws, docId: 'd1' })
+  assert.equal(before.error?.name, 'NOT_IN_SPACE', 'a refused join changes nothing')
+
+  // a (first instance) and b (second) subscribe to d1; a legacy 0.26 socket
+  // joins the space the old way.
+  for (const s of [a, b]) {
+    const joined = await call(s, 'space:join-batch', { spaces: [ws, { ...ws, docId: 'd1' }], clientVersion: '0.27.5-beta.1' })
+    assert.deepEqual(joined.data, { clientId: s.id, success: true })
+  }
+  assert.equal((await call(legacy, 'space:join', { ...ws, clientVersion: '0.26.0' })).data.success, true)
+  const toA = collect(a, 'space:broadcast-doc-updates')
+  const toB = collect(b, 'space:broadcast-doc-updates')
+  const toLegacy = collect(legacy, 'space:broadcast-doc-updates')
+  const invalidA = collect(a, 'space:broadcast-doc-invalidation')
+  const invalidB = collect(b, 'space:broadcast-doc-invalidation')
+  await call(legacy, 'space:load-doc', { ...ws, docId: 'd1' })
+
+  // b pushes to d1: a gets the update and an invalidation across
+  // instances, the legacy socket its 0.26 broadcast, b nothing of its own.
+  const first1 = update((d) => d.getMap('m').set('by', 'b'))
+  assert.equal((await call(b, 'space:push-doc-update', { ...ws, docId: 'd1', update: b64(first1) })).data.accepted, true)
+  await waitFor("b's update on a", () => toA.length > 0 && invalidA.length > 0,
+    [[a, 'space:broadcast-doc-updates'], [a, 'space:broadcast-doc-invalidation']])
+  const mirror = new Y.Doc()
+  for (const u of toA[0].updates) Y.applyUpdate(mirror, unb64(u))
+  assert.equal(mirror.getMap('m').get('by'), 'b')
+  assert.equal(toA[0].docId, 'd1')
+  assert.equal(invalidA[0].spaceId, 'ws1')
+  assert.equal(invalidA[0].spaceType, 'workspace')
+  assert.equal(typeof invalidA[0].timestamp, 'number')
+  await waitFor("b's update on the legacy socket", () => toLegacy.length > 0, [[legacy, 'space:broadcast-doc-updates']])
+  assert.equal(toB.length, 0, 'the sender never gets its own update back')
+
+  // A document b did not subscribe to, written on another transport (a
+  // y-websocket client on the first instance): b gets an invalidation only.
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(first.wsUrl, 'ws1/d3', ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => { provider.destroy(); ydoc.destroy() })
+  await waitFor('y-websocket sync', () => provider.synced, [[provider, 'sync']])
+  const invalidations = invalidB.length
+  ydoc.getMap('m').set('from', 'y-websocket')
+  await waitFor('an invalidation on b', () => invalidB.length > invalidations, [[b, 'space:broadcast-doc-invalidation']])
+  assert.ok(toB.every((e) => e.docId !== 'd3'), 'no updates of a document b did not subscribe to')
+
+  // Awareness rides on the subscription, across instances.
+  const seenByB = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => seenByB.destroy())
+  b.on('space:broadcast-awareness-update', (e) =>
+    awarenessProtocol.applyAwarenessUpdate(seenByB, unb64(e.awarenessUpdate), 'server'))
+  const mine = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => mine.destroy())
+  mine.setLocalState({ user: 'a' })
+  const awarenessUpdate = b64(awarenessProtocol.encodeAwarenessUpdate(mine, [mine.clientID]))
+  assert.deepEqual(await call(a, 'space:update-awareness', { ...ws, docId: 'd1', awarenessUpdate }), { data: {} })
+  await waitFor("a's presence on b", () => seenByB.getStates().get(mine.clientID)?.user === 'a',
+    [[b, 'space:broadcast-awareness-update']])
+
+  // b ends its subscription to d1: no more updates of it, still invalidations.
+  assert.equal((await call(b, 'space:leave-batch', { ...ws, docIds: ['d1'] })).data.success, true)
+  const updatesBefore = toB.length
+  const invalidBefore = invalidB.length
+  const second1 = update((d) => { Y.applyUpdate(d, first1); d.getMap('m').set('again', 1) })
+  await call(a, 'space:push-doc-update', { ...ws, docId: 'd1', update: b64(second1) })
+  await waitFor('an invalidation on b', () => invalidB.length > invalidBefore, [[b, 'space:broadcast-doc-invalidation']])
+  await waitFor("a's push on the legacy socket", () => toLegacy.some((e) => e.updates.length && e.docId === 'd1' && toLegacy.length > 1),
+    [[legacy, 'space:broadcast-doc-updates']])
+  assert.equal(toB.length, updatesBefore, 'no updates after the subscription ended')
+
+  // With no subscription left, an empty leave-batch leaves the space.
+  assert.equal((await call(b, 'space:leave-batch', { ...ws, docIds: [] })).data.success, true)
+  assert.equal((await call(b, 'space:load-doc', { ...ws, docId: 'd1' })).error?.name, 'NOT_IN_SPACE')
+
+  // What the server does not know gets an error ack, never silence.
+  const unknown = await call(a, 'space:no-such-event', { ...ws })
+  assert.equal(unknown.error?.name, 'BAD_REQUEST')
+  assert.match(unknown.error.message, /space:no-such-event/)
+  const lifecycle = await call(a, 'space:doc-lifecycle', { ...ws, docId: 'd1', lifecycle: 'trash' })
+  assert.equal(lifecycle.error?.name, 'BAD_REQUEST')
+})
+
+test('batch join: access is all or nothing, and a subscription ends when its token expires', async (t) => {
+  const secret = 'batch-secret'
+  const server = await new YrelayProcess(['--jwt-secret', secret]).start()
+  t.after(() => server.dispose())
+  const mint = (...args) => execFileSync(yrelayBin, ['token', ...args, '--jwt-secret', secret]).toString().trim()
+
+  const writer = await connect(server, { auth: { token: mint('--sub', 'ann', '--space', 'ws1') } })
+  const onlyD1 = await connect(server, { auth: { token: mint('--sub', 'bob', '--space', 'ws1', '--doc', 'd1') } })
+  const brief = await connect(server, { auth: { token: mint('--sub', 'cy', '--space', 'ws1', '--ttl', '1s') } })
+  t.after(() => { writer.close(); onlyD1.close(); brief.close() })
+
+  const denied = await call(onlyD1, 'space:join-batch', { spaces: [{ ...ws, docId: 'd1' }, { ...ws, docId: 'd2' }], clientVersion: VERSION })
+  assert.equal(denied.error?.name, 'DOC_ACTION_DENIED')
+  assert.equal((await call(onlyD1, 'space:load-doc', { ...ws, docId: 'd1' })).error?.name, 'NOT_IN_SPACE',
+    'a join refused for one doc joins nothing')
+  const other = await call(onlyD1, 'space:join-batch', { spaces: [{ spaceType: 'workspace', spaceId: 'elsewhere' }], clientVersion: VERSION })
+  assert.equal(other.error?.name, 'SPACE_ACCESS_DENIED')
+
+  await call(writer, 'space:join-batch', { spaces: [ws], clientVersion: VERSION })
+  assert.equal((await call(brief, 'space:join-batch', { spaces: [{ ...ws, docId: 'd1' }], clientVersion: VERSION })).data.success, true)
+  const toBrief = collect(brief, 'space:broadcast-doc-updates')
+  const u1 = update((d) => d.getMap('m').set('k', 1))
+  await call(writer, 'space:push-doc-update', { ...ws, docId: 'd1', update: b64(u1) })
+  await waitFor('the update on the subscriber', () => toBrief.length === 1, [[brief, 'space:broadcast-doc-updates']])
+
+  // Its token expires (1 s, and the 5 s leeway): the subscription ends.
+  await until('the subscription ended', async () =>
+    (await metric(server, 'yrelay_rejected_messages_total{reason="subscription_access_lost"}')) >= 1)
+  const u2 = update((d) => { Y.applyUpdate(d, u1); d.getMap('m').set('k', 2) })
+  const legacy = await connect(server, { auth: { token: mint('--sub', 'dan', '--space', 'ws1') } })
+  t.after(() => legacy.close())
+  await call(legacy, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  await call(legacy, 'space:load-doc', { ...ws, docId: 'd1' })
+  const toLegacy = collect(legacy, 'space:broadcast-doc-updates')
+  await call(writer, 'space:push-doc-update', { ...ws, docId: 'd1', update: b64(u2) })
+  await waitFor('the update on a reader that still may read', () => toLegacy.length === 1, [[legacy, 'space:broadcast-doc-updates']])
+  assert.equal(toBrief.length, 1, 'no broadcasts after read access is lost')
+})
