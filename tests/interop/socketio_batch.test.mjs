@@ -197,3 +197,102 @@ test('batch join: access is all or nothing, and a subscription ends when its tok
   await waitFor('the update on a reader that still may read', () => toLegacy.length === 1, [[legacy, 'space:broadcast-doc-updates']])
   assert.equal(toBrief.length, 1, 'no broadcasts after read access is lost')
 })
+
+/** The update events of an SSE stream (`/v1/docs/{doc}/events`), applied to `doc`. */
+async function sseClient (t, server, path, doc) {
+  const controller = new AbortController()
+  t.after(() => controller.abort())
+  const response = await fetch(`${server.httpUrl}/v1/docs/${path}/events`, { signal: controller.signal })
+  const reader = response.body.getReader()
+  const decoder = new TextDecoder()
+  let buffered = '';
+  (async () => {
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }))
+      if (done) return
+      buffered += decoder.decode(value, { stream: true })
+      let end
+      while ((end = buffered.indexOf('\n\n')) >= 0) {
+        const block = buffered.slice(0, end)
+        buffered = buffered.slice(end + 2)
+        const type = block.match(/^event: (.*)$/m)?.[1]
+        const data = block.match(/^data: (.*)$/m)?.[1]
+        if (type === 'sync') Y.applyUpdate(doc, unb64(JSON.parse(data).update), 'server')
+        if (type === 'update') Y.applyUpdate(doc, unb64(data), 'server')
+      }
+    }
+  })()
+  doc.on('update', (u, origin) => {
+    if (origin !== 'server') fetch(`${server.httpUrl}/v1/docs/${path}/updates`, { method: 'POST', body: u })
+  })
+}
+
+test("AFFiNE 0.27.5's flow, bad payloads, and four transports converging on one document", async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const c = await connect(server)
+  const legacy = await connect(server)
+  t.after(() => { c.close(); legacy.close() })
+
+  // Bad payloads: a clear BAD_REQUEST, nothing joined, the socket usable.
+  const bad = [
+    'not an object', {}, { spaces: 'x', clientVersion: VERSION }, { spaces: [ws] },
+    { spaces: [{ ...ws, docId: '' }], clientVersion: VERSION }, { spaces: [{ spaceType: 'nope', spaceId: 'ws1' }], clientVersion: VERSION },
+    { spaces: [{ ...ws, spaceId: '' }], clientVersion: VERSION }
+  ]
+  for (const payload of bad) {
+    const answer = await call(c, 'space:join-batch', payload)
+    assert.equal(answer.error?.name, 'BAD_REQUEST', JSON.stringify(payload))
+    assert.ok(answer.error.message.length > 0)
+  }
+  assert.equal((await call(c, 'space:load-doc', { ...ws, docId: 'conv' })).error?.name, 'NOT_IN_SPACE')
+  const badPush = await call(legacy, 'space:leave-batch', { ...ws, docIds: ['conv'] })
+  assert.equal(badPush.error?.name, 'NOT_IN_SPACE')
+
+  // As AFFiNE 0.27.5 connects: join the space without documents.
+  assert.equal((await call(c, 'space:join-batch', { spaces: [ws], clientVersion: VERSION })).data.success, true)
+  assert.equal((await call(legacy, 'space:join', { ...ws, clientVersion: '0.26.0' })).data.success, true)
+  const invalidations = collect(c, 'space:broadcast-doc-invalidation')
+  const seed = update((d) => d.getMap('m').set('legacy', 1))
+  await call(legacy, 'space:push-doc-update', { ...ws, docId: 'conv', update: b64(seed) })
+  await waitFor('an invalidation', () => invalidations.length > 0, [[c, 'space:broadcast-doc-invalidation']])
+  const stamps = await call(c, 'space:load-doc-timestamps', { ...ws })
+  assert.ok(stamps.data.conv > 0, JSON.stringify(stamps))
+  const cDoc = new Y.Doc()
+  const loaded = await call(c, 'space:load-doc', { ...ws, docId: 'conv', stateVector: b64(Y.encodeStateVector(cDoc)) })
+  Y.applyUpdate(cDoc, unb64(loaded.data.missing), 'server')
+  assert.equal(cDoc.getMap('m').get('legacy'), 1)
+  // ...and subscribe to the document it opened.
+  assert.equal((await call(c, 'space:join-batch', { spaces: [ws, { ...ws, docId: 'conv' }], clientVersion: VERSION })).data.success, true)
+  c.on('space:broadcast-doc-updates', (e) => { for (const u of e.updates) Y.applyUpdate(cDoc, unb64(u), 'server') })
+  cDoc.on('update', (u, origin) => {
+    if (origin !== 'server') call(c, 'space:push-doc-update', { ...ws, docId: 'conv', update: b64(u) })
+  })
+
+  // The legacy socket, a y-websocket client and an SSE client on the same
+  // document; each edits once, and all four end with every edit.
+  const lDoc = new Y.Doc()
+  Y.applyUpdate(lDoc, seed, 'server')
+  legacy.on('space:broadcast-doc-updates', (e) => { for (const u of e.updates) Y.applyUpdate(lDoc, unb64(u), 'server') })
+  await call(legacy, 'space:load-doc', { ...ws, docId: 'conv' })
+  lDoc.on('update', (u, origin) => {
+    if (origin !== 'server') call(legacy, 'space:push-doc-update', { ...ws, docId: 'conv', update: b64(u) })
+  })
+  const yDoc = new Y.Doc()
+  const provider = new WebsocketProvider(server.wsUrl, 'ws1/conv', yDoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => { provider.destroy(); yDoc.destroy() })
+  await waitFor('y-websocket sync', () => provider.synced, [[provider, 'sync']])
+  const sDoc = new Y.Doc()
+  await sseClient(t, server, 'ws1/conv', sDoc)
+  await waitFor('the SSE sync', () => sDoc.getMap('m').get('legacy') === 1, [[sDoc, 'update']])
+
+  cDoc.getMap('m').set('batch', 2)
+  lDoc.getMap('m').set('legacy26', 3)
+  yDoc.getMap('m').set('ywebsocket', 4)
+  sDoc.getMap('m').set('sse', 5)
+  const all = (doc) => ['legacy', 'batch', 'legacy26', 'ywebsocket', 'sse'].every((k) => doc.getMap('m').has(k))
+  for (const [name, doc] of [['batch', cDoc], ['0.26', lDoc], ['y-websocket', yDoc], ['SSE', sDoc]]) {
+    await waitFor(`every edit on the ${name} client`, () => all(doc), [[doc, 'update']])
+  }
+  for (const doc of [lDoc, yDoc, sDoc]) assert.deepEqual(doc.getMap('m').toJSON(), cDoc.getMap('m').toJSON())
+})

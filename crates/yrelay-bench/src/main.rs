@@ -126,7 +126,10 @@ struct ReadersArgs {
 enum Transport {
     Ws,
     Sse,
+    /// AFFiNE's legacy protocol (a 0.26 client, `space:join`).
     Socketio,
+    /// AFFiNE's batch protocol (a 0.27.5 client, `space:join-batch`).
+    SocketioBatch,
 }
 
 impl Transport {
@@ -135,6 +138,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Socketio => "socketio",
+            Transport::SocketioBatch => "socketio-batch",
         }
     }
 }
@@ -237,8 +241,9 @@ impl Readers {
                     let url = sse::events_url(url)?;
                     tokio::spawn(sse::read(url, updates, synced_tx.clone()))
                 }
-                Transport::Socketio => {
-                    tokio::spawn(sio::read(url.clone(), updates, synced_tx.clone()))
+                Transport::Socketio | Transport::SocketioBatch => {
+                    let batch = over == Transport::SocketioBatch;
+                    tokio::spawn(sio::read(url.clone(), batch, updates, synced_tx.clone()))
                 }
             };
             tasks.push(task);

@@ -1,7 +1,8 @@
 //! Socket.IO readers for the fan-out: AFFiNE's `space:*` protocol on
 //! yrelay's `/socket.io/` (Engine.IO v4, WebSocket transport only). A reader
-//! joins the space as a 0.26 client, loads the document, then applies every
-//! `space:broadcast-doc-updates` for it. Only the few packet kinds this
+//! joins the space as a 0.26 client (or, `batch`, as a 0.27.5 client with
+//! `space:join-batch` subscribing to the document), loads the document, then
+//! applies every `space:broadcast-doc-updates` for it. Only the few packet kinds this
 //! needs are spoken (open, connect, ping/pong, event, ack); a general client
 //! crate would bring an HTTP client and a second WebSocket stack for the
 //! polling transport the bench never uses.
@@ -39,6 +40,7 @@ fn emit(ack: u32, event: &str, payload: Value) -> Message {
 /// Reads broadcasts until every item arrived.
 pub async fn read(
     ws_url: String,
+    batch: bool,
     updates: usize,
     synced: tokio::sync::mpsc::Sender<()>,
 ) -> Result<ReaderOutcome, String> {
@@ -74,6 +76,12 @@ pub async fn read(
         let reply = match text.as_str() {
             // Engine.IO open, then Socket.IO connect to the main namespace.
             t if t.starts_with('0') => Some(Message::Text("40".into())),
+            t if t.starts_with("40") && batch => {
+                let mut entry = space_ref.clone();
+                entry["docId"] = json!(doc);
+                let join = json!({ "spaces": [entry], "clientVersion": "0.27.5" });
+                Some(emit(0, "space:join-batch", join))
+            }
             t if t.starts_with("40") => {
                 let mut join = space_ref.clone();
                 join["clientVersion"] = json!("0.26.0");

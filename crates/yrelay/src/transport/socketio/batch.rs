@@ -160,6 +160,21 @@ impl Gateway {
         }
     }
 
+    /// Ends every subscription to `addr` here (the document was deleted).
+    pub(super) fn end_subscriptions_of(&self, space: &SpaceRef, addr: &DocAddress) {
+        let key = (space.clone(), addr.clone());
+        let subscribers: Vec<_> = lock(&self.conns)
+            .iter()
+            .filter(|(_, conn)| conn.subscriptions.contains(&key))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in subscribers {
+            if let Some(socket) = self.io.get_socket(sid) {
+                self.unsubscribe(&socket, space, addr);
+            }
+        }
+    }
+
     /// Starts the watcher of `space`'s events unless it runs.
     fn watch_space(self: &Arc<Self>, space: &SpaceRef) {
         let mut watchers = lock(&self.space_watchers);

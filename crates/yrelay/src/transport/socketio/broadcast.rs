@@ -10,7 +10,7 @@ use socketioxide::socket::Sid;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::update::merge_updates;
 
-use crate::hub::{DocEvent, Session, Writer};
+use crate::hub::{CloseReason, DocEvent, Session, Writer};
 use crate::metrics;
 
 use super::gateway::Gateway;
@@ -26,8 +26,16 @@ pub(super) async fn relay(
     let head = doc_event(&space, session.addr());
     let awareness = awareness_room(&space, session.addr());
     loop {
-        let Ok(first) = session.next_event().await else {
-            return; // closed (deleted, slow, shutting down): the next load restarts it
+        let first = match session.next_event().await {
+            Ok(event) => event,
+            Err(CloseReason::Deleted) => {
+                if let Some(gw) = gateway.upgrade() {
+                    gw.end_subscriptions_of(&space, session.addr());
+                }
+                return;
+            }
+            // Slow or shutting down: the next load restarts it.
+            Err(_) => return,
         };
         let mut pending = Some(first);
         while let Some(event) = pending.take() {
