@@ -1,0 +1,137 @@
+//! The store's contract, asked of both backends alike: an embedded SQLite
+//! file and a real PostgreSQL server that the test starts.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::services::PostgresServer;
+use yrelay::store::{self, NewUpdate, Store};
+use yrelay::vocab::LogCursor;
+use yrelay_protocol::DocAddress;
+
+fn addr(doc: &str) -> DocAddress {
+    DocAddress::parse("space", doc).unwrap()
+}
+
+fn update(doc: &str, bytes: &[u8], at: i64, cursor: Option<(u64, u64)>) -> NewUpdate {
+    NewUpdate {
+        addr: addr(doc),
+        data: Arc::from(bytes),
+        log_cursor: cursor.map(|(ms, seq)| LogCursor { ms, seq }),
+        timestamp_ms: at,
+    }
+}
+
+/// Every question of the contract, asked of `store`.
+async fn contract(store: Arc<dyn Store>) {
+    let name = store.name();
+    store.ping().await.unwrap();
+    assert!(store.load(&addr("a")).await.unwrap().is_none(), "{name}");
+
+    // Appends create the document and keep its metadata.
+    let batch = [
+        update("a", b"one", 1_000, Some((1, 0))),
+        update("b", b"bee", 1_500, None),
+        update("a", b"two!", 2_000, Some((2, 5))),
+    ];
+    store.append(&batch).await.unwrap();
+    let a = store.load(&addr("a")).await.unwrap().unwrap();
+    assert_eq!(a.snapshot, None, "{name}");
+    let bytes: Vec<_> = a.updates.iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(bytes, [b"one".to_vec(), b"two!".to_vec()], "{name}");
+    assert_eq!(a.log_cursor, Some(LogCursor { ms: 2, seq: 5 }), "{name}");
+    assert_eq!(a.meta.created_at, 1_000, "{name}");
+    assert_eq!(a.meta.updated_at, 2_000, "{name}");
+    assert_eq!(a.meta.size, 7, "{name}");
+    assert!(!a.meta.blocked, "{name}");
+    assert_eq!(
+        store.log_cursor(&addr("a")).await.unwrap(),
+        a.log_cursor,
+        "{name}"
+    );
+    let ids: Vec<i64> = a.updates.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{name}: ids ascend");
+
+    // Listing, all and changed after a moment.
+    let all: Vec<_> = store.list("space", None).await.unwrap();
+    let mut docs: Vec<_> = all.iter().map(|m| m.doc.as_str()).collect();
+    docs.sort();
+    assert_eq!(docs, ["a", "b"], "{name}");
+    let later = store.list("space", Some(1_800)).await.unwrap();
+    assert_eq!(later.len(), 1, "{name}");
+    assert_eq!(later[0].doc, "a", "{name}");
+    assert!(store.list("elsewhere", None).await.unwrap().is_empty());
+
+    // Compaction candidates, then a compaction that removes only what it
+    // merged: an update appended meanwhile stays.
+    let busy = store.compaction_candidates(2, 0, 10).await.unwrap();
+    assert_eq!(busy, [addr("a")], "{name}: two pending updates");
+    let idle = store.compaction_candidates(100, 1_600, 10).await.unwrap();
+    assert_eq!(idle, [addr("b")], "{name}: quiet since before 1600");
+    store
+        .append(&[update("a", b"late", 3_000, Some((3, 0)))])
+        .await
+        .unwrap();
+    store.compact(&addr("a"), b"snapshot", &ids).await.unwrap();
+    let a = store.load(&addr("a")).await.unwrap().unwrap();
+    assert_eq!(a.snapshot.as_deref(), Some(&b"snapshot"[..]), "{name}");
+    let left: Vec<_> = a.updates.iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(left, [b"late".to_vec()], "{name}");
+    assert_eq!(a.log_cursor, Some(LogCursor { ms: 3, seq: 0 }), "{name}");
+
+    // Metadata changes.
+    let meta = store
+        .update_meta(&addr("a"), Some("Title"), Some(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.title.as_deref(), Some("Title"), "{name}");
+    assert!(meta.blocked, "{name}");
+    let meta = store
+        .update_meta(&addr("a"), None, Some(false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.title.as_deref(), Some("Title"), "{name}: kept");
+    assert!(!meta.blocked, "{name}");
+    assert!(store.meta(&addr("a")).await.unwrap().is_some());
+    assert!(
+        store
+            .update_meta(&addr("nope"), Some("x"), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Creation happens once.
+    assert!(store.create(&addr("c"), b"imported", 4_000).await.unwrap());
+    assert!(!store.create(&addr("c"), b"again", 4_001).await.unwrap());
+    let c = store.load(&addr("c")).await.unwrap().unwrap();
+    assert_eq!(c.snapshot.as_deref(), Some(&b"imported"[..]), "{name}");
+
+    // Deletion removes everything and leaves a tombstone.
+    assert_eq!(store.deleted_at(&addr("c")).await.unwrap(), None);
+    assert!(store.delete(&addr("c"), 5_000).await.unwrap());
+    assert!(!store.delete(&addr("c"), 5_001).await.unwrap(), "{name}");
+    assert!(store.load(&addr("c")).await.unwrap().is_none(), "{name}");
+    assert!(store.meta(&addr("c")).await.unwrap().is_none(), "{name}");
+    // The tombstone holds the latest deletion (a document only in the log
+    // may be deleted again).
+    assert_eq!(store.deleted_at(&addr("c")).await.unwrap(), Some(5_001));
+    let listed: Vec<_> = store.list("space", None).await.unwrap();
+    assert!(listed.iter().all(|m| m.doc != "c"), "{name}");
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("y.db").display());
+    contract(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_store_contract() {
+    let postgres = PostgresServer::start().await;
+    contract(store::open(&postgres.url()).await.unwrap()).await;
+}
