@@ -296,3 +296,24 @@ test("AFFiNE 0.27.5's flow, bad payloads, and four transports converging on one 
   }
   for (const doc of [lDoc, yDoc, sDoc]) assert.deepEqual(doc.getMap('m').toJSON(), cDoc.getMap('m').toJSON())
 })
+
+test('invalidations of a busy space are coalesced, and the last change is always announced', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const writer = await connect(server)
+  const member = await connect(server)
+  t.after(() => { writer.close(); member.close() })
+  for (const s of [writer, member]) await call(s, 'space:join-batch', { spaces: [ws], clientVersion: VERSION })
+  const invalidations = collect(member, 'space:broadcast-doc-invalidation')
+  const doc = new Y.Doc()
+  let last = 0
+  for (let i = 0; i < 20; i++) {
+    const u = update((d) => { Y.applyUpdate(d, Y.encodeStateAsUpdate(doc)); d.getMap('m').set(`k${i}`, i) })
+    Y.applyUpdate(doc, u)
+    const ack = await call(writer, 'space:push-doc-update', { ...ws, docId: 'busy', update: b64(u) })
+    last = ack.data.timestamp
+  }
+  await waitFor('the last change announced', () => invalidations.some((e) => e.timestamp >= last),
+    [[member, 'space:broadcast-doc-invalidation']])
+  assert.ok(invalidations.length < 20, `${invalidations.length} invalidations for 20 pushes`)
+})

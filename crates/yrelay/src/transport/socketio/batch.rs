@@ -10,18 +10,49 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef};
+use socketioxide::socket::Sid;
 use yrelay_protocol::DocAddress;
 
-use super::broadcast::{emit_to_room, invalidation};
+use super::broadcast::emit_to_room;
 use super::gateway::{Gateway, lock};
 use super::wire::{
     Protocol, Reply, SpaceRef, awareness_room, bad_request, batch_version, error, parse,
-    subscribers_room, too_old,
+    space_type, subscribers_room, too_old,
 };
 use crate::metrics;
 
 /// Entries one `space:join-batch` may list.
 const MAX_ENTRIES: usize = 100;
+/// A space's batch members get at most one invalidation this often: the
+/// first change at once, the changes that come meanwhile as one at the end
+/// (each invalidation makes every client ask for the space's timestamps).
+const INVALIDATE_EVERY: Duration = Duration::from_millis(250);
+
+/// The changes of a space not yet sent as an invalidation.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// The socket that wrote them, if one did and only one.
+    sender: Option<Sid>,
+    mixed: bool,
+    timestamp: i64,
+    any: bool,
+}
+
+impl Pending {
+    fn add(&mut self, sender: Option<Sid>, timestamp: i64) {
+        if self.any && self.sender != sender {
+            self.mixed = true;
+        }
+        self.sender = sender;
+        self.timestamp = self.timestamp.max(timestamp);
+        self.any = true;
+    }
+
+    /// Who not to tell: the writer, when all the changes are its own.
+    fn except(&self) -> Option<Sid> {
+        if self.mixed { None } else { self.sender }
+    }
+}
 
 impl Gateway {
     pub(super) async fn join_batch(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
@@ -175,6 +206,56 @@ impl Gateway {
         }
     }
 
+    /// Tells the space's batch members that it changed (not `sender`, the
+    /// socket that wrote the change), at most every [`INVALIDATE_EVERY`].
+    pub(super) fn invalidate(
+        self: &Arc<Self>,
+        space: &SpaceRef,
+        sender: Option<Sid>,
+        timestamp: i64,
+    ) {
+        {
+            let mut windows = lock(&self.invalidations);
+            if let Some(pending) = windows.get_mut(space) {
+                pending.add(sender, timestamp);
+                return;
+            }
+            windows.insert(space.clone(), Pending::default());
+        }
+        let mut first = Pending::default();
+        first.add(sender, timestamp);
+        self.send_invalidation(space, &first);
+        let gateway = Arc::downgrade(self);
+        let space = space.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(INVALIDATE_EVERY).await;
+                let Some(gw) = gateway.upgrade() else { return };
+                let pending = {
+                    let mut windows = lock(&gw.invalidations);
+                    match windows.get_mut(&space) {
+                        Some(pending) if pending.any => std::mem::take(pending),
+                        _ => {
+                            windows.remove(&space);
+                            return;
+                        }
+                    }
+                };
+                gw.send_invalidation(&space, &pending);
+            }
+        });
+    }
+
+    fn send_invalidation(&self, space: &SpaceRef, pending: &Pending) {
+        let event = json!({
+            "spaceType": space_type(space),
+            "spaceId": space.space_id,
+            "timestamp": pending.timestamp,
+        });
+        let name = "space:broadcast-doc-invalidation";
+        emit_to_room(self, space.room("batch"), pending.except(), name, &event);
+    }
+
     /// Starts the watcher of `space`'s events unless it runs.
     fn watch_space(self: &Arc<Self>, space: &SpaceRef) {
         let mut watchers = lock(&self.space_watchers);
@@ -211,9 +292,7 @@ async fn invalidate(gateway: Weak<Gateway>, space: SpaceRef) {
                 continue;
             }
             let timestamp = notice.data.get("timestamp").and_then(Value::as_i64);
-            let event = invalidation(&space, timestamp.unwrap_or_default());
-            let name = "space:broadcast-doc-invalidation";
-            emit_to_room(&gw, space.room("batch"), None, name, &event);
+            gw.invalidate(&space, None, timestamp.unwrap_or_default());
         }
         // The feed ended (the log broke): subscribe again.
     }

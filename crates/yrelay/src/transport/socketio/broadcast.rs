@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::SocketError;
 use socketioxide::socket::Sid;
 use yrelay_protocol::DocAddress;
@@ -14,7 +14,7 @@ use crate::hub::{CloseReason, DocEvent, Session, Writer};
 use crate::metrics;
 
 use super::gateway::Gateway;
-use super::wire::{SpaceRef, awareness_room, doc_event, space_type, subscribers_room};
+use super::wire::{SpaceRef, awareness_room, doc_event, subscribers_room};
 
 /// A watcher: the hub's updates of one document, broadcast to the space's
 /// members on this instance (except to the socket that wrote each one).
@@ -98,7 +98,7 @@ pub(super) async fn relay(
 /// to the document's subscribers, and an invalidation of the space to its
 /// batch members.
 pub(super) async fn broadcast(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     space: &SpaceRef,
     addr: &DocAddress,
     head: &Value,
@@ -144,19 +144,7 @@ pub(super) async fn broadcast(
     );
     let name = "space:broadcast-doc-updates";
     emit_to_room(gw, subscribers_room(space, addr), sender, name, &event);
-    let name = "space:broadcast-doc-invalidation";
-    emit_to_room(
-        gw,
-        space.room("batch"),
-        sender,
-        name,
-        &invalidation(space, timestamp),
-    );
-}
-
-/// `{spaceType, spaceId, timestamp}`: something in the space changed.
-pub(super) fn invalidation(space: &SpaceRef, timestamp: i64) -> Value {
-    json!({ "spaceType": space_type(space), "spaceId": space.space_id, "timestamp": timestamp })
+    gw.invalidate(space, sender, timestamp);
 }
 
 /// Emits to every socket of `room` but `sender`. A socket whose queue is

@@ -19,7 +19,7 @@ use crate::metrics;
 use crate::state::AppState;
 use crate::vocab::Origin;
 
-use super::batch::unknown_event;
+use super::batch::{Pending, unknown_event};
 use super::broadcast::relay;
 use super::wire::{Protocol, Reply, SpaceRef, bad_request, error};
 
@@ -61,6 +61,8 @@ pub struct Gateway {
     /// One watcher of the space's events per space with batch members here
     /// (the invalidations of documents not watched here).
     pub(super) space_watchers: Mutex<HashMap<SpaceRef, tokio::task::JoinHandle<()>>>,
+    /// The changes of each space waiting for its next invalidation.
+    pub(super) invalidations: Mutex<HashMap<SpaceRef, Pending>>,
     /// Users (or anonymous sockets) seen, for `yrelay_active_users`.
     pub(super) seen: Mutex<HashMap<String, Instant>>,
 }

@@ -78,6 +78,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         writers: Mutex::new(HashMap::new()),
         watchers: Mutex::new(HashMap::new()),
         space_watchers: Mutex::new(HashMap::new()),
+        invalidations: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
     });
     tokio::spawn(housekeeping(Arc::downgrade(&gateway)));
