@@ -295,6 +295,24 @@ test("AFFiNE 0.27.5's flow, bad payloads, and four transports converging on one 
     await waitFor(`every edit on the ${name} client`, () => all(doc), [[doc, 'update']])
   }
   for (const doc of [lDoc, yDoc, sDoc]) assert.deepEqual(doc.getMap('m').toJSON(), cDoc.getMap('m').toJSON())
+
+  // Presence between the batch client and the y-websocket client.
+  const seenByC = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => seenByC.destroy())
+  c.on('space:broadcast-awareness-update', (e) =>
+    awarenessProtocol.applyAwarenessUpdate(seenByC, unb64(e.awarenessUpdate), 'server'))
+  provider.awareness.setLocalState({ user: 'y-websocket' })
+  await waitFor("y-websocket's presence on the batch client",
+    () => seenByC.getStates().get(provider.awareness.clientID)?.user === 'y-websocket',
+    [[c, 'space:broadcast-awareness-update']])
+  const mine = new awarenessProtocol.Awareness(new Y.Doc())
+  t.after(() => mine.destroy())
+  mine.setLocalState({ user: 'batch' })
+  const awarenessUpdate = b64(awarenessProtocol.encodeAwarenessUpdate(mine, [mine.clientID]))
+  await call(c, 'space:update-awareness', { ...ws, docId: 'conv', awarenessUpdate })
+  await waitFor("the batch client's presence on y-websocket",
+    () => provider.awareness.getStates().get(mine.clientID)?.user === 'batch',
+    [[provider.awareness, 'change']])
 })
 
 test('invalidations of a busy space are coalesced, and the last change is always announced', async (t) => {
