@@ -15,8 +15,8 @@ use crate::metrics;
 
 use super::gateway::{Gateway, lock};
 use super::wire::{
-    Reply, SpaceRef, awareness_room, bad_request, base64, doc_event, error, internal, parse,
-    protocol_for, too_old,
+    Reply, SioError, SpaceRef, awareness_room, bad_request, base64, doc_event, error, internal,
+    parse, protocol_for, too_old,
 };
 
 impl Gateway {
@@ -133,7 +133,7 @@ impl Gateway {
         &self,
         socket: &SocketRef,
         data: Value,
-    ) -> Result<(SpaceRef, DocAddress), Value> {
+    ) -> Result<(SpaceRef, DocAddress), SioError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Target {

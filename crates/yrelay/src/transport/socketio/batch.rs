@@ -300,5 +300,5 @@ async fn invalidate(gateway: Weak<Gateway>, space: SpaceRef) {
 
 /// An event this server does not know: an error ack naming it.
 pub(super) async fn unknown_event(Event(name): Event, ack: AckSender) {
-    let _ = ack.send(&bad_request(format!("unknown event {name:?}")));
+    let _ = ack.send(&bad_request(format!("unknown event {name:?}")).to_ack());
 }

@@ -21,7 +21,7 @@ use crate::vocab::Origin;
 
 use super::batch::{Pending, unknown_event};
 use super::broadcast::relay;
-use super::wire::{Protocol, Reply, SpaceRef, bad_request, error};
+use super::wire::{Protocol, Reply, SioError, SpaceRef, bad_request, error};
 
 /// What the gateway knows about one socket.
 pub(super) struct Conn {
@@ -201,7 +201,7 @@ impl Gateway {
                         .is_ok_and(|data| data.get("success") == Some(&Value::Bool(false)));
                     let body = match reply {
                         Ok(data) => json!({ "data": data }),
-                        Err(error) => error,
+                        Err(error) => error.to_ack(),
                     };
                     let _ = ack.send(&body);
                     if refused {
@@ -213,7 +213,11 @@ impl Gateway {
     }
 
     /// The space of an event, which the socket must have joined.
-    pub(super) fn member(&self, socket: &SocketRef, space: &SpaceRef) -> Result<Protocol, Value> {
+    pub(super) fn member(
+        &self,
+        socket: &SocketRef,
+        space: &SpaceRef,
+    ) -> Result<Protocol, SioError> {
         lock(&self.conns)
             .get(&socket.id)
             .and_then(|c| c.spaces.get(space).copied())
@@ -234,7 +238,7 @@ impl Gateway {
     }
 
     /// May this socket use `space` at all (userspace ownership, grants)?
-    pub(super) fn check_space(&self, socket: &SocketRef, space: &SpaceRef) -> Result<(), Value> {
+    pub(super) fn check_space(&self, socket: &SocketRef, space: &SpaceRef) -> Result<(), SioError> {
         let denied = || {
             error(
                 403,
@@ -263,7 +267,7 @@ impl Gateway {
         socket: &SocketRef,
         addr: &DocAddress,
         space: &SpaceRef,
-    ) -> Result<(), Value> {
+    ) -> Result<(), SioError> {
         self.app
             .auth
             .doc(self.token(socket).as_deref(), addr)
@@ -285,7 +289,7 @@ impl Gateway {
         socket: &SocketRef,
         addr: &DocAddress,
         space: &SpaceRef,
-    ) -> Result<(), Value> {
+    ) -> Result<(), SioError> {
         match self.app.auth.writer(self.token(socket).as_deref(), addr) {
             Ok(_) => Ok(()),
             Err(AuthError::ReadOnly(_) | AuthError::Denied(_)) => {
@@ -329,7 +333,7 @@ impl Gateway {
     }
 
     /// Takes one sync request's worth of the socket's rate (429 past it).
-    pub(super) fn take_sync(&self, socket: &SocketRef, doc_ref: &Value) -> Result<(), Value> {
+    pub(super) fn take_sync(&self, socket: &SocketRef, doc_ref: &Value) -> Result<(), SioError> {
         let within = lock(&self.conns)
             .get_mut(&socket.id)
             .is_some_and(|c| c.syncs.take());
@@ -355,7 +359,7 @@ impl Gateway {
         socket: &SocketRef,
         addr: &DocAddress,
         doc_ref: &Value,
-    ) -> Result<(), Value> {
+    ) -> Result<(), SioError> {
         let max = self.app.limits.max_docs_per_connection;
         let admitted = lock(&self.conns).get_mut(&socket.id).is_some_and(|c| {
             c.docs.contains(addr) || (c.docs.len() < max && c.docs.insert(addr.clone()))

@@ -11,25 +11,51 @@ use crate::hub::HubError;
 use crate::metrics;
 
 /// An ack: `{data}` or `{error}`.
-pub(super) type Reply = Result<Value, Value>;
+pub(super) type Reply = Result<Value, SioError>;
 
-pub(super) fn error(status: u16, name: &str, message: impl Into<String>, data: Value) -> Value {
-    let kind = match status {
-        400 => "INVALID_INPUT",
-        401 => "AUTHENTICATION_REQUIRED",
-        403 => "ACTION_FORBIDDEN",
-        404 | 410 => "RESOURCE_NOT_FOUND",
-        413 => "INVALID_INPUT",
-        429 => "TOO_MANY_REQUESTS",
-        _ => "INTERNAL_SERVER_ERROR",
-    };
-    json!({ "error": {
-        "status": status, "code": name, "type": kind, "name": name,
-        "message": message.into(), "data": data,
-    }})
+/// Every refusal an event is answered with, as AFFiNE's gateway words it:
+/// `{error: {status, code, type, name, message, data}}`.
+#[derive(Debug, Clone)]
+pub(super) struct SioError {
+    status: u16,
+    name: &'static str,
+    message: String,
+    data: Value,
 }
 
-pub(super) fn bad_request(message: impl Into<String>) -> Value {
+impl SioError {
+    /// The ack that carries it.
+    pub(super) fn to_ack(&self) -> Value {
+        let kind = match self.status {
+            400 | 413 => "INVALID_INPUT",
+            401 => "AUTHENTICATION_REQUIRED",
+            403 => "ACTION_FORBIDDEN",
+            404 | 410 => "RESOURCE_NOT_FOUND",
+            429 => "TOO_MANY_REQUESTS",
+            _ => "INTERNAL_SERVER_ERROR",
+        };
+        json!({ "error": {
+            "status": self.status, "code": self.name, "type": kind, "name": self.name,
+            "message": self.message, "data": self.data,
+        }})
+    }
+}
+
+pub(super) fn error(
+    status: u16,
+    name: &'static str,
+    message: impl Into<String>,
+    data: Value,
+) -> SioError {
+    SioError {
+        status,
+        name,
+        message: message.into(),
+        data,
+    }
+}
+
+pub(super) fn bad_request(message: impl Into<String>) -> SioError {
     metrics::rejected("bad_request");
     error(400, "BAD_REQUEST", message, json!({}))
 }
@@ -49,7 +75,7 @@ pub(super) enum Protocol {
 
 /// Whether `version` is 0.27.5 or later (prereleases included): a client
 /// that may join with `space:join-batch`.
-pub(super) fn batch_version(version: &str) -> Result<bool, Value> {
+pub(super) fn batch_version(version: &str) -> Result<bool, SioError> {
     let core = version.split(['-', '+']).next().unwrap_or_default();
     let parts: Result<Vec<u64>, _> = core.split('.').map(str::parse::<u64>).collect();
     match parts.as_deref() {
@@ -69,7 +95,7 @@ pub(super) fn subscribers_room(space: &SpaceRef, addr: &DocAddress) -> String {
 }
 
 /// `None` for versions below 0.25.0 (refused).
-pub(super) fn protocol_for(version: &str) -> Result<Option<Protocol>, Value> {
+pub(super) fn protocol_for(version: &str) -> Result<Option<Protocol>, SioError> {
     let core = version.split(['-', '+']).next().unwrap_or_default();
     let mut parts = core.split('.').map(str::parse::<u64>);
     match (parts.next(), parts.next()) {
@@ -117,7 +143,7 @@ impl SpaceRef {
     }
 
     /// The document `doc_id` (legacy forms normalised) of this space.
-    pub(super) fn address(&self, doc_id: &str) -> Result<DocAddress, Value> {
+    pub(super) fn address(&self, doc_id: &str) -> Result<DocAddress, SioError> {
         let id = &self.space_id;
         let doc = doc_id
             .strip_prefix(&format!("ws:{id}:page:"))
@@ -128,11 +154,11 @@ impl SpaceRef {
     }
 }
 
-pub(super) fn parse<T: serde::de::DeserializeOwned>(data: Value) -> Result<T, Value> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(data: Value) -> Result<T, SioError> {
     serde_json::from_value(data).map_err(|e| bad_request(format!("bad payload: {e}")))
 }
 
-pub(super) fn base64(field: &str, text: &str) -> Result<Vec<u8>, Value> {
+pub(super) fn base64(field: &str, text: &str) -> Result<Vec<u8>, SioError> {
     STANDARD
         .decode(text)
         .map_err(|e| bad_request(format!("{field} is not base64: {e}")))
@@ -145,7 +171,7 @@ pub(super) fn too_old(socket: &SocketRef) -> Value {
     json!({ "clientId": socket.id.to_string(), "success": false })
 }
 
-pub(super) fn internal(e: HubError) -> Value {
+pub(super) fn internal(e: HubError) -> SioError {
     error(500, "INTERNAL_SERVER_ERROR", e.to_string(), json!({}))
 }
 
