@@ -3,59 +3,13 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { io } from 'socket.io-client'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import { join } from 'node:path'
 import { RedisProcess, YrelayProcess, waitFor, yrelayBin } from './server.mjs'
-
-const b64 = (bytes) => Buffer.from(bytes).toString('base64')
-const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
-const ws = { spaceType: 'workspace', spaceId: 'ws1' }
-
-/** A connected socket (websocket transport unless told otherwise). */
-async function connect (server, options = {}) {
-  const socket = io(server.httpUrl, { transports: ['websocket'], reconnection: false, ...options })
-  await new Promise((resolve, reject) => {
-    socket.once('connect', resolve)
-    socket.once('connect_error', reject)
-  })
-  return socket
-}
-
-const call = (socket, event, payload) => socket.timeout(10000).emitWithAck(event, payload)
-
-/** Collects `event`s of a socket, to wait on. */
-function collect (socket, event) {
-  const seen = []
-  socket.on(event, (payload) => seen.push(payload))
-  return seen
-}
-
-/** An awareness (y-protocols) with a local state, as AFFiNE's client keeps one. */
-function presence (t, state) {
-  const awareness = new awarenessProtocol.Awareness(new Y.Doc())
-  t.after(() => awareness.destroy())
-  awareness.setLocalState(state)
-  const encode = () => b64(awarenessProtocol.encodeAwarenessUpdate(awareness, [awareness.clientID]))
-  return { awareness, id: awareness.clientID, encode }
-}
-
-/** Applies every awareness update a socket received to `awareness`. */
-function mirrorAwareness (socket, awareness) {
-  socket.on('space:broadcast-awareness-update', (e) =>
-    awarenessProtocol.applyAwarenessUpdate(awareness, unb64(e.awarenessUpdate), 'server'))
-}
-
-function update (fn) {
-  const doc = new Y.Doc()
-  let captured = null
-  doc.on('update', (u) => { captured = u })
-  fn(doc)
-  return captured
-}
+import { b64, call, collect, connect, mirrorAwareness, presence, unb64, update, ws } from './sio.mjs'
 
 test('join, load, push, broadcasts to 0.25 and 0.26 clients, timestamps, delete', async (t) => {
   const server = await new YrelayProcess().start()

@@ -5,42 +5,14 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { io } from 'socket.io-client'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import { RedisProcess, YrelayProcess, waitFor, yrelayBin } from './server.mjs'
+import { b64, call, collect, connect, unb64, update, ws } from './sio.mjs'
 
-const b64 = (bytes) => Buffer.from(bytes).toString('base64')
-const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
-const ws = { spaceType: 'workspace', spaceId: 'ws1' }
 const VERSION = '0.27.5'
-
-async function connect (server, options = {}) {
-  const socket = io(server.httpUrl, { transports: ['websocket'], reconnection: false, ...options })
-  await new Promise((resolve, reject) => {
-    socket.once('connect', resolve)
-    socket.once('connect_error', reject)
-  })
-  return socket
-}
-
-const call = (socket, event, payload) => socket.timeout(10000).emitWithAck(event, payload)
-
-function collect (socket, event) {
-  const seen = []
-  socket.on(event, (payload) => seen.push(payload))
-  return seen
-}
-
-function update (fn) {
-  const doc = new Y.Doc()
-  let captured = null
-  doc.on('update', (u) => { captured = u })
-  fn(doc)
-  return captured
-}
 
 /** Polls `check` (async) until it holds: for what only the server's metrics show. */
 async function until (what, check, timeoutMs = 30000) {
