@@ -13,6 +13,7 @@ use yrs::StateVector;
 use crate::compactor::measure_backlog;
 use crate::config::{BacklogArgs, DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
 use crate::hub::{AwarenessBounds, DocHub, Durability, HubConfig};
+use crate::vocab::new_instance_id;
 use crate::{log, store};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -26,7 +27,13 @@ fn address(path: &str) -> Result<DocAddress, Box<dyn std::error::Error>> {
 /// it retires or flushes the log).
 pub async fn backlog(args: BacklogArgs) -> CliResult {
     let store = store::open(args.store.as_deref().unwrap_or(DEFAULT_STORE)).await?;
-    let log = log::open(args.log.as_deref().unwrap_or("local"), 1, 0).await?;
+    let log = log::open(
+        args.log.as_deref().unwrap_or("local"),
+        1,
+        0,
+        new_instance_id(),
+    )
+    .await?;
     let backlog = measure_backlog(&*store, &*log).await?;
     println!(
         "{}",
@@ -44,7 +51,8 @@ pub async fn backlog(args: BacklogArgs) -> CliResult {
 
 pub async fn run(args: DocArgs) -> CliResult {
     let store = store::open(args.store.as_deref().unwrap_or(DEFAULT_STORE)).await?;
-    let log = log::open(args.log.as_deref().unwrap_or("local"), 1, 0).await?;
+    let instance = new_instance_id();
+    let log = log::open(args.log.as_deref().unwrap_or("local"), 1, 0, instance).await?;
     let hub = DocHub::new(
         store,
         log,
@@ -57,6 +65,7 @@ pub async fn run(args: DocArgs) -> CliResult {
                 per_connection: 0,
                 per_doc: 0,
             },
+            instance,
         },
     );
     let mut out = std::io::stdout().lock();

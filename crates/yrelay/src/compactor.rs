@@ -8,6 +8,7 @@
 //! another takes over. The log is trimmed only up to what the store has.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -32,6 +33,8 @@ pub struct CompactorConfig {
     /// Persisted entries stay in the log this long, so event streams can
     /// resume by cursor (on any instance) instead of resyncing.
     pub log_retention: Duration,
+    /// This instance's id: its compactors' leases name it.
+    pub instance: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,11 @@ pub struct Compactor {
 
 impl Compactor {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, config: CompactorConfig) -> Self {
-        let holder = format!("{}-{}", std::process::id(), now_ms());
+        // Each compactor of the instance its own holder (a lease is
+        // reentrant for its holder).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let holder = format!("{:016x}-{n}", config.instance);
         Self {
             store,
             log,

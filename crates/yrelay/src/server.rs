@@ -27,6 +27,7 @@ use crate::settings::{JwtKey, Settings};
 pub use crate::state::{AppState, Limits};
 use crate::store::{self, Store, StoreError};
 use crate::tls::{self, TlsError};
+use crate::vocab::new_instance_id;
 use crate::{api, metrics, transport};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -61,13 +62,15 @@ pub struct Server {
     /// The store and log the hub uses, for the compactor and the backlog.
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
+    instance: u64,
 }
 
 impl Server {
     /// Opens the store (migrating it), the log, and binds the listener.
     pub async fn bind(config: Settings) -> Result<Self, ServerError> {
         let store = store::open_or_wait(&config.store).await?;
-        let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas).await?;
+        let instance = new_instance_id();
+        let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas, instance).await?;
         let hub = DocHub::new(
             store.clone(),
             log.clone(),
@@ -79,6 +82,7 @@ impl Server {
                     per_connection: config.max_awareness_clients,
                     per_doc: config.max_awareness_states,
                 },
+                instance,
             },
         );
         let listener =
@@ -119,6 +123,7 @@ impl Server {
             config,
             store,
             log,
+            instance,
         })
     }
 
@@ -138,6 +143,7 @@ impl Server {
             config,
             store,
             log,
+            instance,
         } = self;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let hub = app.hub.clone();
@@ -147,7 +153,7 @@ impl Server {
             "http"
         };
         tracing::info!(
-            "yrelay listening on {scheme}://{addr} (store: {}, log: {}, durability: {})",
+            "yrelay listening on {scheme}://{addr} (store: {}, log: {}, durability: {}, instance {instance:016x})",
             config.store,
             log.name(),
             config.durability
@@ -174,7 +180,11 @@ impl Server {
             }
         }
         if !config.no_compactor {
-            let compactor = Compactor::new(store.clone(), log.clone(), compactor_config(&config));
+            let compactor = Compactor::new(
+                store.clone(),
+                log.clone(),
+                compactor_config(&config, instance),
+            );
             tokio::spawn(compactor.run(app.shutdown.clone()));
         }
         tokio::spawn(watch_backlog(
@@ -195,7 +205,7 @@ impl Server {
             hub.close_all(CloseReason::ShuttingDown);
         };
         let compactor = (!config.no_compactor)
-            .then(|| Compactor::new(store, log.clone(), compactor_config(&config)));
+            .then(|| Compactor::new(store, log.clone(), compactor_config(&config, instance)));
         if let Some((cert, key)) = config.tls() {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
@@ -232,12 +242,13 @@ const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the compactor looks for work: at most every second, more often
 /// when documents are to be compacted sooner.
-pub fn compactor_config(config: &Settings) -> CompactorConfig {
+pub fn compactor_config(config: &Settings, instance: u64) -> CompactorConfig {
     CompactorConfig {
         min_updates: config.compact_min_updates,
         idle: config.compact_idle_secs,
         poll: Duration::from_secs(1).min(config.compact_idle_secs.max(Duration::from_millis(100))),
         log_retention: config.log_retention_secs,
+        instance,
     }
 }
 
@@ -247,7 +258,8 @@ pub async fn run_worker(
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = store::open_or_wait(&config.store).await?;
-    let log = log::open(&config.log, LOCAL_LOG_RETAIN, 0).await?;
+    let instance = new_instance_id();
+    let log = log::open(&config.log, LOCAL_LOG_RETAIN, 0, instance).await?;
     tracing::info!(
         "yrelay worker compacting (store: {}, log: {})",
         config.store,
@@ -260,7 +272,11 @@ pub async fn run_worker(
         BACKLOG_EVERY,
         stopped.clone(),
     ));
-    let compactor = Arc::new(Compactor::new(store, log, compactor_config(&config)));
+    let compactor = Arc::new(Compactor::new(
+        store,
+        log,
+        compactor_config(&config, instance),
+    ));
     let running = tokio::spawn({
         let compactor = compactor.clone();
         async move { compactor.run_shared(stopped).await }

@@ -113,11 +113,11 @@ async fn contract(log: Arc<dyn Log>) {
 
 #[tokio::test]
 async fn the_local_log_keeps_the_log_contract() {
-    contract(log::open("local", 100, 0).await.unwrap()).await;
+    contract(log::open("local", 100, 0, 1).await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn the_redis_log_keeps_the_log_contract() {
     let redis = RedisServer::start().await;
-    contract(log::open(&redis.url(), 100, 0).await.unwrap()).await;
+    contract(log::open(&redis.url(), 100, 0, 1).await.unwrap()).await;
 }

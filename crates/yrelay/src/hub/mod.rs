@@ -79,6 +79,8 @@ pub struct HubConfig {
     /// Bound of each subscriber's outbound queue (a full queue closes it).
     pub subscriber_queue: usize,
     pub awareness: AwarenessBounds,
+    /// This instance's id (`vocab::new_instance_id`).
+    pub instance: u64,
 }
 
 /// Why an instance cannot serve now.
@@ -152,7 +154,7 @@ impl DocHub {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, config: HubConfig) -> Self {
         let store_first = config.durability == Durability::Store || !log.is_durable();
         let commit = GroupCommit::start(store.clone(), 512, 64 * 1024);
-        let instance = (now_ms() as u64) << 16 ^ u64::from(std::process::id());
+        let instance = config.instance;
         Self {
             inner: Arc::new(HubInner {
                 store,

@@ -148,6 +148,7 @@ async fn an_update_appended_while_resuming_from_the_store_is_not_missed() {
             per_connection: 8,
             per_doc: 100,
         },
+        instance: crate::vocab::new_instance_id(),
     };
     let hub = DocHub::new(store, log, config);
     let addr = DocAddress::parse("s", "gap").unwrap();

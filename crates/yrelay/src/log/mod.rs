@@ -173,11 +173,12 @@ pub trait Coordination: Send + Sync {
 }
 
 /// Opens the log named by a setting: `local`, or `redis://...` (whose
-/// appends wait for `replicas` Redis replicas).
+/// appends wait for `replicas` Redis replicas) for the instance `instance`.
 pub async fn open(
     setting: &str,
     local_retain: usize,
     replicas: usize,
+    instance: u64,
 ) -> Result<Arc<dyn Log>, LogError> {
     if setting == "local" {
         if replicas > 0 {
@@ -188,7 +189,9 @@ pub async fn open(
         return Ok(Arc::new(LocalLog::new(local_retain)));
     }
     if setting.starts_with("redis://") || setting.starts_with("rediss://") {
-        return Ok(Arc::new(RedisLog::connect(setting, replicas).await?));
+        return Ok(Arc::new(
+            RedisLog::connect(setting, replicas, instance).await?,
+        ));
     }
     Err(LogError::Unavailable(format!(
         "unsupported log {setting:?} (expected local or redis://HOST:PORT)"

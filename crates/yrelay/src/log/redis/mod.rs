@@ -39,7 +39,6 @@ mod fanout;
 mod scripts;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,14 +121,11 @@ impl RedisLog {
     /// several comma-separated seed URLs of a cluster. An append is
     /// acknowledged once `replicas` replicas of the node holding its
     /// document have it.
-    pub async fn connect(setting: &str, replicas: usize) -> Result<Self, LogError> {
+    pub async fn connect(setting: &str, replicas: usize, instance: u64) -> Result<Self, LogError> {
         let target = Target::detect(setting).await?;
         let mut conn = target.connect(TIMEOUT).await?;
         let reader_conn = target.connect(BLOCK + TIMEOUT).await?;
-        let id = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let inbox = format!("yrelay:inbox:{{{id:016x}}}");
+        let inbox = format!("yrelay:inbox:{{{instance:016x}}}");
         let start = open_inbox(&mut conn, &inbox).await?;
         let shared = Arc::new(Shared {
             inbox,
