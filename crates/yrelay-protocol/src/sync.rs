@@ -231,6 +231,17 @@ mod tests {
         );
     }
 
+    /// A length of 2^32 + 5 was read as 5 (yrs's u32 wraps); the bytes
+    /// after went for another message and the refusal named the wrong one.
+    #[test]
+    fn a_length_past_32_bits_is_refused_as_such() {
+        let mut frame = vec![0, 2, 0x85, 0x80, 0x80, 0x80, 0x10];
+        frame.extend_from_slice(&[0u8; 16]);
+        let err = decode_frame(&frame).unwrap_err();
+        assert!(matches!(err, FrameError::LengthOverflow(_)), "{err:?}");
+        assert!(err.to_string().contains("overflows 32 bits"), "{err}");
+    }
+
     #[test]
     fn decodes_what_clients_send() {
         let update = sample_update();
