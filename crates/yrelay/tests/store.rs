@@ -79,6 +79,19 @@ async fn contract(store: Arc<dyn Store>) {
     let left: Vec<_> = a.updates.iter().map(|(_, u)| u.clone()).collect();
     assert_eq!(left, [b"late".to_vec()], "{name}");
     assert_eq!(a.log_cursor, Some(LogCursor { ms: 3, seq: 0 }), "{name}");
+    assert_eq!(a.meta.size, 8 + 4, "{name}: the snapshot and what is left");
+    // An append dated earlier does not move `updated_at` back.
+    store
+        .append(&[update("a", b"old", 2_500, None)])
+        .await
+        .unwrap();
+    let meta = store.meta(&addr("a")).await.unwrap().unwrap();
+    assert_eq!(meta.updated_at, 3_000, "{name}");
+    assert_eq!(
+        store.log_cursor(&addr("a")).await.unwrap(),
+        Some(LogCursor { ms: 3, seq: 0 }),
+        "{name}: an update from no log keeps the cursor"
+    );
 
     // Metadata changes.
     let meta = store

@@ -17,6 +17,7 @@
 
 mod group_commit;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -52,7 +53,7 @@ pub struct NewUpdate {
 
 /// What one appended batch changes in one document's metadata.
 #[derive(Debug, Clone)]
-pub(crate) struct DocDelta {
+pub struct DocDelta {
     pub addr: DocAddress,
     pub first_ms: i64,
     pub last_ms: i64,
