@@ -13,7 +13,7 @@ use yrelay_protocol::sync::decode_awareness;
 use crate::hub::HubError;
 use crate::metrics;
 
-use super::gateway::{Gateway, lock};
+use super::gateway::Gateway;
 use super::wire::{
     Reply, SioError, SpaceRef, awareness_room, bad_request, base64, doc_event, error, internal,
     parse, protocol_for, too_old,
@@ -44,13 +44,20 @@ impl Gateway {
     pub(super) async fn leave_awareness(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
         let (space, addr) = self.awareness_target(&socket, data)?;
         socket.leave(awareness_room(&space, &addr));
-        let mine = lock(&self.conns)
-            .get_mut(&socket.id)
-            .and_then(|c| Some((c.awareness.remove(&addr)?, c.origin)));
-        if let Some((clients, origin)) = mine {
-            self.app.hub.forget_awareness_of(&addr, &clients, origin);
-        }
+        self.forget_presence(&socket, &addr);
         Ok(json!({ "clientId": socket.id.to_string(), "success": true }))
+    }
+
+    /// Removes the awareness clients `socket` introduced in `addr`.
+    pub(super) fn forget_presence(&self, socket: &SocketRef, addr: &DocAddress) {
+        let mine = self
+            .state()
+            .conns
+            .get_mut(&socket.id)
+            .and_then(|c| Some((c.awareness.remove(addr)?, c.origin)));
+        if let Some((clients, origin)) = mine {
+            self.app.hub.forget_awareness_of(addr, &clients, origin);
+        }
     }
 
     pub(super) async fn load_awarenesses(self: Arc<Self>, socket: SocketRef, data: Value) -> Reply {
@@ -61,7 +68,9 @@ impl Gateway {
             .to(awareness_room(&space, &addr))
             .emit("space:collect-awareness", &head)
             .await;
-        let mine = lock(&self.conns)
+        let mine = self
+            .state()
+            .conns
             .get(&socket.id)
             .and_then(|c| c.awareness.get(&addr).cloned())
             .unwrap_or_default();
@@ -89,7 +98,9 @@ impl Gateway {
             decode_awareness(&raw).map_err(|e| bad_request(format!("awarenessUpdate: {e}")))?;
         let (space, addr) = self.awareness_target(&socket, data)?;
         self.watch(&space, &addr).await;
-        let within_rate = lock(&self.conns)
+        let within_rate = self
+            .state()
+            .conns
             .get_mut(&socket.id)
             .is_some_and(|c| c.awareness_rate.take());
         if !within_rate {
@@ -104,7 +115,9 @@ impl Gateway {
                 json!({}),
             ));
         }
-        let (origin, introduced) = lock(&self.conns)
+        let (origin, introduced) = self
+            .state()
+            .conns
             .get(&socket.id)
             .map(|conn| (conn.origin, conn.awareness.get(&addr).cloned()))
             .unzip();
@@ -119,7 +132,7 @@ impl Gateway {
             Err(HubError::Awareness(refusal)) => return Err(bad_request(refusal.to_string())),
             Err(e) => return Err(internal(e)),
         }
-        if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
+        if let Some(conn) = self.state().conns.get_mut(&socket.id) {
             conn.awareness
                 .entry(addr.clone())
                 .or_default()

@@ -14,7 +14,7 @@ use socketioxide::socket::Sid;
 use yrelay_protocol::DocAddress;
 
 use super::broadcast::emit_to_room;
-use super::gateway::{Gateway, lock};
+use super::gateway::Gateway;
 use super::wire::{
     Protocol, Reply, SpaceRef, awareness_room, bad_request, batch_version, error, parse,
     space_type, subscribers_room, too_old,
@@ -31,26 +31,19 @@ const INVALIDATE_EVERY: Duration = Duration::from_millis(250);
 /// The changes of a space not yet sent as an invalidation.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// The socket that wrote them, if one did and only one.
-    sender: Option<Sid>,
-    mixed: bool,
+    /// `None` while there is no change; then who not to tell: the socket
+    /// that wrote them, when all the changes are its own.
+    except: Option<Option<Sid>>,
     timestamp: i64,
-    any: bool,
 }
 
 impl Pending {
     fn add(&mut self, sender: Option<Sid>, timestamp: i64) {
-        if self.any && self.sender != sender {
-            self.mixed = true;
-        }
-        self.sender = sender;
+        self.except = match self.except {
+            Some(writer) if writer != sender => Some(None),
+            _ => Some(sender),
+        };
         self.timestamp = self.timestamp.max(timestamp);
-        self.any = true;
-    }
-
-    /// Who not to tell: the writer, when all the changes are its own.
-    fn except(&self) -> Option<Sid> {
-        if self.mixed { None } else { self.sender }
     }
 }
 
@@ -105,7 +98,7 @@ impl Gateway {
         for addr in &docs {
             socket.join([subscribers_room(&space, addr), awareness_room(&space, addr)]);
         }
-        if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
+        if let Some(conn) = self.state().conns.get_mut(&socket.id) {
             conn.spaces.insert(space.clone(), Protocol::Batch);
             let subscriptions = docs.iter().map(|addr| (space.clone(), addr.clone()));
             conn.subscriptions.extend(subscriptions);
@@ -133,12 +126,14 @@ impl Gateway {
             let addr = space.address(doc_id)?;
             self.unsubscribe(&socket, &space, &addr);
         }
-        let subscribed = lock(&self.conns)
+        let subscribed = self
+            .state()
+            .conns
             .get(&socket.id)
             .is_some_and(|c| c.subscriptions.iter().any(|(s, _)| *s == space));
         if leave.doc_ids.is_empty() && !subscribed {
             socket.leave([space.room("sync"), space.room("batch")]);
-            if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
+            if let Some(conn) = self.state().conns.get_mut(&socket.id) {
                 conn.spaces.remove(&space);
             }
             self.stop_watchers_if_unused(&space);
@@ -160,19 +155,18 @@ impl Gateway {
     /// Ends one subscription of `socket`: its broadcasts and its presence.
     fn unsubscribe(&self, socket: &SocketRef, space: &SpaceRef, addr: &DocAddress) {
         socket.leave([subscribers_room(space, addr), awareness_room(space, addr)]);
-        let mine = lock(&self.conns).get_mut(&socket.id).and_then(|c| {
-            c.subscriptions.remove(&(space.clone(), addr.clone()));
-            Some((c.awareness.remove(addr)?, c.origin))
-        });
-        if let Some((clients, origin)) = mine {
-            self.app.hub.forget_awareness_of(addr, &clients, origin);
+        if let Some(conn) = self.state().conns.get_mut(&socket.id) {
+            conn.subscriptions.remove(&(space.clone(), addr.clone()));
         }
+        self.forget_presence(socket, addr);
     }
 
     /// Ends the subscriptions whose socket may no longer read the document
     /// (its token expired): each instance for its own sockets.
     pub(super) fn end_lost_subscriptions(&self) {
-        let lost: Vec<_> = lock(&self.conns)
+        let lost: Vec<_> = self
+            .state()
+            .conns
             .iter()
             .flat_map(|(sid, conn)| {
                 conn.subscriptions
@@ -194,7 +188,9 @@ impl Gateway {
     /// Ends every subscription to `addr` here (the document was deleted).
     pub(super) fn end_subscriptions_of(&self, space: &SpaceRef, addr: &DocAddress) {
         let key = (space.clone(), addr.clone());
-        let subscribers: Vec<_> = lock(&self.conns)
+        let subscribers: Vec<_> = self
+            .state()
+            .conns
             .iter()
             .filter(|(_, conn)| conn.subscriptions.contains(&key))
             .map(|(sid, _)| *sid)
@@ -215,7 +211,8 @@ impl Gateway {
         timestamp: i64,
     ) {
         {
-            let mut windows = lock(&self.invalidations);
+            let mut state = self.state();
+            let windows = &mut state.invalidations;
             if let Some(pending) = windows.get_mut(space) {
                 pending.add(sender, timestamp);
                 return;
@@ -232,9 +229,10 @@ impl Gateway {
                 tokio::time::sleep(INVALIDATE_EVERY).await;
                 let Some(gw) = gateway.upgrade() else { return };
                 let pending = {
-                    let mut windows = lock(&gw.invalidations);
+                    let mut state = gw.state();
+                    let windows = &mut state.invalidations;
                     match windows.get_mut(&space) {
-                        Some(pending) if pending.any => std::mem::take(pending),
+                        Some(pending) if pending.except.is_some() => std::mem::take(pending),
                         _ => {
                             windows.remove(&space);
                             return;
@@ -253,12 +251,19 @@ impl Gateway {
             "timestamp": pending.timestamp,
         });
         let name = "space:broadcast-doc-invalidation";
-        emit_to_room(self, space.room("batch"), pending.except(), name, &event);
+        emit_to_room(
+            self,
+            space.room("batch"),
+            pending.except.flatten(),
+            name,
+            &event,
+        );
     }
 
     /// Starts the watcher of `space`'s events unless it runs.
     fn watch_space(self: &Arc<Self>, space: &SpaceRef) {
-        let mut watchers = lock(&self.space_watchers);
+        let mut state = self.state();
+        let watchers = &mut state.space_watchers;
         if watchers.get(space).is_some_and(|task| !task.is_finished()) {
             return;
         }
@@ -284,7 +289,8 @@ async fn invalidate(gateway: Weak<Gateway>, space: SpaceRef) {
             let doc = notice.data.get("doc").and_then(Value::as_str);
             let addr = doc.and_then(|doc| DocAddress::parse(&space.space(), doc).ok());
             let watched = addr.is_some_and(|addr| {
-                lock(&gw.watchers)
+                gw.state()
+                    .watchers
                     .get(&(space.clone(), addr))
                     .is_some_and(|task| !task.is_finished())
             });

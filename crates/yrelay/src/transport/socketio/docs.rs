@@ -15,7 +15,7 @@ use crate::hub::{HubError, Writer};
 use crate::metrics;
 
 use super::TRANSPORT;
-use super::gateway::{Gateway, lock};
+use super::gateway::Gateway;
 use super::wire::{
     Protocol, Reply, SpaceRef, bad_request, base64, error, internal, parse, protocol_for, too_old,
 };
@@ -40,7 +40,7 @@ impl Gateway {
         };
         socket.leave(join.space.room(drop));
         socket.join([join.space.room("sync"), join.space.room(keep)]);
-        if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
+        if let Some(conn) = self.state().conns.get_mut(&socket.id) {
             conn.spaces.insert(join.space, protocol);
         }
         Ok(json!({ "clientId": socket.id.to_string(), "success": true }))
@@ -54,7 +54,7 @@ impl Gateway {
             space.room("sync-025"),
             space.room("sync-026"),
         ]);
-        if let Some(conn) = lock(&self.conns).get_mut(&socket.id) {
+        if let Some(conn) = self.state().conns.get_mut(&socket.id) {
             conn.spaces.remove(&space);
         }
         self.stop_watchers_if_unused(&space);
@@ -154,7 +154,9 @@ impl Gateway {
             &addr,
             &json!({ "spaceId": push.space.space_id, "docId": push.doc_id }),
         )?;
-        let within_rate = lock(&self.conns)
+        let within_rate = self
+            .state()
+            .conns
             .get_mut(&socket.id)
             .is_some_and(|c| c.rate.take());
         if !within_rate {
@@ -170,7 +172,9 @@ impl Gateway {
             ));
         }
         self.watch(&push.space, &addr).await;
-        let writer = lock(&self.conns)
+        let writer = self
+            .state()
+            .conns
             .get(&socket.id)
             .map(|c| Writer {
                 origin: Some(c.origin),

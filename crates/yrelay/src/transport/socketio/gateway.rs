@@ -3,13 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::Sid;
 use socketioxide::{SocketIo, TransportType};
+use tokio::task::JoinHandle;
 use yrelay_protocol::DocAddress;
 
 use crate::auth::AuthError;
@@ -52,23 +53,26 @@ pub(super) struct Conn {
 pub struct Gateway {
     pub(super) app: AppState,
     pub(super) io: SocketIo,
-    pub(super) conns: Mutex<HashMap<Sid, Conn>>,
-    /// Which socket wrote with which origin (to skip it in broadcasts).
-    pub(super) writers: Mutex<HashMap<Origin, Sid>>,
-    /// One watcher per (space, document) loaded here, while its space has
-    /// members on this instance.
-    pub(super) watchers: Mutex<HashMap<(SpaceRef, DocAddress), tokio::task::JoinHandle<()>>>,
-    /// One watcher of the space's events per space with batch members here
-    /// (the invalidations of documents not watched here).
-    pub(super) space_watchers: Mutex<HashMap<SpaceRef, tokio::task::JoinHandle<()>>>,
-    /// The changes of each space waiting for its next invalidation.
-    pub(super) invalidations: Mutex<HashMap<SpaceRef, Pending>>,
-    /// Users (or anonymous sockets) seen, for `yrelay_active_users`.
-    pub(super) seen: Mutex<HashMap<String, Instant>>,
+    state: Mutex<State>,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Everything the gateway keeps, behind its one lock (never held across an
+/// await).
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) conns: HashMap<Sid, Conn>,
+    /// Which socket wrote with which origin (to skip it in broadcasts).
+    pub(super) writers: HashMap<Origin, Sid>,
+    /// One watcher per (space, document) loaded here, while its space has
+    /// members on this instance.
+    pub(super) watchers: HashMap<(SpaceRef, DocAddress), JoinHandle<()>>,
+    /// One watcher of the space's events per space with batch members here
+    /// (the invalidations of documents not watched here).
+    pub(super) space_watchers: HashMap<SpaceRef, JoinHandle<()>>,
+    /// The changes of each space waiting for its next invalidation.
+    pub(super) invalidations: HashMap<SpaceRef, Pending>,
+    /// Users (or anonymous sockets) seen, for `yrelay_active_users`.
+    pub(super) seen: HashMap<String, Instant>,
 }
 
 /// The token of a connecting socket: `auth.token`, else `Authorization: Bearer`.
@@ -89,6 +93,19 @@ pub(super) fn connect_token(socket: &SocketRef, auth: &Option<Value>) -> Option<
 }
 
 impl Gateway {
+    pub(super) fn new(app: AppState, io: SocketIo) -> Self {
+        Self {
+            app,
+            io,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The gateway's state, locked.
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(super) fn connected(
         self: Arc<Self>,
         socket: SocketRef,
@@ -109,12 +126,11 @@ impl Gateway {
         };
         metrics::connection_opened(transport);
         let origin = self.app.hub.new_origin();
-        lock(&self.seen).insert(
-            sub.clone().unwrap_or_else(|| socket.id.to_string()),
-            Instant::now(),
-        );
-        lock(&self.writers).insert(origin, socket.id);
-        lock(&self.conns).insert(
+        let mut state = self.state();
+        let user = sub.clone().unwrap_or_else(|| socket.id.to_string());
+        state.seen.insert(user, Instant::now());
+        state.writers.insert(origin, socket.id);
+        state.conns.insert(
             socket.id,
             Conn {
                 transport,
@@ -132,6 +148,7 @@ impl Gateway {
                 _slot: slot,
             },
         );
+        drop(state);
         self.route(&socket, "space:join", Gateway::join);
         self.route(&socket, "space:leave", Gateway::leave);
         self.route(&socket, "space:load-doc", Gateway::load_doc);
@@ -159,11 +176,15 @@ impl Gateway {
 
     /// Drops what the gateway knows about a socket that has gone.
     pub(super) fn forget(&self, sid: Sid) {
-        let Some(conn) = lock(&self.conns).remove(&sid) else {
-            return;
+        let conn = {
+            let mut state = self.state();
+            let Some(conn) = state.conns.remove(&sid) else {
+                return;
+            };
+            state.writers.remove(&conn.origin);
+            conn
         };
         metrics::connection_closed(conn.transport);
-        lock(&self.writers).remove(&conn.origin);
         for (addr, clients) in &conn.awareness {
             self.app.hub.forget_awareness_of(addr, clients, conn.origin);
         }
@@ -218,7 +239,8 @@ impl Gateway {
         socket: &SocketRef,
         space: &SpaceRef,
     ) -> Result<Protocol, SioError> {
-        lock(&self.conns)
+        self.state()
+            .conns
             .get(&socket.id)
             .and_then(|c| c.spaces.get(space).copied())
             .ok_or_else(|| {
@@ -232,7 +254,8 @@ impl Gateway {
     }
 
     pub(super) fn token(&self, socket: &SocketRef) -> Option<String> {
-        lock(&self.conns)
+        self.state()
+            .conns
             .get(&socket.id)
             .and_then(|c| c.token.clone())
     }
@@ -315,7 +338,9 @@ impl Gateway {
     /// Starts the watcher of `addr` for `space` unless it runs.
     pub(super) async fn watch(self: &Arc<Self>, space: &SpaceRef, addr: &DocAddress) {
         let key = (space.clone(), addr.clone());
-        if lock(&self.watchers)
+        if self
+            .state()
+            .watchers
             .get(&key)
             .is_some_and(|task| !task.is_finished())
         {
@@ -324,7 +349,8 @@ impl Gateway {
         let Ok(session) = self.app.hub.join(addr).await else {
             return; // the load itself reports the outage
         };
-        let mut watchers = lock(&self.watchers);
+        let mut state = self.state();
+        let watchers = &mut state.watchers;
         if watchers.get(&key).is_some_and(|task| !task.is_finished()) {
             return; // another event started one meanwhile
         }
@@ -334,7 +360,9 @@ impl Gateway {
 
     /// Takes one sync request's worth of the socket's rate (429 past it).
     pub(super) fn take_sync(&self, socket: &SocketRef, doc_ref: &Value) -> Result<(), SioError> {
-        let within = lock(&self.conns)
+        let within = self
+            .state()
+            .conns
             .get_mut(&socket.id)
             .is_some_and(|c| c.syncs.take());
         if within {
@@ -361,7 +389,7 @@ impl Gateway {
         doc_ref: &Value,
     ) -> Result<(), SioError> {
         let max = self.app.limits.max_docs_per_connection;
-        let admitted = lock(&self.conns).get_mut(&socket.id).is_some_and(|c| {
+        let admitted = self.state().conns.get_mut(&socket.id).is_some_and(|c| {
             c.docs.contains(addr) || (c.docs.len() < max && c.docs.insert(addr.clone()))
         });
         if admitted {
@@ -378,23 +406,22 @@ impl Gateway {
 
     /// Stops the watchers of `space` when no socket here is a member any more.
     pub(super) fn stop_watchers_if_unused(&self, space: &SpaceRef) {
-        let used = lock(&self.conns)
-            .values()
-            .any(|c| c.spaces.contains_key(space));
-        if !used {
-            lock(&self.watchers).retain(|(s, _), task| {
-                if s == space {
-                    task.abort();
-                }
-                s != space
-            });
-            if let Some(task) = lock(&self.space_watchers).remove(space) {
+        let mut state = self.state();
+        if state.conns.values().any(|c| c.spaces.contains_key(space)) {
+            return;
+        }
+        state.watchers.retain(|(s, _), task| {
+            if s == space {
                 task.abort();
             }
+            s != space
+        });
+        if let Some(task) = state.space_watchers.remove(space) {
+            task.abort();
         }
     }
 
     pub(super) fn writer(&self, origin: Option<Origin>) -> Option<Sid> {
-        origin.and_then(|o| lock(&self.writers).get(&o).copied())
+        origin.and_then(|o| self.state().writers.get(&o).copied())
     }
 }

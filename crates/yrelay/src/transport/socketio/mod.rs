@@ -28,8 +28,7 @@ mod broadcast;
 mod docs;
 mod gateway;
 mod wire;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -44,7 +43,7 @@ use socketioxide::socket::Sid;
 use crate::metrics;
 use crate::state::AppState;
 
-use gateway::{Gateway, connect_token, lock};
+use gateway::{Gateway, connect_token};
 
 const TRANSPORT: &str = "socketio";
 /// How long an engine.io session may wait for its Socket.IO connect (a
@@ -71,16 +70,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         .max_buffer_size(4096)
         .connect_timeout(CONNECT_TIMEOUT)
         .build_layer();
-    let gateway = Arc::new(Gateway {
-        app,
-        io: io.clone(),
-        conns: Mutex::new(HashMap::new()),
-        writers: Mutex::new(HashMap::new()),
-        watchers: Mutex::new(HashMap::new()),
-        space_watchers: Mutex::new(HashMap::new()),
-        invalidations: Mutex::new(HashMap::new()),
-        seen: Mutex::new(HashMap::new()),
-    });
+    let gateway = Arc::new(Gateway::new(app, io.clone()));
     tokio::spawn(housekeeping(Arc::downgrade(&gateway)));
     // Everything happens in the middleware, which socketioxide awaits before
     // it sends the connect packet: its connect handler runs in a task of its
@@ -146,11 +136,14 @@ async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
         tick.tick().await;
         let Some(gw) = gateway.upgrade() else { return };
         {
-            let mut seen = lock(&gw.seen);
+            let mut state = gw.state();
+            let seen = &mut state.seen;
             seen.retain(|_, at| at.elapsed() < Duration::from_secs(60));
             metrics::active_users(seen.len());
         }
-        let admitted: Vec<Sid> = lock(&gw.conns)
+        let admitted: Vec<Sid> = gw
+            .state()
+            .conns
             .iter()
             .filter(|(_, c)| c.opened.elapsed() > Duration::from_secs(10))
             .map(|(sid, _)| *sid)
