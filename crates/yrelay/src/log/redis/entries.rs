@@ -1,7 +1,6 @@
 //! Log entries as Redis stream fields, and stream ids.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use redis::Value;
@@ -35,11 +34,10 @@ pub(super) fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&
 }
 
 pub(super) fn entry_from(
-    id: &str,
+    cursor: LogCursor,
     map: &HashMap<String, Value>,
     kind: EntryKind,
 ) -> Option<LogEntry> {
-    let cursor = LogCursor::from_str(id).ok()?;
     let kind = match field(map, "k") {
         Some(b"n") => EntryKind::Notice,
         _ => kind,
@@ -77,12 +75,4 @@ pub(super) async fn last_id(conn: &mut Conn, stream: &str) -> Result<String, Log
         .first()
         .map(|e| e.id.clone())
         .unwrap_or_else(|| "0-0".into()))
-}
-
-/// `a < b` for stream ids (`0-0` smallest).
-pub(super) fn cursor_lt(a: &str, b: &str) -> bool {
-    match (LogCursor::from_str(a), LogCursor::from_str(b)) {
-        (Ok(a), Ok(b)) => a < b,
-        _ => false,
-    }
 }

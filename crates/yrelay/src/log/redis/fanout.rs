@@ -10,11 +10,12 @@ use tokio::sync::Notify;
 use yrelay_protocol::DocAddress;
 
 use super::conn::{Conn, key, unavailable};
-use super::entries::{cursor_lt, entry_from, field, lock};
+use super::entries::{entry_from, field, lock};
 use super::scripts::{FORGET, eval};
 use super::{BLOCK, INBOX_CAP, INBOX_RENEW, INBOX_TTL, READ_COUNT, SWEEP, Shared};
 use crate::clock::now_ms;
 use crate::log::{EntryKind, LogEntry, LogError};
+use crate::vocab::LogCursor;
 
 impl Shared {
     pub(super) fn rang(&self, name: String) {
@@ -240,14 +241,10 @@ pub(super) async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>)
                 let doc = feeds.docs.get(&name)?;
                 let mut subs = doc.subs.values();
                 let first = subs.next()?;
-                let (mut log_from, mut aw_from) = (first.log_last.clone(), first.aw_last.clone());
+                let (mut log_from, mut aw_from) = (first.log_last, first.aw_last);
                 for feed in subs {
-                    if cursor_lt(&feed.log_last, &log_from) {
-                        log_from = feed.log_last.clone();
-                    }
-                    if cursor_lt(&feed.aw_last, &aw_from) {
-                        aw_from = feed.aw_last.clone();
-                    }
+                    log_from = log_from.min(feed.log_last);
+                    aw_from = aw_from.min(feed.aw_last);
                 }
                 (doc.addr.clone(), log_from, aw_from)
             };
@@ -275,9 +272,9 @@ pub(super) async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>)
 pub(super) async fn read_streams(
     conn: &mut Conn,
     addr: &DocAddress,
-    mut log_from: String,
-    mut aw_from: String,
-) -> Result<Vec<(EntryKind, String, LogEntry)>, redis::RedisError> {
+    mut log_from: LogCursor,
+    mut aw_from: LogCursor,
+) -> Result<Vec<(EntryKind, LogCursor, LogEntry)>, redis::RedisError> {
     let (log_key, aw_key) = (key(addr, "log"), key(addr, "aw"));
     let mut out = Vec::new();
     loop {
@@ -287,8 +284,8 @@ pub(super) async fn read_streams(
             .arg("STREAMS")
             .arg(&log_key)
             .arg(&aw_key)
-            .arg(&log_from)
-            .arg(&aw_from)
+            .arg(log_from.to_string())
+            .arg(aw_from.to_string())
             .query_async(conn)
             .await?;
         let mut more = false;
@@ -300,9 +297,13 @@ pub(super) async fn read_streams(
             };
             more |= stream.ids.len() >= READ_COUNT;
             for e in &stream.ids {
-                *from = e.id.clone();
-                if let Some(entry) = entry_from(&e.id, &e.map, kind.clone()) {
-                    out.push((kind.clone(), e.id.clone(), entry));
+                let Ok(id) = e.id.parse::<LogCursor>() else {
+                    tracing::warn!(id = %e.id, doc = %addr, "redis answered a bad stream id; entry skipped");
+                    continue;
+                };
+                *from = id;
+                if let Some(entry) = entry_from(id, &e.map, kind.clone()) {
+                    out.push((kind.clone(), id, entry));
                 }
             }
         }
@@ -314,7 +315,7 @@ pub(super) async fn read_streams(
 
 /// Sends each feed of `name` the entries past its positions; a feed that is
 /// full or closed ends (its owner resumes by cursor).
-pub(super) fn deliver(shared: &Shared, name: &str, entries: Vec<(EntryKind, String, LogEntry)>) {
+pub(super) fn deliver(shared: &Shared, name: &str, entries: Vec<(EntryKind, LogCursor, LogEntry)>) {
     let mut feeds = lock(&shared.feeds);
     let Some(doc) = feeds.docs.get_mut(name) else {
         return;
@@ -326,10 +327,10 @@ pub(super) fn deliver(shared: &Shared, name: &str, entries: Vec<(EntryKind, Stri
             } else {
                 &mut feed.aw_last
             };
-            if !cursor_lt(last, id) {
+            if *last >= *id {
                 continue;
             }
-            *last = id.clone();
+            *last = *id;
             if feed.tx.try_send(entry.clone()).is_err() {
                 return false;
             }

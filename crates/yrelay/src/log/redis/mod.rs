@@ -111,8 +111,8 @@ pub(super) struct DocFeeds {
 
 /// One subscription's stream positions and sender.
 pub(super) struct Feed {
-    log_last: String,
-    aw_last: String,
+    log_last: LogCursor,
+    aw_last: LogCursor,
     tx: mpsc::Sender<LogEntry>,
 }
 
@@ -326,6 +326,12 @@ impl Log for RedisLog {
         .query_async(&mut conn)
         .await
         .map_err(unavailable)?;
+        let position = |id: String| {
+            LogCursor::from_str(&id).map_err(|_| {
+                LogError::Unavailable(format!("redis answered a bad stream id {id:?}"))
+            })
+        };
+        let (log_last, aw_last) = (position(log_last)?, position(aw_last)?);
         let (tx, rx) = mpsc::channel(FEED_BOUND);
         let name = addr.to_string();
         let id = {
@@ -386,7 +392,7 @@ impl Log for RedisLog {
             reply
                 .ids
                 .iter()
-                .filter_map(|e| entry_from(&e.id, &e.map, EntryKind::Update))
+                .filter_map(|e| entry_from(e.id.parse().ok()?, &e.map, EntryKind::Update))
                 .collect(),
         ))
     }
