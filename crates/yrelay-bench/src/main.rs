@@ -15,26 +15,23 @@
 
 mod acks;
 mod chaos;
+mod idle;
 mod join;
+mod readers;
 mod relay;
 mod sio;
 mod sse;
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::process::Stdio;
+use idle::idle;
+pub(crate) use readers::*;
+
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 use yrelay_client::WsClient;
-use yrelay_protocol::sync::{self, ClientMessage};
-use yrelay_protocol::update::{apply_update, merge_updates};
-use yrs::any::Number;
-use yrs::updates::encoder::Encode;
-use yrs::{Any, Array, Doc, Out, ReadTxn, StateVector, Transact};
+use yrelay_protocol::update::merge_updates;
+use yrs::{Array, Doc};
 
 #[derive(Parser)]
 #[command(
@@ -206,90 +203,6 @@ struct RoomOutcome {
     diverged: usize,
 }
 
-/// Readers connected to a room and synced, each a task that ends once it
-/// has every item.
-struct Readers {
-    tasks: Vec<tokio::task::JoinHandle<Result<ReaderOutcome, String>>>,
-}
-
-impl Readers {
-    /// Connects readers `first..first + count` (round-robin over `urls`) and
-    /// waits until each is synced.
-    async fn connect(
-        urls: &[String],
-        over: Transport,
-        first: usize,
-        count: usize,
-        updates: usize,
-    ) -> Result<Self, String> {
-        let mut tasks = Vec::with_capacity(count);
-        let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel(count.max(1));
-        for i in first..first + count {
-            let url = &urls[i % urls.len()];
-            let task = match over {
-                Transport::Ws => {
-                    let (socket, _) = tokio_tungstenite::connect_async_with_config(
-                        url,
-                        Some(yrelay_client::config()),
-                        true,
-                    )
-                    .await
-                    .map_err(|e| format!("reader connect: {e}"))?;
-                    tokio::spawn(read(socket, updates, synced_tx.clone()))
-                }
-                Transport::Sse => {
-                    let url = sse::events_url(url)?;
-                    tokio::spawn(sse::read(url, updates, synced_tx.clone()))
-                }
-                Transport::Socketio | Transport::SocketioBatch => {
-                    let batch = over == Transport::SocketioBatch;
-                    tokio::spawn(sio::read(url.clone(), batch, updates, synced_tx.clone()))
-                }
-            };
-            tasks.push(task);
-        }
-        drop(synced_tx);
-        for _ in 0..count {
-            let synced = tokio::time::timeout(Duration::from_secs(60), synced_rx.recv()).await;
-            if let Ok(Some(())) = synced {
-                continue;
-            }
-            // A reader failed or hangs before syncing: say why if it ended.
-            for task in tasks.into_iter().filter(|t| t.is_finished()) {
-                if let Ok(Err(e)) = task.await {
-                    return Err(format!("a reader failed before syncing: {e}"));
-                }
-            }
-            return Err("a reader did not sync within 60 s".into());
-        }
-        Ok(Self { tasks })
-    }
-
-    /// Waits for every reader: their latencies, and each one's final state
-    /// (its hash).
-    async fn finish(self) -> Result<(Histogram<u64>, Vec<u64>), String> {
-        let mut latencies = histogram()?;
-        let mut states = Vec::new();
-        for task in self.tasks {
-            let outcome = tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .map_err(|_| "a reader did not receive every update within 120 s")?
-                .map_err(|e| e.to_string())??;
-            latencies
-                .add(&outcome.latencies)
-                .map_err(|e| e.to_string())?;
-            states.push(state_hash(&outcome.state));
-        }
-        Ok((latencies, states))
-    }
-}
-
-fn state_hash(state: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    state.hash(&mut h);
-    h.finish()
-}
-
 /// Wall-clock µs: the send time the writer puts in each item and readers in
 /// any process subtract from their receipt time.
 fn wall_us() -> i64 {
@@ -301,98 +214,6 @@ fn since_epoch() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
-}
-
-/// A share of the readers in a child process (`readers` subcommand).
-struct ChildReaders {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl ChildReaders {
-    async fn spawn(
-        template: &str,
-        room: &str,
-        over: Transport,
-        first: usize,
-        count: usize,
-        updates: usize,
-    ) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("readers")
-            .args(["--url", template, "--room", room])
-            .args([
-                "--first",
-                &first.to_string(),
-                "--readers",
-                &count.to_string(),
-            ])
-            .args(["--updates", &updates.to_string()])
-            .args(["--readers-over", over.name()])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn a reader process: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        Ok(Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        })
-    }
-
-    async fn line(&mut self) -> Result<String, String> {
-        self.lines
-            .next_line()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "a reader process ended early (see its error above)".to_string())
-    }
-
-    async fn finish(mut self) -> Result<(Histogram<u64>, Vec<u64>), String> {
-        let line = self.line().await?;
-        let _ = self.child.wait().await;
-        let result: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
-        let mut latencies = histogram()?;
-        for pair in result["buckets"].as_array().ok_or("no buckets")? {
-            let (value, count) = (pair[0].as_u64(), pair[1].as_u64());
-            latencies
-                .record_n(value.unwrap_or(1), count.unwrap_or(0))
-                .map_err(|e| e.to_string())?;
-        }
-        let states = result["states"]
-            .as_array()
-            .ok_or("no states")?
-            .iter()
-            .filter_map(|s| s.as_str()?.parse().ok())
-            .collect();
-        Ok((latencies, states))
-    }
-}
-
-/// `readers`: connect a share, say `synced`, then print the result.
-async fn readers_process(args: ReadersArgs) -> Result<(), String> {
-    let urls = room_urls(&args.url, &args.room);
-    let readers = Readers::connect(
-        &urls,
-        args.readers_over,
-        args.first,
-        args.readers,
-        args.updates,
-    )
-    .await?;
-    println!("synced");
-    let (latencies, states) = readers.finish().await?;
-    let buckets: Vec<[u64; 2]> = latencies
-        .iter_recorded()
-        .map(|v| [v.value_iterated_to(), v.count_at_value()])
-        .collect();
-    let states: Vec<String> = states.iter().map(u64::to_string).collect();
-    println!(
-        "{}",
-        serde_json::json!({ "buckets": buckets, "states": states })
-    );
-    Ok(())
 }
 
 fn room_urls(template: &str, room: &str) -> Vec<String> {
@@ -609,213 +430,6 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// C idle connections over D documents; the server's memory and CPU (from
-/// /proc of `--server-pid`) once they are all synced and again after `hold`.
-async fn idle(args: IdleArgs) -> Result<(), String> {
-    let before = proc_stats(args.server_pid)?;
-    eprintln!(
-        "idle: opening {} connections over {} docs",
-        args.connections, args.docs
-    );
-    let run = nanos();
-    let mut clients = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let url = args
-            .url
-            .replace("{room}", &format!("idle-{run}-{}", i % args.docs.max(1)));
-        let client = WsClient::connect(&url, Doc::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .wait_synced(Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
-        clients.push(client);
-        if args.connections >= 10 && (i + 1) % (args.connections / 10) == 0 {
-            eprintln!("  {}/{} connected", i + 1, args.connections);
-        }
-    }
-    let synced = proc_stats(args.server_pid)?;
-    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
-    let held = proc_stats(args.server_pid)?;
-    let cpu = (held.cpu_seconds - synced.cpu_seconds) / args.hold.max(0.001);
-    let result = serde_json::json!({
-        "scenario": "idle",
-        "connections": args.connections,
-        "docs": args.docs,
-        "rss_mb_before": before.rss_kb as f64 / 1024.0,
-        "rss_mb": held.rss_kb as f64 / 1024.0,
-        "rss_kb_per_connection": (held.rss_kb.saturating_sub(before.rss_kb)) as f64 / args.connections.max(1) as f64,
-        "idle_cpu_percent": cpu * 100.0,
-    });
-    if args.json {
-        println!("{result}");
-    } else {
-        println!(
-            "idle: {} connections over {} docs: server RSS {:.1} MB (from {:.1} MB; {:.1} KB per connection); CPU while idle for {:.0} s: {:.1}%",
-            args.connections,
-            args.docs,
-            held.rss_kb as f64 / 1024.0,
-            before.rss_kb as f64 / 1024.0,
-            result["rss_kb_per_connection"].as_f64().unwrap_or(0.0),
-            args.hold,
-            cpu * 100.0
-        );
-    }
-    drop(clients);
-    Ok(())
-}
-
-struct ProcStats {
-    rss_kb: u64,
-    cpu_seconds: f64,
-}
-
-/// Resident memory and CPU time used so far, from /proc/PID.
-fn proc_stats(pid: u32) -> Result<ProcStats, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command name (which may hold spaces) : utime is the 14th field overall.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    Ok(ProcStats {
-        rss_kb,
-        cpu_seconds: ticks / 100.0,
-    })
-}
-
 fn nanos() -> u64 {
     since_epoch().subsec_nanos() as u64
-}
-
-struct ReaderOutcome {
-    latencies: Histogram<u64>,
-    state: Vec<u8>,
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A reader's document and the latency of every item that became visible.
-struct Tally {
-    doc: Doc,
-    seq: yrs::ArrayRef,
-    latencies: Histogram<u64>,
-    seen: usize,
-    updates: usize,
-}
-
-impl Tally {
-    fn new(updates: usize) -> Result<Self, String> {
-        let doc = Doc::new();
-        let seq = doc.get_or_insert_array("seq");
-        Ok(Self {
-            doc,
-            seq,
-            latencies: histogram()?,
-            seen: 0,
-            updates,
-        })
-    }
-
-    fn done(&self) -> bool {
-        self.seen >= self.updates
-    }
-
-    fn apply(&self, update: &[u8]) -> Result<(), String> {
-        apply_update(&self.doc, update).map_err(|e| e.to_string())
-    }
-
-    /// Records the items that became visible, as received at `now`.
-    fn record(&mut self, now: i64) -> Result<(), String> {
-        let txn = self.doc.transact();
-        let visible = self.seq.len(&txn) as usize;
-        for i in self.seen..visible.min(self.updates) {
-            let sent = match self.seq.get(&txn, i as u32) {
-                Some(Out::Any(Any::Number(Number::Int(us)))) => us,
-                Some(Out::Any(Any::Number(Number::Float(us)))) => us as i64,
-                _ => return Err(format!("item {i} is not a send time")),
-            };
-            self.latencies
-                .record(now.saturating_sub(sent).max(1) as u64)
-                .map_err(|e| e.to_string())?;
-        }
-        self.seen = self.seen.max(visible);
-        Ok(())
-    }
-
-    fn finish(self) -> Result<ReaderOutcome, String> {
-        let state = merge_updates([self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
-            .as_slice()])
-        .map_err(|e| e.to_string())?;
-        Ok(ReaderOutcome {
-            latencies: self.latencies,
-            state,
-        })
-    }
-}
-
-/// The next message of a reader's WebSocket; the connection ending (closed
-/// by the server, failed, gone) is an error.
-fn message(
-    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> Result<Message, String> {
-    match next {
-        Some(Ok(Message::Close(frame))) => Err(format!("reader closed by server: {frame:?}")),
-        Some(Ok(message)) => Ok(message),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("reader connection ended".into()),
-    }
-}
-
-/// A WebSocket reader: answers the server's SyncStep1, applies updates.
-async fn read(
-    socket: Socket,
-    updates: usize,
-    synced: tokio::sync::mpsc::Sender<()>,
-) -> Result<ReaderOutcome, String> {
-    let (mut sink, mut stream) = socket.split();
-    let mut tally = Tally::new(updates)?;
-    let sv = StateVector::default().encode_v1();
-    sink.send(Message::Binary(sync::encode_sync_step1(&sv).into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    while !tally.done() {
-        let Message::Binary(frame) = message(stream.next().await)? else {
-            continue;
-        };
-        let now = wall_us();
-        for message in sync::decode_frame(&frame).map_err(|e| e.to_string())? {
-            match message {
-                ClientMessage::SyncStep1(_) => {
-                    let empty = sync::encode_sync_step2(&[0, 0]);
-                    sink.send(Message::Binary(empty.into()))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                ClientMessage::SyncStep2(update) => {
-                    tally.apply(&update)?;
-                    let _ = synced.send(()).await;
-                }
-                ClientMessage::Update(update) => tally.apply(&update)?,
-                _ => {}
-            }
-        }
-        tally.record(now)?;
-    }
-    tally.finish()
 }
