@@ -3,12 +3,14 @@
 //!
 //! - [`address`]: `{space}/{doc}` ids, validated once at the edge.
 //! - [`sync`]: the y-protocols messages spoken by y-websocket clients.
+//! - [`hocuspocus`]: the Hocuspocus framing around them (one socket, many documents).
 //! - [`nesting`]: how deep a document's shared types nest, bounded.
 //! - [`scan`]: the bounded walk that admits only what JavaScript `yjs` decodes.
 //! - [`update`]: checking, merging and diffing Yjs v1 updates.
 //! - [`json`]: a document's root types as JSON, and plain JSON as a new document.
 
 pub mod address;
+pub mod hocuspocus;
 pub mod json;
 pub mod nesting;
 pub mod scan;

@@ -1,5 +1,6 @@
 //! The y-protocols messages spoken by y-websocket clients (sync, awareness,
-//! auth, queryAwareness), on top of `yrs::sync`'s tags and lib0 encoding.
+//! auth, queryAwareness, and y-sweet's sync status), on top of `yrs::sync`'s
+//! tags and lib0 encoding.
 //!
 //! Incoming frames are decoded into [`ClientMessage`]s that keep the raw bytes
 //! the server relays (awareness updates are validated, then relayed unchanged).
@@ -72,7 +73,13 @@ pub enum ClientMessage {
     QueryAwareness,
     /// An auth message: `Some(reason)` when permission is denied.
     Auth(Option<String>),
+    /// y-sweet's "sync status" (type 102): an opaque payload (the client's
+    /// local version), echoed once what the client sent before it is saved.
+    SyncStatus(Vec<u8>),
 }
+
+/// y-sweet's sync-status message type.
+pub const MSG_SYNC_STATUS: u64 = 102;
 
 /// Decodes every message of one frame (stock clients send one per frame; a
 /// frame with several is accepted too).
@@ -128,6 +135,10 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<ClientMessage, FrameError> 
             Ok(ClientMessage::Auth(Some(reason.to_owned())))
         }
         t if t == MSG_QUERY_AWARENESS as u64 => Ok(ClientMessage::QueryAwareness),
+        MSG_SYNC_STATUS => {
+            let payload = read_buf(cursor, "sync status")?;
+            Ok(ClientMessage::SyncStatus(payload.to_vec()))
+        }
         t => Err(FrameError::UnknownType(t)),
     }
 }
@@ -181,6 +192,14 @@ pub fn encode_awareness(raw: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(raw.len() + 6);
     buf.write_var(MSG_AWARENESS);
     buf.write_buf(raw);
+    buf
+}
+
+/// The answer to a sync-status message: its payload, unchanged.
+pub fn encode_sync_status(payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(payload.len() + 4);
+    buf.write_var(MSG_SYNC_STATUS);
+    buf.write_buf(payload);
     buf
 }
 
@@ -271,6 +290,12 @@ mod tests {
             decode_frame(&encode_permission_denied("read-only")).unwrap(),
             vec![ClientMessage::Auth(Some("read-only".into()))]
         );
+        // y-sweet: 102, then its local version as a length-prefixed buffer.
+        assert_eq!(
+            decode_frame(&[102, 1, 7]).unwrap(),
+            vec![ClientMessage::SyncStatus(vec![7])]
+        );
+        assert_eq!(encode_sync_status(&[7]), vec![102, 1, 7]);
     }
 
     #[test]

@@ -214,8 +214,8 @@ async fn send(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), Close> {
 /// [`MAX_IN_FLIGHT`]); one that fails is logged: the peer has gone, or is
 /// about to be closed, so nobody can be told.
 async fn settle(session: &Session, mut in_flight: InFlight) {
-    while let Some(accepted) = in_flight.next().await {
-        if let Err(e) = accepted {
+    while let Some(settled) = in_flight.next().await {
+        if let Settled::Update(Err(e)) = settled {
             tracing::warn!(doc = %session.addr(), error = %e, "update of a closing connection not accepted");
         }
     }
@@ -306,14 +306,19 @@ async fn serve(
                     }
                 }
             }
-            Some(accepted) = in_flight.next() => match accepted {
-                Ok(_) => {}
-                Err(HubError::Blocked) => {
+            Some(settled) = in_flight.next() => match settled {
+                Settled::Update(Ok(_)) => {}
+                Settled::SyncStatus(payload) => {
+                    if send(socket, sync::encode_sync_status(&payload)).await.is_err() {
+                        return Close::Peer;
+                    }
+                }
+                Settled::Update(Err(HubError::Blocked)) => {
                     if send(socket, sync::encode_permission_denied("document is blocked")).await.is_err() {
                         return Close::Peer;
                     }
                 }
-                Err(e) => {
+                Settled::Update(Err(e)) => {
                     tracing::warn!(doc = %session.addr(), error = %e, "update not accepted");
                     return Close::from(e);
                 }
@@ -354,9 +359,15 @@ fn reject_frame(e: FrameError) -> Close {
     }
 }
 
-type InFlight = FuturesOrdered<
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<crate::hub::Ack, HubError>> + Send>>,
->;
+/// What comes out of [`InFlight`], in the order it went in.
+enum Settled {
+    Update(Result<crate::hub::Ack, HubError>),
+    /// A y-sweet sync status: every update before it has settled.
+    SyncStatus(Vec<u8>),
+}
+
+type InFlight =
+    FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Settled> + Send>>>;
 
 async fn handle(
     session: &mut Session,
@@ -383,7 +394,13 @@ async fn handle(
                 metrics::rejected("bad_update");
                 Close::Invalid(e.to_string())
             })?;
-            in_flight.push_back(Box::pin(session.submit_update(checked, TRANSPORT)));
+            let accepted = session.submit_update(checked, TRANSPORT);
+            in_flight.push_back(Box::pin(async move { Settled::Update(accepted.await) }));
+            Ok(())
+        }
+        // Answered in turn: once every update received before it is durable.
+        ClientMessage::SyncStatus(payload) => {
+            in_flight.push_back(Box::pin(std::future::ready(Settled::SyncStatus(payload))));
             Ok(())
         }
         // A refused awareness update (another connection's client id, or a
