@@ -293,7 +293,7 @@ fn receive(shared: &Shared, out: &mpsc::UnboundedSender<Message>, data: &[u8]) {
             ClientMessage::Awareness { update, .. } => {
                 let _ = lock(&shared.awareness).apply_update(update);
             }
-            ClientMessage::QueryAwareness => {}
+            ClientMessage::QueryAwareness | ClientMessage::SyncStatus(_) => {}
             ClientMessage::Auth(reason) => *lock(&shared.permission_denied) = reason,
         }
     }
