@@ -45,12 +45,13 @@ pub enum Message {
     Close,
 }
 
-/// One frame from a provider.
+/// One frame from a provider, its message not yet decoded (a document's
+/// messages are decoded only once the socket may use the document).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A message about the document called `name` (its routing key, answered
+pub enum Frame<'a> {
+    /// A message about the document whose routing key is `name` (answered
     /// under the same key).
-    Doc { name: String, message: Message },
+    Doc { name: String, body: &'a [u8] },
     /// The answer to our ping, or a ping (no document).
     Keepalive,
 }
@@ -75,25 +76,39 @@ pub fn document_name(key: &str) -> &str {
     key.split_once('\0').map_or(key, |(name, _)| name)
 }
 
-/// Decodes one frame.
-pub fn decode_frame(frame: &[u8]) -> Result<Frame, HocuspocusError> {
+/// Reads a frame's routing key; its message stays undecoded.
+pub fn split_frame(frame: &[u8]) -> Result<Frame<'_>, HocuspocusError> {
     if let [PING | PONG] = frame {
         return Ok(Frame::Keepalive);
     }
     let mut cursor = Cursor::new(frame);
     let name = read_name(&mut cursor)?;
+    Ok(Frame::Doc {
+        name,
+        body: &frame[cursor.next..],
+    })
+}
+
+/// Whether a message is the provider's token (the one message read before
+/// the document is authorized).
+pub fn is_auth(body: &[u8]) -> bool {
+    body.first() == Some(&AUTH)
+}
+
+/// Decodes the message `body` of the document `name`.
+pub fn decode_message(name: &str, body: &[u8]) -> Result<Message, HocuspocusError> {
+    let mut cursor = Cursor::new(body);
     let malformed = |what| HocuspocusError::Message {
-        name: name.clone(),
+        name: name.to_owned(),
         error: FrameError::Malformed(what),
     };
-    let body = &frame[cursor.next..];
     let tag: u64 = cursor.read_var().map_err(|_| malformed("hocuspocus"))?;
     let message = match tag {
         t if t == u64::from(SYNC) || t == u64::from(AWARENESS) || t == u64::from(QUERY_AWARENESS) => {
             // A y-protocols message from the tag on.
             let mut messages =
                 sync::decode_frame(body).map_err(|error| HocuspocusError::Message {
-                    name: name.clone(),
+                    name: name.to_owned(),
                     error,
                 })?;
             if messages.len() != 1 {
@@ -118,17 +133,19 @@ pub fn decode_frame(frame: &[u8]) -> Result<Frame, HocuspocusError> {
             Message::Stateless(read_string(&mut cursor).ok_or_else(|| malformed("stateless"))?)
         }
         t if t == u64::from(BROADCAST_STATELESS) => {
-            return Err(HocuspocusError::ServerOnly { name });
+            return Err(HocuspocusError::ServerOnly {
+                name: name.to_owned(),
+            });
         }
         t if t == u64::from(CLOSE) => Message::Close,
         t => {
             return Err(HocuspocusError::Message {
-                name,
+                name: name.to_owned(),
                 error: FrameError::UnknownType(t),
             });
         }
     };
-    Ok(Frame::Doc { name, message })
+    Ok(message)
 }
 
 fn read_name(cursor: &mut Cursor<'_>) -> Result<String, HocuspocusError> {
@@ -208,12 +225,29 @@ mod tests {
         frame(name, body)
     }
 
+    /// A frame as the server reads it: the key, then the message.
+    #[derive(Debug, PartialEq)]
+    enum Decoded {
+        Doc { name: String, message: Message },
+        Keepalive,
+    }
+
+    fn decode_frame(frame: &[u8]) -> Result<Decoded, HocuspocusError> {
+        Ok(match split_frame(frame)? {
+            Frame::Keepalive => Decoded::Keepalive,
+            Frame::Doc { name, body } => Decoded::Doc {
+                message: decode_message(&name, body)?,
+                name,
+            },
+        })
+    }
+
     #[test]
     fn decodes_what_providers_send() {
         let update = sync::encode_update(&[0, 0]);
         assert_eq!(
             decode_frame(&doc_frame("space/doc", &update)).unwrap(),
-            Frame::Doc {
+            Decoded::Doc {
                 name: "space/doc".into(),
                 message: Message::Yjs(ClientMessage::Update(vec![0, 0])),
             }
@@ -224,7 +258,7 @@ mod tests {
         auth.write_string("4.8.0");
         assert_eq!(
             decode_frame(&doc_frame("d\0s1", &auth)).unwrap(),
-            Frame::Doc {
+            Decoded::Doc {
                 name: "d\0s1".into(),
                 message: Message::Auth {
                     token: "tok".into(),
@@ -237,26 +271,26 @@ mod tests {
         auth3.write_string("");
         assert!(matches!(
             decode_frame(&doc_frame("d", &auth3)).unwrap(),
-            Frame::Doc { message: Message::Auth { version: None, .. }, .. }
+            Decoded::Doc { message: Message::Auth { version: None, .. }, .. }
         ));
         assert_eq!(
             decode_frame(&doc_frame("d", &stateless("hi"))).unwrap(),
-            Frame::Doc {
+            Decoded::Doc {
                 name: "d".into(),
                 message: Message::Stateless("hi".into())
             }
         );
         assert_eq!(
             decode_frame(&doc_frame("d", &[CLOSE])).unwrap(),
-            Frame::Doc {
+            Decoded::Doc {
                 name: "d".into(),
                 message: Message::Close
             }
         );
-        assert_eq!(decode_frame(&[PONG]).unwrap(), Frame::Keepalive);
+        assert_eq!(decode_frame(&[PONG]).unwrap(), Decoded::Keepalive);
         assert_eq!(
             decode_frame(&doc_frame("d", &[QUERY_AWARENESS])).unwrap(),
-            Frame::Doc {
+            Decoded::Doc {
                 name: "d".into(),
                 message: Message::Yjs(ClientMessage::QueryAwareness)
             }

@@ -114,6 +114,7 @@ impl Server {
                 connections: Arc::new(Semaphore::new(config.max_connections)),
             },
             metrics: metrics::install(),
+            hocuspocus_space: Arc::from(config.hocuspocus_space.as_str()),
             shutdown: shutdown_rx,
         };
         Ok(Self {
@@ -311,6 +312,7 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .route("/v1/docs/{space}/{doc}/json", get(api::docs::export_json))
         .route("/v1/docs/{space}/{doc}/import", post(api::docs::import))
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
+        .route("/v1/hocuspocus", get(transport::hocuspocus::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))
         .route(
             "/v1/docs/{space}/{doc}/updates",

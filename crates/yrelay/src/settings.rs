@@ -104,6 +104,9 @@ pub struct Settings {
     /// seconds a client may take to send a request's headers (also a connection's first bytes), between two parts of a request body, or stay idle between requests; HTTP/2 connections are pinged every 30 s and closed when a ping goes unanswered for 20 s
     #[arg(long, env = "YRELAY_HTTP_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds)]
     pub http_timeout_secs: Duration,
+    /// the space of Hocuspocus documents whose name is not `{space}/{doc}` (a name `notes` is `{this}/notes`)
+    #[arg(long, env = "YRELAY_HOCUSPOCUS_SPACE", default_value = "hocuspocus", value_parser = space_id)]
+    pub hocuspocus_space: String,
     /// seconds a write to a client (any transport) may make no progress before the connection is closed and everything it held released
     #[arg(long, env = "YRELAY_WRITE_TIMEOUT_SECS", default_value = "20", value_parser = positive_seconds)]
     pub write_timeout_secs: Duration,
@@ -130,6 +133,11 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+fn space_id(s: &str) -> Result<String, String> {
+    yrelay_protocol::address::check_space_id(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 fn positive() -> RangedU64ValueParser<usize> {

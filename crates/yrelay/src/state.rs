@@ -50,6 +50,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
+    /// The space of Hocuspocus names that are not `{space}/{doc}`.
+    pub hocuspocus_space: Arc<str>,
     /// Changes once when the server begins to shut down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -1,0 +1,422 @@
+//! The Hocuspocus protocol over WebSocket: `GET /v1/hocuspocus`, for
+//! `@hocuspocus/provider` 3.x and 4.x unmodified.
+//!
+//! One socket carries many documents, each framed with its name (its
+//! routing key). A document is opened by the provider's token message: it
+//! is checked like a token on any other transport, answered `authenticated`
+//! (`read-write` or `readonly`) or `permission-denied` with the reason, and
+//! what the provider sent for it before is then read in order (bounded, and
+//! never decoded before the document is authorized). Each open document is
+//! served by its own task ([`doc`]); a refused or failing document never
+//! ends the others. Only what concerns the whole socket closes it, with a
+//! close code and reason.
+//!
+//! A name `{space}/{doc}` is that document on every transport; any other
+//! name is a document of the space `--hocuspocus-space`.
+
+mod doc;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::hocuspocus::{self, Frame, HocuspocusError, Message};
+use yrelay_protocol::sync::ClientMessage;
+
+use crate::edge::{Credentials, UpdateRate};
+use crate::http_error::ApiError;
+use crate::hub::{CloseReason, HubError};
+use crate::metrics;
+use crate::state::AppState;
+
+const TRANSPORT: &str = "hocuspocus";
+const PING_EVERY: Duration = Duration::from_secs(30);
+const READ_BUFFER: usize = 4096;
+/// Frames queued for the writer; past this, documents wait.
+const OUTBOX: usize = 256;
+/// Messages one open document may have waiting for its task.
+const DOC_QUEUE: usize = 64;
+/// Documents a socket may have asked for without a token yet, and what it
+/// may send for them meanwhile (Hocuspocus's own bounds).
+const MAX_PENDING_DOCS: usize = 100;
+const MAX_PENDING_FRAMES: usize = 1_000;
+const MAX_PENDING_BYTES: usize = 5 * 1024 * 1024;
+
+/// How a document task (or the socket) ends.
+#[derive(Debug)]
+enum End {
+    /// The document is done; the socket goes on.
+    Detached,
+    /// The whole socket closes with this code and reason.
+    Socket(u16, String),
+}
+
+impl From<HubError> for End {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::ShuttingDown => End::Socket(1001, "server shutting down".into()),
+            e => End::Socket(1013, e.to_string()),
+        }
+    }
+}
+
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::ShuttingDown => End::Socket(1001, "server shutting down".into()),
+            CloseReason::SlowConsumer => {
+                End::Socket(1013, "slow consumer: reconnect to resync".into())
+            }
+            CloseReason::Resync => End::Socket(1013, "document reloaded: reconnect to resync".into()),
+            CloseReason::Deleted => End::Detached,
+        }
+    }
+}
+
+/// `GET /v1/hocuspocus` (upgrade). Tokens come in each document's auth
+/// message; a token on the upgrade itself (header, `?token=`) is used for
+/// documents whose auth message carries none.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    credentials: Credentials,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let mut ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let message = format!("this endpoint speaks the Hocuspocus protocol: {rejection}");
+            return ApiError::new(StatusCode::UPGRADE_REQUIRED, "WEBSOCKET_REQUIRED", message)
+                .into_response();
+        }
+    };
+    let slot = match app.limits.connection_slot() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(protocol) = credentials.subprotocol.clone() {
+        ws = ws.protocols([protocol]);
+    }
+    let limit = app.limits.max_message_size;
+    ws.max_message_size(limit.saturating_mul(2))
+        .max_frame_size(limit.saturating_mul(2))
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| async move {
+            connection(app, credentials.token, socket).await;
+            drop(slot);
+        })
+}
+
+/// A document key's state on this socket.
+enum Key {
+    /// Asked for, no token yet: its frames, undecoded.
+    Pending(Vec<Vec<u8>>),
+    /// Authorized: its task's queue.
+    Open(mpsc::Sender<Message>),
+}
+
+struct Conn {
+    app: AppState,
+    /// The token of the upgrade request, if any.
+    token: Option<String>,
+    keys: HashMap<String, Key>,
+    pending_frames: usize,
+    pending_bytes: usize,
+    tasks: JoinSet<(String, End)>,
+    out: mpsc::Sender<WsMessage>,
+    updates: UpdateRate,
+    syncs: UpdateRate,
+    awareness: UpdateRate,
+}
+
+async fn connection(app: AppState, token: Option<String>, socket: WebSocket) {
+    metrics::connection_opened(TRANSPORT);
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outgoing) = mpsc::channel::<WsMessage>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if sink.send(message).await.is_err() {
+                return None;
+            }
+        }
+        Some(sink)
+    });
+    let limits = &app.limits;
+    let mut conn = Conn {
+        token,
+        keys: HashMap::new(),
+        pending_frames: 0,
+        pending_bytes: 0,
+        tasks: JoinSet::new(),
+        out,
+        updates: UpdateRate::new(limits.max_updates_per_sec),
+        syncs: UpdateRate::new(limits.max_syncs_per_sec),
+        awareness: UpdateRate::new(limits.max_awareness_per_sec),
+        app: app.clone(),
+    };
+    let end = conn.serve(&mut stream).await;
+    // Received = processed (DESIGN invariant 8): every open document's task
+    // takes what it was given, makes its updates durable, and ends.
+    conn.keys.clear();
+    while conn.tasks.join_next().await.is_some() {}
+    drop(conn);
+    let sink = writer.await.ok().flatten();
+    if let (Some(mut sink), End::Socket(code, reason)) = (sink, end) {
+        if code != 1001 {
+            tracing::info!(code, %reason, "closing hocuspocus socket");
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    }
+    metrics::connection_closed(TRANSPORT);
+}
+
+impl Conn {
+    async fn serve(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) -> End {
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut heard = true;
+        let mut shutdown = self.app.shutdown.clone();
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    heard = true;
+                    let data = match frame {
+                        Some(Ok(WsMessage::Binary(data))) => data,
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                        Some(Ok(WsMessage::Text(_))) => {
+                            metrics::rejected("text_frame");
+                            return End::Socket(1003, "text frames are not part of the Hocuspocus protocol".into());
+                        }
+                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return End::Detached,
+                    };
+                    if data.len() > self.app.limits.max_message_size {
+                        metrics::rejected("too_big");
+                        return End::Socket(1009, format!(
+                            "message of {} bytes exceeds the limit of {} bytes",
+                            data.len(),
+                            self.app.limits.max_message_size
+                        ));
+                    }
+                    if let Err(end) = self.frame(&data).await {
+                        return end;
+                    }
+                }
+                Some(done) = self.tasks.join_next() => {
+                    let Ok((key, end)) = done else { continue };
+                    if let End::Socket(..) = end {
+                        return end;
+                    }
+                    self.keys.remove(&key);
+                }
+                _ = ping.tick() => {
+                    if !std::mem::take(&mut heard) {
+                        return End::Socket(1013, "no answer to pings".into());
+                    }
+                    if self.out.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return End::Detached;
+                    }
+                }
+                _ = shutdown.changed() => return End::Socket(1001, "server shutting down".into()),
+            }
+        }
+    }
+
+    async fn frame(&mut self, data: &[u8]) -> Result<(), End> {
+        let (key, body) = match hocuspocus::split_frame(data) {
+            Ok(Frame::Keepalive) => return Ok(()),
+            Ok(Frame::Doc { name, body }) => (name, body),
+            Err(e) => {
+                metrics::rejected("malformed");
+                return Err(End::Socket(1007, e.to_string()));
+            }
+        };
+        match self.keys.get(&key) {
+            Some(Key::Open(_)) => {
+                let message = match hocuspocus::decode_message(&key, body) {
+                    Ok(message) => message,
+                    Err(e) => return self.refuse_message(&key, e).await,
+                };
+                self.rate(&message)?;
+                if let Message::Auth { token, .. } = &message {
+                    // A token sent again (refreshed): checked again.
+                    return self.authorize(&key, token.clone()).await;
+                }
+                if let Some(Key::Open(tx)) = self.keys.get(&key) {
+                    // A task that ended has its end on the way to `serve`.
+                    let _ = tx.send(message).await;
+                }
+                Ok(())
+            }
+            _ if hocuspocus::is_auth(body) => match hocuspocus::decode_message(&key, body) {
+                Ok(Message::Auth { token, .. }) => self.authorize(&key, token).await,
+                Ok(_) => unreachable!("an auth message decodes as auth"),
+                Err(e) => self.refuse_message(&key, e).await,
+            },
+            _ => self.queue(key, body),
+        }
+    }
+
+    /// Keeps a frame of a document not authorized yet (bounded: past the
+    /// bounds the socket is reset, as Hocuspocus does).
+    fn queue(&mut self, key: String, body: &[u8]) -> Result<(), End> {
+        let pending_docs = self
+            .keys
+            .values()
+            .filter(|k| matches!(k, Key::Pending(_)))
+            .count();
+        if !self.keys.contains_key(&key) && pending_docs >= MAX_PENDING_DOCS {
+            metrics::rejected("too_many_docs");
+            return Err(End::Socket(4205, format!(
+                "more than {MAX_PENDING_DOCS} documents asked for without a token"
+            )));
+        }
+        if self.pending_frames >= MAX_PENDING_FRAMES
+            || self.pending_bytes + body.len() > MAX_PENDING_BYTES
+        {
+            metrics::rejected("too_big");
+            return Err(End::Socket(4205, format!(
+                "more than {MAX_PENDING_FRAMES} messages or {MAX_PENDING_BYTES} bytes sent before a token"
+            )));
+        }
+        self.pending_frames += 1;
+        self.pending_bytes += body.len();
+        if let Key::Pending(frames) = self.keys.entry(key).or_insert(Key::Pending(Vec::new())) {
+            frames.push(body.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Checks `token` for the document `key` and opens it (or says why not).
+    async fn authorize(&mut self, key: &str, token: String) -> Result<(), End> {
+        let token = Some(token).filter(|t| !t.is_empty()).or(self.token.clone());
+        let permit = self
+            .address(key)
+            .and_then(|addr| Ok((self.app.auth.doc(token.as_deref(), &addr).map_err(|e| e.to_string())?, addr)));
+        let (permit, addr) = match permit {
+            Ok(granted) => granted,
+            Err(reason) => {
+                metrics::rejected("unauthorized");
+                return self.deny(key, &reason).await;
+            }
+        };
+        let writable = permit.can_write();
+        if matches!(self.keys.get(key), Some(Key::Open(_))) {
+            // Already open: the refreshed token still grants it.
+            return self.send(key, &hocuspocus::authenticated(!writable)).await;
+        }
+        let open = self.keys.values().filter(|k| matches!(k, Key::Open(_))).count();
+        if open >= self.app.limits.max_docs_per_connection {
+            metrics::rejected("too_many_docs");
+            let max = self.app.limits.max_docs_per_connection;
+            return self.deny(key, &format!("a socket may use at most {max} documents")).await;
+        }
+        let session = match self.app.hub.join(&addr).await {
+            Ok(session) => session.with_editor(permit.sub),
+            Err(HubError::Deleted) => return self.deny(key, "document deleted").await,
+            Err(e) => {
+                tracing::warn!(doc = %addr, error = %e, "cannot open document");
+                return Err(End::from(e));
+            }
+        };
+        self.send(key, &hocuspocus::authenticated(!writable)).await?;
+        let (tx, rx) = mpsc::channel(DOC_QUEUE);
+        let waiting = match self.keys.insert(key.to_owned(), Key::Open(tx.clone())) {
+            Some(Key::Pending(frames)) => frames,
+            _ => Vec::new(),
+        };
+        let outbox = doc::Outbox {
+            key: key.to_owned(),
+            out: self.out.clone(),
+        };
+        let task_key = key.to_owned();
+        self.tasks.spawn(async move {
+            (task_key, doc::run(session, writable, rx, outbox).await)
+        });
+        for body in waiting {
+            self.pending_frames -= 1;
+            self.pending_bytes -= body.len();
+            match hocuspocus::decode_message(key, &body) {
+                Ok(message) => {
+                    self.rate(&message)?;
+                    let _ = tx.send(message).await;
+                }
+                Err(e) => return self.refuse_message(key, e).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// The document a name stands for.
+    fn address(&self, key: &str) -> Result<DocAddress, String> {
+        let name = hocuspocus::document_name(key);
+        let addr = if name.contains('/') {
+            DocAddress::parse_path(name)
+        } else {
+            DocAddress::parse(&self.app.hocuspocus_space, name)
+        };
+        addr.map_err(|e| format!("document name {name:?} cannot be mapped to a yrelay document: {e}"))
+    }
+
+    /// Refuses the document `key`: its queued frames go, the socket stays.
+    async fn deny(&mut self, key: &str, reason: &str) -> Result<(), End> {
+        self.forget(key);
+        self.send(key, &hocuspocus::permission_denied(reason)).await
+    }
+
+    /// A message of `key` that cannot be read: that document ends with the
+    /// reason (a Hocuspocus close message), the others go on.
+    async fn refuse_message(&mut self, key: &str, e: HocuspocusError) -> Result<(), End> {
+        metrics::rejected("malformed");
+        self.forget(key);
+        self.send(key, &hocuspocus::close(&e.to_string())).await
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(Key::Pending(frames)) = self.keys.remove(key) {
+            self.pending_frames -= frames.len();
+            self.pending_bytes -= frames.iter().map(Vec::len).sum::<usize>();
+        }
+    }
+
+    async fn send(&self, key: &str, body: &[u8]) -> Result<(), End> {
+        let frame = hocuspocus::frame(key, body);
+        self.out
+            .send(WsMessage::Binary(frame.into()))
+            .await
+            .map_err(|_| End::Detached)
+    }
+
+    /// The socket's rates, every document counted (past them: `1008`).
+    fn rate(&mut self, message: &Message) -> Result<(), End> {
+        let (within, what, per_sec) = match message {
+            Message::Yjs(ClientMessage::Update(_) | ClientMessage::SyncStep2(_)) => {
+                (self.updates.take(), "updates", self.app.limits.max_updates_per_sec)
+            }
+            Message::Yjs(ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) => {
+                (self.syncs.take(), "sync requests", self.app.limits.max_syncs_per_sec)
+            }
+            Message::Yjs(ClientMessage::Awareness { .. }) => (
+                self.awareness.take(),
+                "awareness updates",
+                self.app.limits.max_awareness_per_sec,
+            ),
+            _ => return Ok(()),
+        };
+        if within {
+            return Ok(());
+        }
+        metrics::rejected("rate_limited");
+        Err(End::Socket(1008, format!("more than {per_sec} {what} per second")))
+    }
+}

@@ -1,0 +1,211 @@
+// Stock Hocuspocus providers (npm `@hocuspocus/provider` 4.x and 3.x,
+// unmodified) against yrelay's `/v1/hocuspocus` endpoint.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHmac } from 'node:crypto'
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import { WebsocketProvider } from 'y-websocket'
+import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider'
+import { HocuspocusProvider as HocuspocusProvider3 } from 'hocuspocus-provider-3'
+import { YrelayProcess, waitFor } from './server.mjs'
+
+const SECRET = 'hocuspocus-secret-0123456789'
+const b64url = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
+function token (sub, access) {
+  const head = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub, exp: Math.floor(Date.now() / 1000) + 3600, access })}`
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`
+}
+
+const hocuspocusUrl = (server) => `${server.wsUrl.replace(/\/v1\/ws$/, '')}/v1/hocuspocus`
+
+function hocuspocus (server, name, options = {}, Provider = HocuspocusProvider) {
+  const document = new Y.Doc()
+  return new Provider({ url: hocuspocusUrl(server), name, document, WebSocketPolyfill: WebSocket, ...options })
+}
+
+function close (...providers) {
+  for (const p of providers) {
+    p.destroy()
+    p.document?.destroy()
+    p.doc?.destroy()
+  }
+}
+
+const synced = (p) => waitFor('synced', () => p.isSynced ?? p.synced, [[p, 'synced']])
+const saved = (p) => waitFor('saved', () => p.unsyncedChanges === 0, [[p, 'unsyncedChanges']])
+
+test('4.x and 3.x providers and a y-websocket client converge; every change is reported saved', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const four = hocuspocus(server, 'acme/notes')
+  const three = hocuspocus(server, 'acme/notes', {}, HocuspocusProvider3)
+  const ws = new WebsocketProvider(server.wsUrl, 'acme/notes', new Y.Doc(), { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => close(four, three, ws))
+  await Promise.all([synced(four), synced(three), waitFor('ws sync', () => ws.synced, [[ws, 'sync']])])
+  assert.equal(four.authorizedScope, 'read-write')
+
+  for (let i = 0; i < 20; i++) {
+    const doc = [four.document, three.document, ws.doc][i % 3]
+    doc.getArray('items').push([i])
+    doc.getText('body').insert(0, `${i} `)
+  }
+  const all = (doc) => doc.getArray('items').length === 20
+  await waitFor('convergence', () => all(four.document) && all(three.document) && all(ws.doc),
+    [[four.document, 'update'], [three.document, 'update'], [ws.doc, 'update']])
+  assert.equal(four.document.getText('body').toString(), ws.doc.getText('body').toString())
+  assert.equal(three.document.getText('body').toString(), ws.doc.getText('body').toString())
+  await Promise.all([saved(four), saved(three)])
+
+  // What they wrote is stored: a fresh client, after a restart, has it.
+  await server.restart()
+  const late = new WebsocketProvider(server.wsUrl, 'acme/notes', new Y.Doc(), { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => close(late))
+  await waitFor('late sync', () => late.synced && all(late.doc), [[late, 'sync'], [late.doc, 'update']])
+})
+
+test('awareness reaches y-websocket clients and back', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const hp = hocuspocus(server, 'acme/room')
+  const ws = new WebsocketProvider(server.wsUrl, 'acme/room', new Y.Doc(), { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => close(hp, ws))
+  await synced(hp)
+  hp.setAwarenessField('user', { name: 'hp' })
+  ws.awareness.setLocalStateField('user', { name: 'ws' })
+  const names = (awareness) => [...awareness.getStates().values()].map((s) => s.user?.name).sort().join()
+  await waitFor('presence both ways', () => names(hp.awareness) === 'hp,ws' && names(ws.awareness) === 'hp,ws',
+    [[hp.awareness, 'change'], [ws.awareness, 'change']])
+})
+
+test('many documents over one socket, each authorized on its own; names map to addresses', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
+  t.after(() => server.dispose())
+  const socket = new HocuspocusProviderWebsocket({ url: hocuspocusUrl(server), WebSocketPolyfill: WebSocket })
+  const tok = token('ann', [{ space: 'acme', doc: '*', mode: 'rw' }, { space: 'hocuspocus', doc: '*', mode: 'rw' },
+    { space: 'docs', doc: 'readme', mode: 'ro' }])
+  // A provider on a shared socket is attached by the app.
+  const open = (name, options = {}) => {
+    const p = new HocuspocusProvider({ websocketProvider: socket, name, document: new Y.Doc(), token: tok, ...options })
+    p.attach()
+    return p
+  }
+  const a = open('acme/a')
+  const plain = open('plain') // no space: --hocuspocus-space (hocuspocus/plain)
+  const ro = open('docs/readme')
+  const denied = open('secret/x')
+  const unmappable = open('no/such/name')
+  // 4.x session awareness: two providers of one document on one socket.
+  const s1 = open('acme/a', { sessionAwareness: true })
+  const s2 = open('acme/a', { sessionAwareness: true })
+  t.after(() => { close(a, plain, ro, denied, unmappable, s1, s2); socket.destroy() })
+
+  const failed = (p) => new Promise((resolve) => p.on('authenticationFailed', ({ reason }) => resolve(reason)))
+  const [deniedReason, unmappableReason] = await Promise.all([failed(denied), failed(unmappable)])
+  assert.match(deniedReason, /no access to secret\/x/)
+  assert.match(unmappableReason, /cannot be mapped/)
+  await Promise.all([synced(a), synced(plain), synced(ro), synced(s1), synced(s2)])
+  assert.equal(ro.authorizedScope, 'readonly')
+  assert.equal(a.authorizedScope, 'read-write')
+
+  a.document.getMap('m').set('k', 'a')
+  plain.document.getMap('m').set('k', 'plain')
+  await Promise.all([saved(a), saved(plain)])
+  const seen = (p) => p.document.getMap('m').get('k') === 'a'
+  await waitFor('each session has it', () => seen(s1) && seen(s2), [[s1.document, 'update'], [s2.document, 'update']])
+  s1.document.getMap('m').set('s', 1)
+  await waitFor('session to session', () => s2.document.getMap('m').get('s') === 1 && a.document.getMap('m').get('s') === 1,
+    [[s2.document, 'update'], [a.document, 'update']])
+  // A read-only document's change is not saved, and nobody else sees it.
+  ro.document.getMap('m').set('k', 'nope')
+  const reader = new WebsocketProvider(server.wsUrl, 'hocuspocus/plain', new Y.Doc(),
+    { WebSocketPolyfill: WebSocket, disableBc: true, params: { token: tok } })
+  const readme = new WebsocketProvider(server.wsUrl, 'docs/readme', new Y.Doc(),
+    { WebSocketPolyfill: WebSocket, disableBc: true, params: { token: tok } })
+  t.after(() => close(reader, readme))
+  await waitFor('plain is hocuspocus/plain', () => reader.doc.getMap('m').get('k') === 'plain', [[reader.doc, 'update']])
+  await waitFor('readme synced', () => readme.synced, [[readme, 'sync']])
+  assert.equal(readme.doc.getMap('m').get('k'), undefined)
+  assert.ok(ro.unsyncedChanges > 0, 'a refused change is never reported saved')
+})
+
+/** A raw Hocuspocus frame: the name, then the message. */
+function frame (name, write) {
+  const e = encoding.createEncoder()
+  encoding.writeVarString(e, name)
+  write(e)
+  return encoding.toUint8Array(e)
+}
+
+/** A raw socket that collects every frame (decoded name and type). */
+async function rawSocket (server) {
+  const ws = new WebSocket(hocuspocusUrl(server))
+  ws.binaryType = 'arraybuffer'
+  ws.got = []
+  ws.on('message', (data) => {
+    const d = decoding.createDecoder(new Uint8Array(data))
+    const name = decoding.readVarString(d)
+    const type = decoding.readVarUint(d)
+    ws.got.push({ name, type, rest: d })
+    ws.emit('frame')
+  })
+  ws.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+  await new Promise((resolve) => ws.on('open', resolve))
+  return ws
+}
+
+const auth = (name) => frame(name, (e) => { encoding.writeVarUint(e, 2); encoding.writeVarUint(e, 0); encoding.writeVarString(e, '') })
+
+test('bad frames: a document\'s bad message ends that document only; a frame without a name ends the socket', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  const ws = await rawSocket(server)
+  t.after(() => ws.terminate())
+  ws.send(auth('acme/good'))
+  ws.send(auth('acme/bad'))
+  await waitFor('both authenticated', () => ws.got.filter((f) => f.type === 2).length === 2, [[ws, 'frame']])
+  // An update that is not a Yjs update, for acme/bad: a close for it.
+  ws.send(frame('acme/bad', (e) => { encoding.writeVarUint(e, 0); encoding.writeVarUint(e, 2); encoding.writeVarUint8Array(e, new Uint8Array([1, 200, 3])) }))
+  // An unknown message type for acme/bad2 after its token.
+  ws.send(auth('acme/bad2'))
+  ws.send(frame('acme/bad2', (e) => encoding.writeVarUint(e, 42)))
+  await waitFor('closes', () => ws.got.some((f) => f.name === 'acme/bad' && f.type === 7) &&
+    ws.got.some((f) => f.name === 'acme/bad2' && f.type === 7), [[ws, 'frame']])
+  const reason = (name) => decoding.readVarString(ws.got.find((f) => f.name === name && f.type === 7).rest)
+  assert.match(reason('acme/bad'), /invalid update/)
+  assert.match(reason('acme/bad2'), /unknown message type 42/)
+
+  // acme/good still works: a real update is saved (sync status 1).
+  const doc = new Y.Doc()
+  doc.getMap('m').set('still', 'here')
+  ws.send(frame('acme/good', (e) => { encoding.writeVarUint(e, 0); encoding.writeVarUint(e, 2); encoding.writeVarUint8Array(e, Y.encodeStateAsUpdate(doc)) }))
+  await waitFor('saved', () => ws.got.some((f) => f.name === 'acme/good' && f.type === 8), [[ws, 'frame']])
+  const status = ws.got.find((f) => f.name === 'acme/good' && f.type === 8)
+  assert.equal(decoding.readVarUint(status.rest), 1)
+
+  // Nothing of the bad document was stored.
+  const response = await fetch(`${server.httpUrl}/v1/docs/acme/bad/json`)
+  assert.equal(response.status, 404)
+
+  // A frame whose name is cut short: the socket ends with 1007.
+  ws.send(new Uint8Array([40, 97]))
+  const { code } = await ws.closed
+  assert.equal(code, 1007)
+})
+
+test('edits made just before a provider is destroyed are kept', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  for (let round = 0; round < 5; round++) {
+    const p = hocuspocus(server, 'acme/last')
+    await synced(p)
+    p.document.getArray('a').push([round])
+    p.destroy()
+  }
+  const reader = new WebsocketProvider(server.wsUrl, 'acme/last', new Y.Doc(), { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => close(reader))
+  await waitFor('every round kept', () => reader.synced && reader.doc.getArray('a').length === 5,
+    [[reader, 'sync'], [reader.doc, 'update']])
+})
