@@ -10,7 +10,9 @@ import * as decoding from 'lib0/decoding'
 import { WebsocketProvider } from 'y-websocket'
 import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider'
 import { HocuspocusProvider as HocuspocusProvider3 } from 'hocuspocus-provider-3'
-import { YrelayProcess, waitFor } from './server.mjs'
+import { join } from 'node:path'
+import { EventEmitter } from 'node:events'
+import { YrelayProcess, RedisProcess, waitFor } from './server.mjs'
 
 const SECRET = 'hocuspocus-secret-0123456789'
 const b64url = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
@@ -208,4 +210,32 @@ test('edits made just before a provider is destroyed are kept', async (t) => {
   t.after(() => close(reader))
   await waitFor('every round kept', () => reader.synced && reader.doc.getArray('a').length === 5,
     [[reader, 'sync'], [reader.doc, 'update']])
+})
+
+test('two instances on Redis: providers converge, and stateless messages reach the others (a backend\'s too)', async (t) => {
+  const redis = await new RedisProcess().start()
+  t.after(() => redis.dispose())
+  const first = await new YrelayProcess(['--log', redis.url]).start()
+  const store = `sqlite://${join(first.dir, 'yrelay.db')}`
+  const second = await new YrelayProcess(['--log', redis.url, '--store', store]).start()
+  t.after(async () => { await second.dispose(); await first.dispose() })
+  const heard = new EventEmitter()
+  const messages = { a: [], b: [], c: [] }
+  const listen = (who) => ({ onStateless: ({ payload }) => { messages[who].push(payload); heard.emit('stateless') } })
+  const a = hocuspocus(first, 'acme/shared', listen('a'))
+  const b = hocuspocus(second, 'acme/shared', listen('b'), HocuspocusProvider3)
+  const c = hocuspocus(second, 'acme/shared', listen('c'))
+  t.after(() => close(a, b, c))
+  await Promise.all([synced(a), synced(b), synced(c)])
+
+  a.document.getText('t').insert(0, 'from the first instance')
+  await waitFor('across instances', () => b.document.getText('t').toString() === 'from the first instance', [[b.document, 'update']])
+  await saved(a)
+
+  a.sendStateless('ping from a')
+  await waitFor('b and c hear a', () => messages.b.includes('ping from a') && messages.c.includes('ping from a'), [[heard, 'stateless']])
+  const response = await fetch(`${first.httpUrl}/v1/docs/acme/shared/stateless`, { method: 'POST', body: 'from the backend' })
+  assert.equal(response.status, 204)
+  await waitFor('everyone hears the backend', () => ['a', 'b', 'c'].every((w) => messages[w].includes('from the backend')), [[heard, 'stateless']])
+  assert.ok(!messages.a.includes('ping from a'), 'a sender does not hear itself')
 })

@@ -104,7 +104,10 @@ pub fn decode_message(name: &str, body: &[u8]) -> Result<Message, HocuspocusErro
     };
     let tag: u64 = cursor.read_var().map_err(|_| malformed("hocuspocus"))?;
     let message = match tag {
-        t if t == u64::from(SYNC) || t == u64::from(AWARENESS) || t == u64::from(QUERY_AWARENESS) => {
+        t if t == u64::from(SYNC)
+            || t == u64::from(AWARENESS)
+            || t == u64::from(QUERY_AWARENESS) =>
+        {
             // A y-protocols message from the tag on.
             let mut messages =
                 sync::decode_frame(body).map_err(|error| HocuspocusError::Message {
@@ -271,7 +274,10 @@ mod tests {
         auth3.write_string("");
         assert!(matches!(
             decode_frame(&doc_frame("d", &auth3)).unwrap(),
-            Decoded::Doc { message: Message::Auth { version: None, .. }, .. }
+            Decoded::Doc {
+                message: Message::Auth { version: None, .. },
+                ..
+            }
         ));
         assert_eq!(
             decode_frame(&doc_frame("d", &stateless("hi"))).unwrap(),
@@ -307,7 +313,10 @@ mod tests {
         );
         assert!(matches!(
             decode_frame(&doc_frame("d", &[42])),
-            Err(HocuspocusError::Message { error: FrameError::UnknownType(42), .. })
+            Err(HocuspocusError::Message {
+                error: FrameError::UnknownType(42),
+                ..
+            })
         ));
         assert!(matches!(
             decode_frame(&doc_frame("d", &[SYNC, 0, 0x80])),

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
-use crate::auth::{Auth, KeyError};
+use crate::auth::{Auth, KeyError, SigningKey};
 use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
 use crate::deadline::DeadlineListener;
 use crate::edge::CallerRate;
@@ -115,6 +115,11 @@ impl Server {
             },
             metrics: metrics::install(),
             hocuspocus_space: Arc::from(config.hocuspocus_space.as_str()),
+            signing: match &config.jwt() {
+                Some(JwtKey::Secret(secret)) => Some(Arc::new(SigningKey::Secret(secret.clone()))),
+                _ => None,
+            },
+            tls: config.tls().is_some(),
             shutdown: shutdown_rx,
         };
         Ok(Self {
@@ -325,6 +330,27 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .route(
             "/v1/docs/{space}/{doc}/awareness",
             post(transport::sse::post_awareness),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/stateless",
+            post(transport::sse::post_stateless),
+        )
+        .route(
+            "/v1/ysweet/{space}/check_store",
+            post(api::ysweet::check_store),
+        )
+        .route("/v1/ysweet/{space}/doc/new", post(api::ysweet::new_doc))
+        .route(
+            "/v1/ysweet/{space}/doc/{doc}/auth",
+            post(api::ysweet::auth_doc),
+        )
+        .route(
+            "/v1/ysweet/{space}/doc/{doc}/as-update",
+            get(api::docs::export_update),
+        )
+        .route(
+            "/v1/ysweet/{space}/doc/{doc}/update",
+            post(transport::sse::post_update),
         )
         .layer(body_limit)
         // A body whose next part takes longer than this ends the request.

@@ -52,6 +52,11 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The space of Hocuspocus names that are not `{space}/{doc}`.
     pub hocuspocus_space: Arc<str>,
+    /// What client tokens are signed with (the y-sweet API), when yrelay
+    /// has a secret; with a public key only it cannot sign.
+    pub signing: Option<Arc<crate::auth::SigningKey>>,
+    /// Whether this instance serves HTTPS/WSS (for URLs it hands out).
+    pub tls: bool,
     /// Changes once when the server begins to shut down.
     pub shutdown: watch::Receiver<bool>,
 }

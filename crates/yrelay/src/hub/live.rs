@@ -60,6 +60,9 @@ pub enum DocEvent {
         /// The connection that sent it (`None`: unknown).
         origin: Option<Origin>,
     },
+    /// A stateless message (Hocuspocus): an app's string, relayed to every
+    /// other connection of the document and never stored.
+    Stateless { payload: Arc<str> },
 }
 
 /// Why the hub ended a subscription.
@@ -77,7 +80,7 @@ pub enum CloseReason {
 
 /// A change of the document itself, relayed to every instance through the
 /// log (as a notice entry, JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DocNotice {
     /// The blocked flag changed: a blocked document accepts no updates.
@@ -85,6 +88,8 @@ pub enum DocNotice {
     /// The document was deleted: its subscribers are closed and every
     /// instance drops its replica.
     Deleted,
+    /// A stateless message for the document's connections.
+    Stateless(String),
 }
 
 pub(super) struct Subscriber {
@@ -227,6 +232,26 @@ impl LiveDoc {
             ),
             EntryKind::Notice => return,
         };
+        self.send_to_subscribers(&mut state, event, skip, mode);
+    }
+
+    /// Sends a stateless message to every subscriber but its sender's.
+    pub(super) fn fan_out_stateless(&self, payload: String, origin: Option<Origin>) {
+        let mut state = self.lock();
+        let event = DocEvent::Stateless {
+            payload: payload.into(),
+        };
+        let skip = origin.filter(|o| o.instance == self.instance);
+        self.send_to_subscribers(&mut state, event, skip, "stateless");
+    }
+
+    fn send_to_subscribers(
+        &self,
+        state: &mut DocState,
+        event: DocEvent,
+        skip: Option<Origin>,
+        mode: &'static str,
+    ) {
         let mut sent = 0;
         state.subscribers.retain(|id, sub| {
             if skip.is_some_and(|o| o.connection == *id) {

@@ -15,6 +15,7 @@ use crate::clock::now_ms;
 use crate::log::{EntryKind, LogError, Subscription};
 use crate::metrics;
 use crate::store::DocMeta;
+use crate::vocab::Origin;
 
 impl DocHub {
     /// Metadata of a document the store holds.
@@ -93,8 +94,18 @@ impl DocHub {
         if !doc.is_empty() {
             return Ok(None);
         }
-        if !self.inner.store.create(addr, &update, now_ms()).await? {
+        let now = now_ms();
+        if !self.inner.store.create(addr, &update, now).await? {
             return Ok(None);
+        }
+        if update == yrs::Update::EMPTY_V1 {
+            // Created empty: nothing to apply or to relay.
+            tracing::info!(doc = %addr, "document created");
+            self.announce(addr, SpaceEvent::Created, now, None);
+            return Ok(Some(Ack {
+                cursor: None,
+                timestamp_ms: now,
+            }));
         }
         let bytes = update.len();
         // Readable here at once (a CRDT merge: the log's copy of it, applied
@@ -197,12 +208,33 @@ impl DocHub {
     }
 
     async fn notify(&self, addr: &DocAddress, notice: DocNotice) -> Result<(), HubError> {
+        self.notify_from(addr, notice, None).await
+    }
+
+    async fn notify_from(
+        &self,
+        addr: &DocAddress,
+        notice: DocNotice,
+        origin: Option<Origin>,
+    ) -> Result<(), HubError> {
         let payload = serde_json::to_vec(&notice).unwrap_or_default();
         self.inner
             .log
-            .publish(addr, EntryKind::Notice, payload.into(), None)
+            .publish(addr, EntryKind::Notice, payload.into(), origin)
             .await?;
         Ok(())
+    }
+
+    /// Sends a stateless message to the document's connections on every
+    /// instance (but `origin`'s), if it is loaded anywhere; never stored.
+    pub async fn broadcast_stateless(
+        &self,
+        addr: &DocAddress,
+        payload: String,
+        origin: Option<Origin>,
+    ) -> Result<(), HubError> {
+        self.notify_from(addr, DocNotice::Stateless(payload), origin)
+            .await
     }
 }
 

@@ -84,9 +84,11 @@ pub struct HubConfig {
 }
 
 /// Why an instance cannot serve now.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Unready {
+    #[error("store unavailable: {0}")]
     Store(String),
+    #[error("log unavailable: {0}")]
     Log(String),
 }
 

@@ -122,6 +122,14 @@ impl Session {
         async move { hub.submit_to(&doc, update, writer, transport).await }
     }
 
+    /// Sends a stateless message to the document's other connections, on
+    /// every instance.
+    pub async fn submit_stateless(&self, payload: String) -> Result<(), HubError> {
+        self.hub
+            .broadcast_stateless(self.addr(), payload, Some(self.origin))
+            .await
+    }
+
     /// Relays an (already validated) awareness update to every subscriber of
     /// the document, on every instance.
     pub async fn submit_awareness(

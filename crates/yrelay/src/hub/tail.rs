@@ -22,6 +22,7 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
                 Some(entry) if entry.kind == EntryKind::Notice => {
                     match serde_json::from_slice::<DocNotice>(&entry.payload) {
                         Ok(DocNotice::Blocked(blocked)) => doc.lock().blocked = blocked,
+                        Ok(DocNotice::Stateless(payload)) => doc.fan_out_stateless(payload, entry.origin),
                         Ok(DocNotice::Deleted) => {
                             tracing::info!(doc = %doc.addr, "document deleted: closing its connections");
                             doc.lock().closed = true;

@@ -154,6 +154,7 @@ fn live_events(
                         .data(STANDARD.encode(&*payload));
                     return Some((Ok(event), (Some(open), last)));
                 }
+                Ok(DocEvent::Stateless { .. }) => continue, // Hocuspocus's only
                 Err(CloseReason::Deleted) => {
                     let event = Event::default().event("deleted").data("{}");
                     return Some((Ok(event), (None, last)));
@@ -243,6 +244,29 @@ pub async fn post_awareness(
             origin,
             &Default::default(),
         )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/docs/{space}/{doc}/stateless`: a string (UTF-8 body) for the
+/// document's Hocuspocus connections on every instance, never stored. The
+/// caller must be allowed to write the document.
+pub async fn post_stateless(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    peer: ConnectInfo<SocketAddr>,
+    credentials: Credentials,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let addr = address(&space, &doc)?;
+    let permit = app.auth.writer(credentials.token(), &addr)?;
+    let caller = Caller::new(permit.sub, peer);
+    app.limits.posts.take(&caller)?;
+    let payload = body(payload)?;
+    let text = String::from_utf8(payload.to_vec())
+        .map_err(|_| bad_request("BAD_BODY", "a stateless message is UTF-8 text"))?;
+    app.hub
+        .broadcast_stateless(&addr, text, Some(caller.origin()))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -327,6 +327,7 @@ async fn serve(
                 let frame = match event {
                     Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
                     Ok(DocEvent::Awareness { payload, .. }) => sync::encode_awareness(&payload),
+                    Ok(DocEvent::Stateless { .. }) => continue, // not y-websocket's
                     Err(reason) => return reason.into(),
                 };
                 if send(socket, frame).await.is_err() {

@@ -56,7 +56,14 @@ pub(super) async fn run(
     outbox: Outbox,
 ) -> End {
     let mut in_flight = InFlight::new();
-    let end = serve(&mut session, writable, &mut messages, &outbox, &mut in_flight).await;
+    let end = serve(
+        &mut session,
+        writable,
+        &mut messages,
+        &outbox,
+        &mut in_flight,
+    )
+    .await;
     drop(messages);
     while let Some(accepted) = in_flight.next().await {
         if let Err(e) = accepted {
@@ -111,6 +118,7 @@ async fn serve(
                 let body = match event {
                     Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
                     Ok(DocEvent::Awareness { payload, .. }) => sync::encode_awareness(&payload),
+                    Ok(DocEvent::Stateless { payload }) => hocuspocus::stateless(&payload),
                     Err(CloseReason::Deleted) => return outbox.close("document deleted").await,
                     Err(reason) => return End::from(reason),
                 };
@@ -181,10 +189,8 @@ async fn handle(
         Message::Yjs(ClientMessage::Auth(_) | ClientMessage::SyncStatus(_)) => Ok(()),
         // A token sent again (its refresh) is checked by the connection.
         Message::Auth { .. } => Ok(()),
-        Message::Stateless(_) => {
-            metrics::rejected("stateless_unsupported");
-            Ok(())
-        }
+        // To the document's other connections, on every instance.
+        Message::Stateless(payload) => session.submit_stateless(payload).await.map_err(End::from),
         Message::Close => Err(outbox.close("provider_initiated").await),
     }
 }

@@ -75,7 +75,9 @@ impl From<CloseReason> for End {
             CloseReason::SlowConsumer => {
                 End::Socket(1013, "slow consumer: reconnect to resync".into())
             }
-            CloseReason::Resync => End::Socket(1013, "document reloaded: reconnect to resync".into()),
+            CloseReason::Resync => {
+                End::Socket(1013, "document reloaded: reconnect to resync".into())
+            }
             CloseReason::Deleted => End::Detached,
         }
     }
@@ -277,17 +279,21 @@ impl Conn {
             .count();
         if !self.keys.contains_key(&key) && pending_docs >= MAX_PENDING_DOCS {
             metrics::rejected("too_many_docs");
-            return Err(End::Socket(4205, format!(
-                "more than {MAX_PENDING_DOCS} documents asked for without a token"
-            )));
+            return Err(End::Socket(
+                4205,
+                format!("more than {MAX_PENDING_DOCS} documents asked for without a token"),
+            ));
         }
         if self.pending_frames >= MAX_PENDING_FRAMES
             || self.pending_bytes + body.len() > MAX_PENDING_BYTES
         {
             metrics::rejected("too_big");
-            return Err(End::Socket(4205, format!(
-                "more than {MAX_PENDING_FRAMES} messages or {MAX_PENDING_BYTES} bytes sent before a token"
-            )));
+            return Err(End::Socket(
+                4205,
+                format!(
+                    "more than {MAX_PENDING_FRAMES} messages or {MAX_PENDING_BYTES} bytes sent before a token"
+                ),
+            ));
         }
         self.pending_frames += 1;
         self.pending_bytes += body.len();
@@ -300,9 +306,15 @@ impl Conn {
     /// Checks `token` for the document `key` and opens it (or says why not).
     async fn authorize(&mut self, key: &str, token: String) -> Result<(), End> {
         let token = Some(token).filter(|t| !t.is_empty()).or(self.token.clone());
-        let permit = self
-            .address(key)
-            .and_then(|addr| Ok((self.app.auth.doc(token.as_deref(), &addr).map_err(|e| e.to_string())?, addr)));
+        let permit = self.address(key).and_then(|addr| {
+            Ok((
+                self.app
+                    .auth
+                    .doc(token.as_deref(), &addr)
+                    .map_err(|e| e.to_string())?,
+                addr,
+            ))
+        });
         let (permit, addr) = match permit {
             Ok(granted) => granted,
             Err(reason) => {
@@ -315,11 +327,17 @@ impl Conn {
             // Already open: the refreshed token still grants it.
             return self.send(key, &hocuspocus::authenticated(!writable)).await;
         }
-        let open = self.keys.values().filter(|k| matches!(k, Key::Open(_))).count();
+        let open = self
+            .keys
+            .values()
+            .filter(|k| matches!(k, Key::Open(_)))
+            .count();
         if open >= self.app.limits.max_docs_per_connection {
             metrics::rejected("too_many_docs");
             let max = self.app.limits.max_docs_per_connection;
-            return self.deny(key, &format!("a socket may use at most {max} documents")).await;
+            return self
+                .deny(key, &format!("a socket may use at most {max} documents"))
+                .await;
         }
         let session = match self.app.hub.join(&addr).await {
             Ok(session) => session.with_editor(permit.sub),
@@ -329,7 +347,8 @@ impl Conn {
                 return Err(End::from(e));
             }
         };
-        self.send(key, &hocuspocus::authenticated(!writable)).await?;
+        self.send(key, &hocuspocus::authenticated(!writable))
+            .await?;
         let (tx, rx) = mpsc::channel(DOC_QUEUE);
         let waiting = match self.keys.insert(key.to_owned(), Key::Open(tx.clone())) {
             Some(Key::Pending(frames)) => frames,
@@ -340,9 +359,8 @@ impl Conn {
             out: self.out.clone(),
         };
         let task_key = key.to_owned();
-        self.tasks.spawn(async move {
-            (task_key, doc::run(session, writable, rx, outbox).await)
-        });
+        self.tasks
+            .spawn(async move { (task_key, doc::run(session, writable, rx, outbox).await) });
         for body in waiting {
             self.pending_frames -= 1;
             self.pending_bytes -= body.len();
@@ -365,7 +383,9 @@ impl Conn {
         } else {
             DocAddress::parse(&self.app.hocuspocus_space, name)
         };
-        addr.map_err(|e| format!("document name {name:?} cannot be mapped to a yrelay document: {e}"))
+        addr.map_err(|e| {
+            format!("document name {name:?} cannot be mapped to a yrelay document: {e}")
+        })
     }
 
     /// Refuses the document `key`: its queued frames go, the socket stays.
@@ -400,15 +420,19 @@ impl Conn {
     /// The socket's rates, every document counted (past them: `1008`).
     fn rate(&mut self, message: &Message) -> Result<(), End> {
         let (within, what, per_sec) = match message {
-            Message::Yjs(ClientMessage::Update(_) | ClientMessage::SyncStep2(_)) => {
-                (self.updates.take(), "updates", self.app.limits.max_updates_per_sec)
-            }
-            Message::Yjs(ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) => {
-                (self.syncs.take(), "sync requests", self.app.limits.max_syncs_per_sec)
-            }
-            Message::Yjs(ClientMessage::Awareness { .. }) => (
+            Message::Yjs(ClientMessage::Update(_) | ClientMessage::SyncStep2(_)) => (
+                self.updates.take(),
+                "updates",
+                self.app.limits.max_updates_per_sec,
+            ),
+            Message::Yjs(ClientMessage::SyncStep1(_) | ClientMessage::QueryAwareness) => (
+                self.syncs.take(),
+                "sync requests",
+                self.app.limits.max_syncs_per_sec,
+            ),
+            Message::Yjs(ClientMessage::Awareness { .. }) | Message::Stateless(_) => (
                 self.awareness.take(),
-                "awareness updates",
+                "awareness or stateless messages",
                 self.app.limits.max_awareness_per_sec,
             ),
             _ => return Ok(()),
@@ -417,6 +441,9 @@ impl Conn {
             return Ok(());
         }
         metrics::rejected("rate_limited");
-        Err(End::Socket(1008, format!("more than {per_sec} {what} per second")))
+        Err(End::Socket(
+            1008,
+            format!("more than {per_sec} {what} per second"),
+        ))
     }
 }

@@ -88,6 +88,7 @@ pub(super) async fn relay(
                     )
                     .await;
                 }
+                DocEvent::Stateless { .. } => {} // Hocuspocus's only
             }
         }
     }
