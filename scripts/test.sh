@@ -74,6 +74,7 @@ target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers
 target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 4 --updates 50 --rate 1000 --readers-over sse --processes 2
 target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 4 --updates 50 --rate 1000 --readers-over socketio --processes 2
 target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 4 --updates 50 --rate 1000 --readers-over socketio-batch --processes 2
+target/debug/yrelay-bench fanout --url "ws://$addr/v1/ws/smoke/{room}" --readers 4 --updates 50 --rate 1000 --readers-over hocuspocus --processes 2
 target/debug/yrelay-bench many-docs --url "ws://$addr/v1/ws/smoke/{room}" --docs 3 --clients 3 --updates 20 --rate 200
 target/debug/yrelay-bench idle --url "ws://$addr/v1/ws/smoke/{room}" --connections 20 --docs 4 --server-pid $smoke_pid --hold 0.2
 target/debug/yrelay-bench acks --addr "$addr" --workers 2 --docs 1 --seconds 0.5

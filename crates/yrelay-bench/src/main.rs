@@ -15,6 +15,7 @@
 
 mod acks;
 mod chaos;
+mod hocuspocus;
 mod idle;
 mod join;
 mod readers;
@@ -127,6 +128,8 @@ enum Transport {
     Socketio,
     /// AFFiNE's batch protocol (a 0.27.5 client, `space:join-batch`).
     SocketioBatch,
+    /// `@hocuspocus/provider`'s protocol on `/v1/hocuspocus`.
+    Hocuspocus,
 }
 
 impl Transport {
@@ -136,6 +139,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Socketio => "socketio",
             Transport::SocketioBatch => "socketio-batch",
+            Transport::Hocuspocus => "hocuspocus",
         }
     }
 }

@@ -15,7 +15,7 @@ use yrs::any::Number;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Array, Doc, Out, ReadTxn, StateVector, Transact};
 
-use crate::{ReadersArgs, Transport, histogram, room_urls, sio, sse, wall_us};
+use crate::{ReadersArgs, Transport, histogram, hocuspocus, room_urls, sio, sse, wall_us};
 
 /// Readers connected to a room and synced, each a task that ends once it
 /// has every item.
@@ -51,6 +51,9 @@ impl Readers {
                 Transport::Sse => {
                     let url = sse::events_url(url)?;
                     tokio::spawn(sse::read(url, updates, synced_tx.clone()))
+                }
+                Transport::Hocuspocus => {
+                    tokio::spawn(hocuspocus::read(url.clone(), updates, synced_tx.clone()))
                 }
                 Transport::Socketio | Transport::SocketioBatch => {
                     let batch = over == Transport::SocketioBatch;

@@ -181,6 +181,17 @@ pub fn frame(key: &str, body: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// What a provider sends first for a document: its token (empty when it
+/// has none) and its version.
+pub fn token(token: &str, version: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(token.len() + version.len() + 6);
+    buf.write_var(AUTH);
+    buf.write_var(AUTH_TOKEN);
+    buf.write_string(token);
+    buf.write_string(version);
+    buf
+}
+
 /// "You are in": `read-write` or `readonly`.
 pub fn authenticated(read_only: bool) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -259,6 +270,7 @@ mod tests {
         let mut auth = vec![AUTH, AUTH_TOKEN];
         auth.write_string("tok");
         auth.write_string("4.8.0");
+        assert_eq!(token("tok", "4.8.0"), auth);
         assert_eq!(
             decode_frame(&doc_frame("d\0s1", &auth)).unwrap(),
             Decoded::Doc {
