@@ -6,11 +6,12 @@
 #   - the floor: yrelay-bench's bare frame-forwarding relay (no CRDT, no storage),
 #   - the reference y-websocket server, npm @y/websocket-server@0.1.1 (in memory),
 #   - y-sweet 0.9.1 (`y-sweet serve`, in memory),
+#   - Hocuspocus: npm @hocuspocus/server@4.7.0 (in memory, no extensions) and
+#     yrelay's /v1/hocuspocus, both with the writer and the readers on the
+#     Hocuspocus protocol (rows hocuspocus and yrelay-hocuspocus),
 # and prints a markdown table with ratios to yrelay. Peers are installed under
 # $BENCH_CACHE (default target/bench-cache) on first use; y-sweet takes a few
-# minutes to build. Hocuspocus is not driven: its protocol prefixes every
-# message with the document name, which this y-websocket load generator does
-# not speak.
+# minutes to build.
 #
 #   bash bench/compare.sh                 # readers 10 and 50, 2000 updates at 500/s
 #   READERS="10 50 1000" UPDATES=500 RATE=100 bash bench/compare.sh
@@ -31,6 +32,15 @@ if [ ! -f "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" ]; t
   mkdir -p "$cache/ws-server"
   (cd "$cache/ws-server" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error @y/websocket-server@0.1.1 >&2)
 fi
+if [ ! -f "$cache/hocuspocus/node_modules/@hocuspocus/server/package.json" ]; then
+  echo "== installing @hocuspocus/server@4.7.0" >&2
+  mkdir -p "$cache/hocuspocus"
+  (cd "$cache/hocuspocus" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error @hocuspocus/server@4.7.0 >&2)
+  cat > "$cache/hocuspocus/serve.mjs" <<'JS'
+import { Server } from '@hocuspocus/server'
+await new Server({ port: Number(process.env.PORT), address: '127.0.0.1', quiet: true }).listen()
+JS
+fi
 if [ ! -x "$cache/y-sweet/bin/y-sweet" ]; then
   echo "== building y-sweet 0.9.1 (a few minutes)" >&2
   cargo install y-sweet@0.9.1 --locked --root "$cache/y-sweet" >&2
@@ -50,12 +60,12 @@ wait_port() {
   echo "nothing listens on port $1" >&2; return 1
 }
 
-# run NAME URL: the fan-out for every reader count against one server.
+# run NAME URL [ARGS...]: the fan-out for every reader count against one server.
 run() {
   for n in $readers; do
     echo "== $1: $n readers ($processes process(es)), $updates updates at $rate/s" >&2
     # A run whose readers diverged still prints its JSON (converged: false).
-    if ! target/release/yrelay-bench fanout --url "$2" --readers "$n" --updates "$updates" --rate "$rate" --processes "$processes" --json \
+    if ! target/release/yrelay-bench fanout --url "$2" --readers "$n" --updates "$updates" --rate "$rate" --processes "$processes" --json "${@:3}" \
       > "$results/$1-$n.json"; then
       echo "   $1 with $n readers: see converged" >&2
       [ -s "$results/$1-$n.json" ] || rm -f "$results/$1-$n.json"
@@ -65,7 +75,9 @@ run() {
 
 data=$(mktemp -d)
 target/release/yrelay serve --listen 127.0.0.1:4961 --store "sqlite://$data/yrelay.db" 2>/dev/null & pids+=($!)
-wait_port 4961; run yrelay 'ws://127.0.0.1:4961/v1/ws/bench/{room}'; kill "${pids[-1]}"
+wait_port 4961; run yrelay 'ws://127.0.0.1:4961/v1/ws/bench/{room}'
+run yrelay-hocuspocus 'ws://127.0.0.1:4961/v1/ws/bench/{room}' --readers-over hocuspocus --writer-over hocuspocus
+kill "${pids[-1]}"
 
 # The same with the store on tmpfs: the server's own path, without the fsync.
 if [ -d /dev/shm ]; then
@@ -83,12 +95,15 @@ wait_port 4963; run y-websocket 'ws://127.0.0.1:4963/{room}'; kill "${pids[-1]}"
 
 "$cache/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port 4964 >/dev/null 2>&1 & pids+=($!)
 wait_port 4964; run y-sweet 'ws://127.0.0.1:4964/d/{room}/ws/{room}'; kill "${pids[-1]}"
+
+PORT=4966 node "$cache/hocuspocus/serve.mjs" >/dev/null 2>&1 & pids+=($!)
+wait_port 4966; run hocuspocus 'ws://127.0.0.1:4966/{room}' --readers-over hocuspocus --writer-over hocuspocus; kill "${pids[-1]}"
 rm -rf "$data"
 
 python3 - "$results" "$readers" <<'PY'
 import json, sys, os
 results, readers = sys.argv[1], sys.argv[2].split()
-servers = ["yrelay", "yrelay-tmpfs", "floor", "y-websocket", "y-sweet"]
+servers = ["yrelay", "yrelay-tmpfs", "floor", "y-websocket", "y-sweet", "yrelay-hocuspocus", "hocuspocus"]
 print("| server | readers | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | p99 vs yrelay | converged |")
 print("|---|---|---|---|---|---|---|---|---|")
 for n in readers:

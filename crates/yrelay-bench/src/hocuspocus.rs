@@ -1,6 +1,8 @@
-//! Hocuspocus readers for the fan-out: `@hocuspocus/provider`'s protocol on
-//! yrelay's `/v1/hocuspocus`. A reader sends its (empty) token and its
-//! SyncStep1 for the document, then applies what comes under its name.
+//! Hocuspocus readers and writer for the fan-out: `@hocuspocus/provider`'s
+//! protocol, on yrelay's `/v1/hocuspocus` or on a Hocuspocus server. A
+//! reader sends its (empty) token and its SyncStep1 for the document, then
+//! applies what comes under its name; the writer sends its edits as
+//! updates under the name.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -11,13 +13,104 @@ use yrs::updates::encoder::Encode;
 
 use super::{ReaderOutcome, Tally, message, wall_us};
 
-/// Where a y-websocket URL of yrelay (`ws://H/v1/ws/S/D`) is for Hocuspocus:
-/// the endpoint and the document's name (`S/D`).
+/// The endpoint and the document's name of a URL: yrelay's
+/// `ws://H/v1/ws/S/D` is `ws://H/v1/hocuspocus` and `S/D`; any other
+/// `ws://H/NAME` (a Hocuspocus server) is `ws://H/` and `NAME`.
 pub fn target(ws_url: &str) -> Result<(String, String), String> {
-    let (base, name) = ws_url
-        .split_once("/v1/ws/")
-        .ok_or("Hocuspocus readers need yrelay's /v1/ws/{space}/{doc} URLs")?;
-    Ok((format!("{base}/v1/hocuspocus"), name.to_string()))
+    if let Some((base, name)) = ws_url.split_once("/v1/ws/") {
+        return Ok((format!("{base}/v1/hocuspocus"), name.to_string()));
+    }
+    let rest = ws_url
+        .strip_prefix("ws://")
+        .ok_or("Hocuspocus URLs are ws://HOST/NAME (no TLS in the bench)")?;
+    let (host, name) = rest.split_once('/').ok_or("no document name in the URL")?;
+    Ok((format!("ws://{host}/"), name.to_string()))
+}
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+
+/// A writer over Hocuspocus: its own document, each edit sent as an update.
+pub struct Writer {
+    sink: Sink,
+    name: String,
+    doc: yrs::Doc,
+    _reader: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Connects, sends its token and SyncStep1, and waits for the server's
+    /// SyncStep2 (what there is); what comes later is read and dropped.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let (endpoint, name) = target(url)?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(
+            &endpoint,
+            Some(yrelay_client::config()),
+            true,
+        )
+        .await
+        .map_err(|e| format!("writer connect: {e}"))?;
+        let (mut sink, mut stream) = socket.split();
+        let sv = StateVector::default().encode_v1();
+        for body in [
+            hocuspocus::token("", "yrelay-bench"),
+            sync::encode_sync_step1(&sv),
+        ] {
+            let frame = hocuspocus::frame(&name, &body);
+            sink.send(Message::Binary(frame.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let doc = yrs::Doc::new();
+        loop {
+            let Message::Binary(data) = message(stream.next().await)? else {
+                continue;
+            };
+            let Ok(Frame::Doc { name: key, body }) = hocuspocus::split_frame(&data) else {
+                continue;
+            };
+            if let Ok(hocuspocus::Message::Yjs(ClientMessage::SyncStep2(update))) =
+                hocuspocus::decode_message(&key, body)
+            {
+                yrelay_protocol::update::apply_update(&doc, &update).map_err(|e| e.to_string())?;
+                break;
+            }
+        }
+        let _reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        Ok(Self {
+            sink,
+            name,
+            doc,
+            _reader,
+        })
+    }
+
+    /// Pushes `value` into the Y.Array `seq` and sends the update.
+    pub async fn push(&mut self, value: i64) -> Result<(), String> {
+        use yrs::{Array, ReadTxn, Transact};
+        let seq = self.doc.get_or_insert_array("seq");
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            let before = txn.state_vector();
+            seq.push_back(&mut txn, value);
+            txn.encode_diff_v1(&before)
+        };
+        let frame = hocuspocus::frame(&self.name, &sync::encode_update(&update));
+        self.sink
+            .send(Message::Binary(frame.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The writer's whole state (v1).
+    pub fn state(&self) -> Vec<u8> {
+        use yrs::{ReadTxn, Transact};
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
 }
 
 /// Reads until every item arrived.

@@ -97,6 +97,10 @@ struct FanoutArgs {
     /// AFFiNE's Socket.IO protocol (the writer always uses y-websocket).
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     readers_over: Transport,
+    /// How the writer sends: y-websocket, or the Hocuspocus protocol (then
+    /// the URL may also be a Hocuspocus server's, `ws://HOST/{room}`).
+    #[arg(long, value_enum, default_value_t = WriterOver::Ws)]
+    writer_over: WriterOver,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -118,6 +122,57 @@ struct ReadersArgs {
     updates: usize,
     #[arg(long, value_enum)]
     readers_over: Transport,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WriterOver {
+    Ws,
+    Hocuspocus,
+}
+
+/// The writer of a room.
+enum Writer {
+    Ws(WsClient),
+    Hocuspocus(hocuspocus::Writer),
+}
+
+impl Writer {
+    async fn connect(url: &str, over: WriterOver) -> Result<Self, String> {
+        Ok(match over {
+            WriterOver::Ws => {
+                let writer = WsClient::connect(url, Doc::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                writer
+                    .wait_synced(Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Writer::Ws(writer)
+            }
+            WriterOver::Hocuspocus => Writer::Hocuspocus(hocuspocus::Writer::connect(url).await?),
+        })
+    }
+
+    /// Pushes `value` into the Y.Array `seq`.
+    async fn push(&mut self, value: i64) -> Result<(), String> {
+        match self {
+            Writer::Ws(writer) => {
+                let seq = writer.doc().get_or_insert_array("seq");
+                writer.edit(|txn| {
+                    seq.push_back(txn, value);
+                });
+                Ok(())
+            }
+            Writer::Hocuspocus(writer) => writer.push(value).await,
+        }
+    }
+
+    fn state(&self) -> Vec<u8> {
+        match self {
+            Writer::Ws(writer) => writer.state(),
+            Writer::Hocuspocus(writer) => writer.state(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +290,7 @@ async fn run_room(
     template: &str,
     readers: usize,
     over: Transport,
+    writer_over: WriterOver,
     updates: usize,
     rate: u64,
     processes: usize,
@@ -257,20 +313,11 @@ async fn run_room(
         children.push(child);
     }
     let local = Readers::connect(&urls, over, 0, share(0), updates).await?;
-    let writer = WsClient::connect(&urls[0], Doc::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    writer
-        .wait_synced(Duration::from_secs(30))
-        .await
-        .map_err(|e| e.to_string())?;
-    let seq = writer.doc().get_or_insert_array("seq");
+    let mut writer = Writer::connect(&urls[0], writer_over).await?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     for i in 0..updates {
         tick.tick().await;
-        writer.edit(|txn| {
-            seq.push_back(txn, wall_us());
-        });
+        writer.push(wall_us()).await?;
         if progress && updates >= 10 && (i + 1) % (updates / 10) == 0 {
             eprintln!("  sent {}/{}", i + 1, updates);
         }
@@ -327,6 +374,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         &args.url,
         args.readers,
         args.readers_over,
+        args.writer_over,
         args.updates,
         args.rate,
         args.processes,
@@ -340,6 +388,10 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         "instances": instances,
         "processes": args.processes,
         "readers_over": args.readers_over.name(),
+        "writer_over": match args.writer_over {
+            WriterOver::Ws => "ws",
+            WriterOver::Hocuspocus => "hocuspocus",
+        },
         "readers": args.readers,
         "updates": args.updates,
         "rate": args.rate,
@@ -386,7 +438,17 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
             let (readers, updates, rate) =
                 (args.clients.saturating_sub(1), args.updates, args.rate);
             tokio::spawn(async move {
-                run_room(&url, readers, Transport::Ws, updates, rate, 1, false).await
+                run_room(
+                    &url,
+                    readers,
+                    Transport::Ws,
+                    WriterOver::Ws,
+                    updates,
+                    rate,
+                    1,
+                    false,
+                )
+                .await
             })
         })
         .collect();
