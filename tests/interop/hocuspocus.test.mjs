@@ -160,7 +160,12 @@ async function rawSocket (server) {
   return ws
 }
 
-const auth = (name) => frame(name, (e) => { encoding.writeVarUint(e, 2); encoding.writeVarUint(e, 0); encoding.writeVarString(e, '') })
+const auth = (name, tok = '') => frame(name, (e) => { encoding.writeVarUint(e, 2); encoding.writeVarUint(e, 0); encoding.writeVarString(e, tok) })
+const updateFrame = (name, write) => frame(name, (e) => {
+  const doc = new Y.Doc()
+  write(doc)
+  encoding.writeVarUint(e, 0); encoding.writeVarUint(e, 2); encoding.writeVarUint8Array(e, Y.encodeStateAsUpdate(doc))
+})
 
 test('bad frames: a document\'s bad message ends that document only; a frame without a name ends the socket', async (t) => {
   const server = await new YrelayProcess().start()
@@ -268,4 +273,36 @@ test('two instances on Redis: providers converge, and stateless messages reach t
   assert.equal(response.status, 204)
   await waitFor('everyone hears the backend', () => ['a', 'b', 'c'].every((w) => messages[w].includes('from the backend')), [[heard, 'stateless']])
   assert.ok(!messages.a.includes('ping from a'), 'a sender does not hear itself')
+})
+
+test('a token sent again is checked again: a read-only one makes the document read-only, one without access closes it', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
+  t.after(() => server.dispose())
+  const ws = await rawSocket(server)
+  t.after(() => ws.terminate())
+  const next = async (type) => {
+    const seen = ws.got.length
+    await waitFor(`a message of type ${type}`, () => ws.got.slice(seen).some((f) => f.type === type), [[ws, 'frame']])
+    return ws.got.slice(seen).find((f) => f.type === type)
+  }
+  const answer = async (send, type) => { const got = next(type); ws.send(send); return got }
+  const grant = (mode) => token('ann', [{ space: 'acme', doc: 'refresh', mode }])
+  let reply = await answer(auth('acme/refresh', grant('rw')), 2)
+  assert.equal(decoding.readVarUint(reply.rest), 2)
+  assert.equal(decoding.readVarString(reply.rest), 'read-write')
+  reply = await answer(updateFrame('acme/refresh', (d) => d.getMap('m').set('rw', 1)), 8)
+  assert.equal(decoding.readVarUint(reply.rest), 1, 'saved while read-write')
+
+  reply = await answer(auth('acme/refresh', grant('ro')), 2)
+  decoding.readVarUint(reply.rest)
+  assert.equal(decoding.readVarString(reply.rest), 'readonly')
+  reply = await answer(updateFrame('acme/refresh', (d) => d.getMap('m').set('ro', 1)), 8)
+  assert.equal(decoding.readVarUint(reply.rest), 0, 'not saved once read-only')
+
+  reply = await answer(auth('acme/refresh', token('ann', [{ space: 'other', doc: '*', mode: 'rw' }])), 2)
+  assert.equal(decoding.readVarUint(reply.rest), 1, 'permission denied')
+  assert.match(decoding.readVarString(reply.rest), /no access/)
+
+  const stored = await (await fetch(`${server.httpUrl}/v1/docs/acme/refresh/json?token=${grant('ro')}`)).json()
+  assert.deepEqual(stored, { m: { rw: 1 } })
 })

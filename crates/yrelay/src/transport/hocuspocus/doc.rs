@@ -22,6 +22,13 @@ const MAX_IN_FLIGHT: usize = 64;
 type InFlight =
     FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = Result<Ack, HubError>> + Send>>>;
 
+/// What the connection hands a document task.
+pub(super) enum Input {
+    Message(Message),
+    /// The provider's token was sent again and now grants this mode.
+    Writable(bool),
+}
+
 /// What a document task sends under its key.
 pub(super) struct Outbox {
     pub(super) key: String,
@@ -51,14 +58,14 @@ impl Outbox {
 /// before that still becomes durable.
 pub(super) async fn run(
     mut session: Session,
-    writable: bool,
-    mut messages: mpsc::Receiver<Message>,
+    mut writable: bool,
+    mut messages: mpsc::Receiver<Input>,
     outbox: Outbox,
 ) -> End {
     let mut in_flight = InFlight::new();
     let end = serve(
         &mut session,
-        writable,
+        &mut writable,
         &mut messages,
         &outbox,
         &mut in_flight,
@@ -75,8 +82,8 @@ pub(super) async fn run(
 
 async fn serve(
     session: &mut Session,
-    writable: bool,
-    messages: &mut mpsc::Receiver<Message>,
+    writable: &mut bool,
+    messages: &mut mpsc::Receiver<Input>,
     outbox: &Outbox,
     in_flight: &mut InFlight,
 ) -> End {
@@ -89,8 +96,15 @@ async fn serve(
     loop {
         tokio::select! {
             message = messages.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(message) = message else { return End::Detached };
-                if let Err(end) = handle(session, writable, message, outbox, in_flight).await {
+                let message = match message {
+                    Some(Input::Message(message)) => message,
+                    Some(Input::Writable(mode)) => {
+                        *writable = mode;
+                        continue;
+                    }
+                    None => return End::Detached,
+                };
+                if let Err(end) = handle(session, *writable, message, outbox, in_flight).await {
                     return end;
                 }
             }

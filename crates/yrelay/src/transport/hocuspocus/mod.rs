@@ -120,8 +120,18 @@ pub async fn upgrade(
 enum Key {
     /// Asked for, no token yet: its frames, undecoded.
     Pending(Vec<Vec<u8>>),
-    /// Authorized: its task's queue.
-    Open(mpsc::Sender<Message>),
+    /// Authorized: its task's queue (closed once the task stops reading:
+    /// the provider detached, or the document ended).
+    Open(mpsc::Sender<doc::Input>),
+}
+
+impl Key {
+    fn open(&self) -> Option<&mpsc::Sender<doc::Input>> {
+        match self {
+            Key::Open(tx) if !tx.is_closed() => Some(tx),
+            _ => None,
+        }
+    }
 }
 
 struct Conn {
@@ -219,7 +229,10 @@ impl Conn {
                     if let End::Socket(..) = end {
                         return end;
                     }
-                    self.keys.remove(&key);
+                    // Unless the key was opened again since.
+                    if self.keys.get(&key).is_some_and(|k| matches!(k, Key::Open(_)) && k.open().is_none()) {
+                        self.keys.remove(&key);
+                    }
                 }
                 _ = ping.tick() => {
                     if !std::mem::take(&mut heard) {
@@ -243,6 +256,9 @@ impl Conn {
                 return Err(End::Socket(1007, e.to_string()));
             }
         };
+        if matches!(self.keys.get(&key), Some(Key::Open(_))) && self.keys[&key].open().is_none() {
+            self.keys.remove(&key); // its task ended: the key may be opened again
+        }
         match self.keys.get(&key) {
             Some(Key::Open(_)) => {
                 let message = match hocuspocus::decode_message(&key, body) {
@@ -254,9 +270,10 @@ impl Conn {
                     // A token sent again (refreshed): checked again.
                     return self.authorize(&key, token.clone()).await;
                 }
-                if let Some(Key::Open(tx)) = self.keys.get(&key) {
-                    // A task that ended has its end on the way to `serve`.
-                    let _ = tx.send(message).await;
+                if let Some(tx) = self.keys.get(&key).and_then(Key::open) {
+                    // A task that ended meanwhile drops it: its end is on
+                    // the way to `serve`.
+                    let _ = tx.send(doc::Input::Message(message)).await;
                 }
                 Ok(())
             }
@@ -323,8 +340,10 @@ impl Conn {
             }
         };
         let writable = permit.can_write();
-        if matches!(self.keys.get(key), Some(Key::Open(_))) {
-            // Already open: the refreshed token still grants it.
+        if let Some(tx) = self.keys.get(key).and_then(Key::open) {
+            // Already open: the refreshed token still grants it, maybe with
+            // another mode.
+            let _ = tx.send(doc::Input::Writable(writable)).await;
             return self.send(key, &hocuspocus::authenticated(!writable)).await;
         }
         let open = self
@@ -367,7 +386,7 @@ impl Conn {
             match hocuspocus::decode_message(key, &body) {
                 Ok(message) => {
                     self.rate(&message)?;
-                    let _ = tx.send(message).await;
+                    let _ = tx.send(doc::Input::Message(message)).await;
                 }
                 Err(e) => return self.refuse_message(key, e).await,
             }
@@ -388,7 +407,8 @@ impl Conn {
         })
     }
 
-    /// Refuses the document `key`: its queued frames go, the socket stays.
+    /// Refuses the document `key`: its queued frames go (an open document
+    /// ends, once it has made what it was sent durable), the socket stays.
     async fn deny(&mut self, key: &str, reason: &str) -> Result<(), End> {
         self.forget(key);
         self.send(key, &hocuspocus::permission_denied(reason)).await
@@ -402,6 +422,8 @@ impl Conn {
         self.send(key, &hocuspocus::close(&e.to_string())).await
     }
 
+    /// Drops what the socket holds for `key` (an open document's queue:
+    /// its task takes what is in it and ends).
     fn forget(&mut self, key: &str) {
         if let Some(Key::Pending(frames)) = self.keys.remove(key) {
             self.pending_frames -= frames.len();
