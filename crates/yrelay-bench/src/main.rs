@@ -22,17 +22,17 @@ mod readers;
 mod relay;
 mod sio;
 mod sse;
+mod writer;
 
 use idle::idle;
 pub(crate) use readers::*;
+use writer::Writer;
 
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use yrelay_client::WsClient;
 use yrelay_protocol::update::merge_updates;
-use yrs::{Array, Doc};
 
 #[derive(Parser)]
 #[command(
@@ -128,51 +128,6 @@ struct ReadersArgs {
 enum WriterOver {
     Ws,
     Hocuspocus,
-}
-
-/// The writer of a room.
-enum Writer {
-    Ws(WsClient),
-    Hocuspocus(hocuspocus::Writer),
-}
-
-impl Writer {
-    async fn connect(url: &str, over: WriterOver) -> Result<Self, String> {
-        Ok(match over {
-            WriterOver::Ws => {
-                let writer = WsClient::connect(url, Doc::new())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                writer
-                    .wait_synced(Duration::from_secs(30))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Writer::Ws(writer)
-            }
-            WriterOver::Hocuspocus => Writer::Hocuspocus(hocuspocus::Writer::connect(url).await?),
-        })
-    }
-
-    /// Pushes `value` into the Y.Array `seq`.
-    async fn push(&mut self, value: i64) -> Result<(), String> {
-        match self {
-            Writer::Ws(writer) => {
-                let seq = writer.doc().get_or_insert_array("seq");
-                writer.edit(|txn| {
-                    seq.push_back(txn, value);
-                });
-                Ok(())
-            }
-            Writer::Hocuspocus(writer) => writer.push(value).await,
-        }
-    }
-
-    fn state(&self) -> Vec<u8> {
-        match self {
-            Writer::Ws(writer) => writer.state(),
-            Writer::Hocuspocus(writer) => writer.state(),
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

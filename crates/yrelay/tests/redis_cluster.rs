@@ -5,7 +5,8 @@
 mod common;
 
 use common::cluster::*;
-use common::services::{RedisCluster, RedisServer};
+use common::redis_cluster::RedisCluster;
+use common::services::RedisServer;
 use common::{TestServer, WAIT, converge};
 use yrelay_protocol::update::merge_updates;
 use yrs::{Doc, ReadTxn, Text, Transact};
