@@ -3,26 +3,10 @@
 // Leaves a screenshot in target/artifacts/ for CI.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, mkdirSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
-import { YrelayProcess } from '../../../tests/interop/server.mjs'
-
-const here = dirname(fileURLToPath(import.meta.url))
-const root = join(here, '..', '..', '..')
-const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium'
+import { artifact, demoAndBrowser } from './browser.mjs'
 
 test('two browsers edit the map settings together', async (t) => {
-  assert.ok(existsSync(executablePath), `a browser at ${executablePath} (apt-get install chromium, or set CHROMIUM)`)
-  const server = await new YrelayProcess(['--static-dir', join(here, '..', 'demo')]).start()
-  t.after(() => server.dispose())
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  t.after(() => browser.close())
+  const { server, browser } = await demoAndBrowser(t)
   const open = async (name) => {
     const page = await browser.newPage()
     await page.goto(`${server.httpUrl}/app/index.html?doc=maps/demo&name=${name}`)
@@ -46,9 +30,7 @@ test('two browsers edit the map settings together', async (t) => {
   await ann.waitForSelector('.avatar[data-name="bob"]')
   assert.equal(await bob.textContent('#zoom-value'), '15')
 
-  const artifacts = join(root, 'target', 'artifacts')
-  mkdirSync(artifacts, { recursive: true })
-  await bob.screenshot({ path: join(artifacts, 'map-settings-demo.png'), fullPage: true })
+  await bob.screenshot({ path: artifact('map-settings-demo.png'), fullPage: true })
 
   // closing a page removes its presence for the others
   await bob.close()

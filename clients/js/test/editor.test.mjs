@@ -4,26 +4,10 @@
 // Leaves a screenshot in target/artifacts/ for CI.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, mkdirSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
-import { YrelayProcess } from '../../../tests/interop/server.mjs'
-
-const here = dirname(fileURLToPath(import.meta.url))
-const root = join(here, '..', '..', '..')
-const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium'
+import { artifact, demoAndBrowser } from './browser.mjs'
 
 test('two browsers type into one Tiptap document over the Hocuspocus provider', async (t) => {
-  assert.ok(existsSync(executablePath), `a browser at ${executablePath} (apt-get install chromium, or set CHROMIUM)`)
-  const server = await new YrelayProcess(['--static-dir', join(here, '..', 'demo')]).start()
-  t.after(() => server.dispose())
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  t.after(() => browser.close())
+  const { server, browser } = await demoAndBrowser(t)
   const open = async (name) => {
     const page = await browser.newPage()
     page.on('pageerror', (e) => console.error(`${name}: ${e}`))
@@ -51,9 +35,7 @@ test('two browsers type into one Tiptap document over the Hocuspocus provider', 
   await ann.waitForSelector('.collaboration-carets__label', { state: 'attached' })
   assert.equal(await ann.textContent('.collaboration-carets__label'), 'bob')
 
-  const artifacts = join(root, 'target', 'artifacts')
-  mkdirSync(artifacts, { recursive: true })
-  await ann.screenshot({ path: join(artifacts, 'tiptap-hocuspocus-demo.png'), fullPage: true })
+  await ann.screenshot({ path: artifact('tiptap-hocuspocus-demo.png'), fullPage: true })
 
   // A y-websocket view of the same document (stored under notes/today).
   const response = await fetch(`${server.httpUrl}/v1/docs/notes/today/json`)

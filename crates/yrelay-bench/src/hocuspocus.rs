@@ -11,7 +11,7 @@ use yrelay_protocol::sync::{self, ClientMessage};
 use yrs::StateVector;
 use yrs::updates::encoder::Encode;
 
-use super::{ReaderOutcome, Tally, message, wall_us};
+use super::{ReaderOutcome, Socket, Tally, connect, message, wall_us};
 
 /// The endpoint and the document's name of a URL: yrelay's
 /// `ws://H/v1/ws/S/D` is `ws://H/v1/hocuspocus` and `S/D`; any other
@@ -27,10 +27,25 @@ pub fn target(ws_url: &str) -> Result<(String, String), String> {
     Ok((format!("ws://{host}/"), name.to_string()))
 }
 
-type Sink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    Message,
->;
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
+type Stream = futures_util::stream::SplitStream<Socket>;
+
+/// Connects to the document of `url` and sends its token and SyncStep1.
+async fn open(url: &str) -> Result<(Sink, Stream, String), String> {
+    let (endpoint, name) = target(url)?;
+    let (mut sink, stream) = connect(&endpoint).await?.split();
+    let sv = StateVector::default().encode_v1();
+    for body in [
+        hocuspocus::token("", "yrelay-bench"),
+        sync::encode_sync_step1(&sv),
+    ] {
+        let frame = hocuspocus::frame(&name, &body);
+        sink.send(Message::Binary(frame.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((sink, stream, name))
+}
 
 /// A writer over Hocuspocus: its own document, each edit sent as an update.
 pub struct Writer {
@@ -44,25 +59,7 @@ impl Writer {
     /// Connects, sends its token and SyncStep1, and waits for the server's
     /// SyncStep2 (what there is); what comes later is read and dropped.
     pub async fn connect(url: &str) -> Result<Self, String> {
-        let (endpoint, name) = target(url)?;
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(
-            &endpoint,
-            Some(yrelay_client::config()),
-            true,
-        )
-        .await
-        .map_err(|e| format!("writer connect: {e}"))?;
-        let (mut sink, mut stream) = socket.split();
-        let sv = StateVector::default().encode_v1();
-        for body in [
-            hocuspocus::token("", "yrelay-bench"),
-            sync::encode_sync_step1(&sv),
-        ] {
-            let frame = hocuspocus::frame(&name, &body);
-            sink.send(Message::Binary(frame.into()))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        let (sink, mut stream, name) = open(url).await?;
         let doc = yrs::Doc::new();
         loop {
             let Message::Binary(data) = message(stream.next().await)? else {
@@ -119,26 +116,8 @@ pub async fn read(
     updates: usize,
     synced: tokio::sync::mpsc::Sender<()>,
 ) -> Result<ReaderOutcome, String> {
-    let (endpoint, name) = target(&ws_url)?;
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(
-        &endpoint,
-        Some(yrelay_client::config()),
-        true,
-    )
-    .await
-    .map_err(|e| format!("reader connect: {e}"))?;
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream, name) = open(&ws_url).await?;
     let mut tally = Tally::new(updates)?;
-    let sv = StateVector::default().encode_v1();
-    for body in [
-        hocuspocus::token("", "yrelay-bench"),
-        sync::encode_sync_step1(&sv),
-    ] {
-        let frame = hocuspocus::frame(&name, &body);
-        sink.send(Message::Binary(frame.into()))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     while !tally.done() {
         let Message::Binary(data) = message(stream.next().await)? else {
             continue;

@@ -39,13 +39,7 @@ impl Readers {
             let url = &urls[i % urls.len()];
             let task = match over {
                 Transport::Ws => {
-                    let (socket, _) = tokio_tungstenite::connect_async_with_config(
-                        url,
-                        Some(yrelay_client::config()),
-                        true,
-                    )
-                    .await
-                    .map_err(|e| format!("reader connect: {e}"))?;
+                    let socket = connect(url).await?;
                     tokio::spawn(read(socket, updates, synced_tx.clone()))
                 }
                 Transport::Sse => {
@@ -201,7 +195,7 @@ pub(crate) struct ReaderOutcome {
     pub(crate) state: Vec<u8>,
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A reader's document and the latency of every item that became visible.
@@ -264,6 +258,15 @@ impl Tally {
             state,
         })
     }
+}
+
+/// A WebSocket to `url` with yrelay-client's limits.
+pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
+    let (socket, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(yrelay_client::config()), true)
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+    Ok(socket)
 }
 
 /// The next message of a reader's WebSocket; the connection ending (closed

@@ -45,14 +45,7 @@ pub async fn read(
     synced: tokio::sync::mpsc::Sender<()>,
 ) -> Result<ReaderOutcome, String> {
     let (endpoint, space, doc) = target(&ws_url)?;
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(
-        &endpoint,
-        Some(yrelay_client::config()),
-        true,
-    )
-    .await
-    .map_err(|e| format!("reader connect: {e}"))?;
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = super::connect(&endpoint).await?.split();
     let mut tally = Tally::new(updates)?;
     let space_ref = json!({ "spaceType": "workspace", "spaceId": space });
     let decode = |text: &str| STANDARD.decode(text).map_err(|e| e.to_string());
