@@ -39,7 +39,7 @@ function close (...providers) {
 const synced = (p) => waitFor('synced', () => p.isSynced ?? p.synced, [[p, 'synced']])
 const saved = (p) => waitFor('saved', () => p.unsyncedChanges === 0, [[p, 'unsyncedChanges']])
 
-test('4.x and 3.x providers and a y-websocket client converge; every change is reported saved', async (t) => {
+test('4.x and 3.x providers, y-websocket and SSE clients converge; every change is reported saved', async (t) => {
   const server = await new YrelayProcess().start()
   t.after(() => server.dispose())
   const four = hocuspocus(server, 'acme/notes')
@@ -60,6 +60,37 @@ test('4.x and 3.x providers and a y-websocket client converge; every change is r
   assert.equal(four.document.getText('body').toString(), ws.doc.getText('body').toString())
   assert.equal(three.document.getText('body').toString(), ws.doc.getText('body').toString())
   await Promise.all([saved(four), saved(three)])
+
+  // The SSE + POST transport on the same document: an event stream hears a
+  // Hocuspocus edit, and a POSTed update reaches the Hocuspocus providers.
+  const controller = new AbortController()
+  t.after(() => controller.abort())
+  const events = await fetch(`${server.httpUrl}/v1/docs/acme/notes/events`, { signal: controller.signal })
+  const mirror = new Y.Doc()
+  const heard = (async () => {
+    const reader = events.body.getReader()
+    let text = ''
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) throw new Error('the event stream ended')
+      text += new TextDecoder().decode(value)
+      for (const [, data] of text.matchAll(/event: ?(?:sync|update)\ndata: ?(.*)/g)) {
+        const payload = data.startsWith('{') ? JSON.parse(data).update : data
+        Y.applyUpdate(mirror, new Uint8Array(Buffer.from(payload, 'base64')))
+      }
+      if (mirror.getMap('via').get('hocuspocus') === true) return
+    }
+  })()
+  four.document.getMap('via').set('hocuspocus', true)
+  await heard
+  const post = new Y.Doc()
+  Y.applyUpdate(post, Y.encodeStateAsUpdate(ws.doc))
+  const sv = Y.encodeStateVector(post)
+  post.getMap('via').set('post', true)
+  const posted = await fetch(`${server.httpUrl}/v1/docs/acme/notes/updates`, { method: 'POST', body: Y.encodeStateAsUpdate(post, sv) })
+  assert.equal(posted.status, 200)
+  await waitFor('the POST reaches Hocuspocus providers', () => four.document.getMap('via').get('post') === true &&
+    three.document.getMap('via').get('post') === true, [[four.document, 'update'], [three.document, 'update']])
 
   // What they wrote is stored: a fresh client, after a restart, has it.
   await server.restart()
