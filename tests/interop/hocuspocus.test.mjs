@@ -243,6 +243,23 @@ test('bad frames: a document\'s bad message ends that document only; a frame wit
   assert.equal(code, 1007)
 })
 
+test('a socket closed by its client is answered, and what it sent just before is kept', async (t) => {
+  const server = await new YrelayProcess().start()
+  t.after(() => server.dispose())
+  for (let round = 0; round < 5; round++) {
+    const ws = await rawSocket(server)
+    ws.send(auth('acme/closing'))
+    ws.send(updateFrame('acme/closing', (d) => d.getArray('a').push([round])))
+    ws.close(1000, 'done')
+    const { code } = await ws.closed
+    assert.equal(code, 1000, `round ${round}: the close is answered`)
+  }
+  const reader = new WebsocketProvider(server.wsUrl, 'acme/closing', new Y.Doc(), { WebSocketPolyfill: WebSocket, disableBc: true })
+  t.after(() => close(reader))
+  await waitFor('every round kept', () => reader.synced && reader.doc.getArray('a').length === 5,
+    [[reader, 'sync'], [reader.doc, 'update']])
+})
+
 test('offline edits of a provider reach the others once it is back', async (t) => {
   const server = await new YrelayProcess().start()
   t.after(() => server.dispose())

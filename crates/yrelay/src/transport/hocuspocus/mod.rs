@@ -40,6 +40,8 @@ use crate::state::AppState;
 const TRANSPORT: &str = "hocuspocus";
 const PING_EVERY: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 4096;
+/// How long the end of a socket may wait for the peer.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Frames queued for the writer; past this, documents wait.
 const OUTBOX: usize = 256;
 /// Messages one open document may have waiting for its task.
@@ -152,13 +154,15 @@ async fn connection(app: AppState, token: Option<String>, socket: WebSocket) {
     metrics::connection_opened(TRANSPORT);
     let (mut sink, mut stream) = socket.split();
     let (out, mut outgoing) = mpsc::channel::<WsMessage>(OUTBOX);
+    // The writer; it gives the sink back for the close (a failed send
+    // leaves the rest unsent: the peer closed, or is gone).
     let writer = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
             if sink.send(message).await.is_err() {
-                return None;
+                break;
             }
         }
-        Some(sink)
+        sink
     });
     let limits = &app.limits;
     let mut conn = Conn {
@@ -179,16 +183,24 @@ async fn connection(app: AppState, token: Option<String>, socket: WebSocket) {
     conn.keys.clear();
     while conn.tasks.join_next().await.is_some() {}
     drop(conn);
-    let sink = writer.await.ok().flatten();
-    if let (Some(mut sink), End::Socket(code, reason)) = (sink, end) {
-        if code != 1001 {
-            tracing::info!(code, %reason, "closing hocuspocus socket");
-        }
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
+    if let Ok(mut sink) = writer.await {
+        // Our close frame, or the answer to the peer's (queued when it was
+        // read), then the end of the socket; a peer that has gone cannot
+        // hold this up for long.
+        let close = async {
+            if let End::Socket(code, reason) = end {
+                if code != 1001 {
+                    tracing::info!(code, %reason, "closing hocuspocus socket");
+                }
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+            }
+            let _ = sink.close().await;
         };
-        let _ = sink.send(WsMessage::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
     }
     metrics::connection_closed(TRANSPORT);
 }
