@@ -16,6 +16,7 @@
 #   bash bench/compare.sh                 # readers 10 and 50, 2000 updates at 500/s
 #   READERS="10 50 1000" UPDATES=500 RATE=100 bash bench/compare.sh
 #   PROCESSES=2 ...                       # readers spread over 2 generator processes
+#   SERVERS="yrelay floor hocuspocus" ... # only these rows (yrelay is always run: the ratios need it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${BENCH_CACHE:-target/bench-cache}
@@ -23,16 +24,19 @@ readers=${READERS:-10 50}
 updates=${UPDATES:-2000}
 rate=${RATE:-500}
 processes=${PROCESSES:-1}
+servers=${SERVERS:-yrelay yrelay-tmpfs floor y-websocket y-sweet yrelay-hocuspocus hocuspocus}
+# want NAME: whether that row is asked for.
+want() { [[ " yrelay $servers " == *" $1 "* ]]; }
 mkdir -p "$cache"
 
 echo "== building yrelay and yrelay-bench (release)" >&2
 cargo build --release --locked -p yrelay -p yrelay-bench >&2
-if [ ! -f "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" ]; then
+if want y-websocket && [ ! -f "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" ]; then
   echo "== installing @y/websocket-server@0.1.1" >&2
   mkdir -p "$cache/ws-server"
   (cd "$cache/ws-server" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error @y/websocket-server@0.1.1 >&2)
 fi
-if [ ! -f "$cache/hocuspocus/node_modules/@hocuspocus/server/package.json" ]; then
+if want hocuspocus && [ ! -f "$cache/hocuspocus/node_modules/@hocuspocus/server/package.json" ]; then
   echo "== installing @hocuspocus/server@4.7.0" >&2
   mkdir -p "$cache/hocuspocus"
   (cd "$cache/hocuspocus" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error @hocuspocus/server@4.7.0 >&2)
@@ -41,7 +45,7 @@ import { Server } from '@hocuspocus/server'
 await new Server({ port: Number(process.env.PORT), address: '127.0.0.1', quiet: true }).listen()
 JS
 fi
-if [ ! -x "$cache/y-sweet/bin/y-sweet" ]; then
+if want y-sweet && [ ! -x "$cache/y-sweet/bin/y-sweet" ]; then
   echo "== building y-sweet 0.9.1 (a few minutes)" >&2
   cargo install y-sweet@0.9.1 --locked --root "$cache/y-sweet" >&2
 fi
@@ -76,34 +80,45 @@ run() {
 data=$(mktemp -d)
 target/release/yrelay serve --listen 127.0.0.1:4961 --store "sqlite://$data/yrelay.db" 2>/dev/null & pids+=($!)
 wait_port 4961; run yrelay 'ws://127.0.0.1:4961/v1/ws/bench/{room}'
-run yrelay-hocuspocus 'ws://127.0.0.1:4961/v1/ws/bench/{room}' --readers-over hocuspocus --writer-over hocuspocus
+if want yrelay-hocuspocus; then
+  run yrelay-hocuspocus 'ws://127.0.0.1:4961/v1/ws/bench/{room}' --readers-over hocuspocus --writer-over hocuspocus
+fi
 kill "${pids[-1]}"
 
 # The same with the store on tmpfs: the server's own path, without the fsync.
-if [ -d /dev/shm ]; then
+if want yrelay-tmpfs && [ -d /dev/shm ]; then
   shm=$(mktemp -d -p /dev/shm)
   target/release/yrelay serve --listen 127.0.0.1:4965 --store "sqlite://$shm/yrelay.db" 2>/dev/null & pids+=($!)
   wait_port 4965; run yrelay-tmpfs 'ws://127.0.0.1:4965/v1/ws/bench/{room}'; kill "${pids[-1]}"
   rm -rf "$shm"
 fi
 
-target/release/yrelay-bench relay --listen 127.0.0.1:4962 2>/dev/null & pids+=($!)
-wait_port 4962; run floor 'ws://127.0.0.1:4962/{room}'; kill "${pids[-1]}"
+if want floor; then
+  target/release/yrelay-bench relay --listen 127.0.0.1:4962 2>/dev/null & pids+=($!)
+  wait_port 4962; run floor 'ws://127.0.0.1:4962/{room}'; kill "${pids[-1]}"
+fi
 
-HOST=127.0.0.1 PORT=4963 node "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" >/dev/null 2>&1 & pids+=($!)
-wait_port 4963; run y-websocket 'ws://127.0.0.1:4963/{room}'; kill "${pids[-1]}"
+if want y-websocket; then
+  HOST=127.0.0.1 PORT=4963 node "$cache/ws-server/node_modules/@y/websocket-server/src/server.js" >/dev/null 2>&1 & pids+=($!)
+  wait_port 4963; run y-websocket 'ws://127.0.0.1:4963/{room}'; kill "${pids[-1]}"
+fi
 
-"$cache/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port 4964 >/dev/null 2>&1 & pids+=($!)
-wait_port 4964; run y-sweet 'ws://127.0.0.1:4964/d/{room}/ws/{room}'; kill "${pids[-1]}"
+if want y-sweet; then
+  "$cache/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port 4964 >/dev/null 2>&1 & pids+=($!)
+  wait_port 4964; run y-sweet 'ws://127.0.0.1:4964/d/{room}/ws/{room}'; kill "${pids[-1]}"
+fi
 
-PORT=4966 node "$cache/hocuspocus/serve.mjs" >/dev/null 2>&1 & pids+=($!)
-wait_port 4966; run hocuspocus 'ws://127.0.0.1:4966/{room}' --readers-over hocuspocus --writer-over hocuspocus; kill "${pids[-1]}"
+if want hocuspocus; then
+  PORT=4966 node "$cache/hocuspocus/serve.mjs" >/dev/null 2>&1 & pids+=($!)
+  wait_port 4966; run hocuspocus 'ws://127.0.0.1:4966/{room}' --readers-over hocuspocus --writer-over hocuspocus; kill "${pids[-1]}"
+fi
 rm -rf "$data"
 
-python3 - "$results" "$readers" <<'PY'
+python3 - "$results" "$readers" "$servers" <<'PY'
 import json, sys, os
-results, readers = sys.argv[1], sys.argv[2].split()
-servers = ["yrelay", "yrelay-tmpfs", "floor", "y-websocket", "y-sweet", "yrelay-hocuspocus", "hocuspocus"]
+results, readers, asked = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+order = ["yrelay", "yrelay-tmpfs", "floor", "y-websocket", "y-sweet", "yrelay-hocuspocus", "hocuspocus"]
+servers = [s for s in order if s == "yrelay" or s in asked]
 print("| server | readers | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | p99 vs yrelay | converged |")
 print("|---|---|---|---|---|---|---|---|---|")
 for n in readers:
