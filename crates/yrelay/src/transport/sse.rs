@@ -263,6 +263,9 @@ pub async fn post_stateless(
     let caller = Caller::new(permit.sub, peer);
     app.limits.posts.take(&caller)?;
     let payload = body(payload)?;
+    if payload.is_empty() {
+        return Err(bad_request("BAD_BODY", "a stateless message is not empty"));
+    }
     let text = String::from_utf8(payload.to_vec())
         .map_err(|_| bad_request("BAD_BODY", "a stateless message is UTF-8 text"))?;
     app.hub
