@@ -26,9 +26,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::OwnedSemaphorePermit;
+use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
+use crate::auth::Permit;
 use crate::edge::{
     Caller, Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector,
 };
@@ -165,22 +167,52 @@ fn live_events(
     })
 }
 
+/// What every POST to a document starts with: the address, the caller's
+/// permission (`write`: to write) and rate, and the body within its limit.
+struct Post {
+    addr: DocAddress,
+    permit: Permit,
+    caller: Caller,
+    body: Bytes,
+}
+
+fn admit(
+    app: &AppState,
+    (space, doc): (String, String),
+    peer: ConnectInfo<SocketAddr>,
+    credentials: &Credentials,
+    payload: Result<Bytes, BytesRejection>,
+    write: bool,
+) -> Result<Post, ApiError> {
+    let addr = address(&space, &doc)?;
+    let permit = if write {
+        app.auth.writer(credentials.token(), &addr)?
+    } else {
+        app.auth.doc(credentials.token(), &addr)?
+    };
+    let caller = Caller::new(permit.sub.clone(), peer);
+    app.limits.posts.take(&caller)?;
+    Ok(Post {
+        addr,
+        permit,
+        caller,
+        body: body(payload)?,
+    })
+}
+
 /// `POST /v1/docs/{space}/{doc}/updates` (also the way to edit a document
 /// from a server without a socket).
 pub async fn post_update(
     State(app): State<AppState>,
-    Path((space, doc)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let addr = address(&space, &doc)?;
-    let permit = app.auth.writer(credentials.token(), &addr)?;
-    app.limits
-        .posts
-        .take(&Caller::new(permit.sub.clone(), peer))?;
-    let payload = body(payload)?;
-    let update = check_update(payload.to_vec()).map_err(|e| {
+    let Post {
+        addr, permit, body, ..
+    } = admit(&app, path, peer, &credentials, payload, true)?;
+    let update = check_update(body.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
         ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
     })?;
@@ -201,16 +233,13 @@ pub async fn post_update(
 /// `POST /v1/docs/{space}/{doc}/sync`
 pub async fn post_sync(
     State(app): State<AppState>,
-    Path((space, doc)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let addr = address(&space, &doc)?;
-    let permit = app.auth.doc(credentials.token(), &addr)?;
-    app.limits.posts.take(&Caller::new(permit.sub, peer))?;
-    let payload = body(payload)?;
-    let sv = Some(&payload[..])
+    let Post { addr, body, .. } = admit(&app, path, peer, &credentials, payload, false)?;
+    let sv = Some(&body[..])
         .filter(|p| !p.is_empty())
         .and_then(|p| decode_state_vector(p).ok())
         .ok_or_else(|| bad_request("BAD_STATE_VECTOR", "body is not a Yjs state vector"))?;
@@ -223,27 +252,19 @@ pub async fn post_sync(
 /// its address): other callers cannot overwrite or remove them.
 pub async fn post_awareness(
     State(app): State<AppState>,
-    Path((space, doc)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let addr = address(&space, &doc)?;
-    let permit = app.auth.doc(credentials.token(), &addr)?;
-    let caller = Caller::new(permit.sub, peer);
-    app.limits.posts.take(&caller)?;
-    let payload = body(payload)?;
+    let Post {
+        addr, caller, body, ..
+    } = admit(&app, path, peer, &credentials, payload, false)?;
     let update =
-        decode_awareness(&payload).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
+        decode_awareness(&body).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
     let origin = Some(caller.origin());
     app.hub
-        .publish_awareness(
-            &addr,
-            payload.to_vec(),
-            &update,
-            origin,
-            &Default::default(),
-        )
+        .publish_awareness(&addr, body.to_vec(), &update, origin, &Default::default())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -253,20 +274,18 @@ pub async fn post_awareness(
 /// caller must be allowed to write the document.
 pub async fn post_stateless(
     State(app): State<AppState>,
-    Path((space, doc)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     peer: ConnectInfo<SocketAddr>,
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let addr = address(&space, &doc)?;
-    let permit = app.auth.writer(credentials.token(), &addr)?;
-    let caller = Caller::new(permit.sub, peer);
-    app.limits.posts.take(&caller)?;
-    let payload = body(payload)?;
-    if payload.is_empty() {
+    let Post {
+        addr, caller, body, ..
+    } = admit(&app, path, peer, &credentials, payload, true)?;
+    if body.is_empty() {
         return Err(bad_request("BAD_BODY", "a stateless message is not empty"));
     }
-    let text = String::from_utf8(payload.to_vec())
+    let text = String::from_utf8(body.to_vec())
         .map_err(|_| bad_request("BAD_BODY", "a stateless message is UTF-8 text"))?;
     app.hub
         .broadcast_stateless(&addr, text, Some(caller.origin()))

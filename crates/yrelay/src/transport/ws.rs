@@ -31,10 +31,6 @@ const TRANSPORT: &str = "websocket";
 /// connection stops reading until one is accepted (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
 const PING_EVERY: Duration = Duration::from_secs(30);
-/// Bytes tungstenite reads (and zero-fills first) per read attempt. Its
-/// default, 128 KiB, is zeroed on every poll of the socket, which with one
-/// poll per relayed message was a third of the server's CPU at 50 readers.
-const READ_BUFFER: usize = 4096;
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Close code when the document is deleted (4000-4999: application codes;
@@ -120,34 +116,23 @@ pub async fn upgrade(
         }
     };
     let permit = app.auth.doc(credentials.token(), &addr);
-    let mut ws = match ws {
+    let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
             if let Err(e) = permit {
                 return ApiError::from(e).into_response();
             }
-            let message = format!("this endpoint speaks the y-websocket protocol: {rejection}");
-            return ApiError::new(StatusCode::UPGRADE_REQUIRED, "WEBSOCKET_REQUIRED", message)
-                .into_response();
+            return super::websocket_required("y-websocket", rejection);
         }
     };
     let slot = match app.limits.connection_slot() {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    if let Some(protocol) = credentials.subprotocol {
-        ws = ws.protocols([protocol]);
-    }
-    let limit = app.limits.max_message_size;
-    // The socket accepts up to twice the limit so that a message just over it
-    // gets a clean 1009 from us rather than a torn connection.
-    ws.max_message_size(limit.saturating_mul(2))
-        .max_frame_size(limit.saturating_mul(2))
-        .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| async move {
-            connection(app, addr, permit, socket).await;
-            drop(slot);
-        })
+    super::configure(ws, &app, credentials.subprotocol).on_upgrade(move |socket| async move {
+        connection(app, addr, permit, socket).await;
+        drop(slot);
+    })
 }
 
 async fn connection(

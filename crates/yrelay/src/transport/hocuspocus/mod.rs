@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -32,14 +31,12 @@ use yrelay_protocol::hocuspocus::{self, Frame, HocuspocusError, Message};
 use yrelay_protocol::sync::ClientMessage;
 
 use crate::edge::{Credentials, UpdateRate};
-use crate::http_error::ApiError;
 use crate::hub::{CloseReason, HubError};
 use crate::metrics;
 use crate::state::AppState;
 
 const TRANSPORT: &str = "hocuspocus";
 const PING_EVERY: Duration = Duration::from_secs(30);
-const READ_BUFFER: usize = 4096;
 /// How long the end of a socket may wait for the peer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Frames queued for the writer; past this, documents wait.
@@ -93,29 +90,22 @@ pub async fn upgrade(
     credentials: Credentials,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let mut ws = match ws {
+    let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            let message = format!("this endpoint speaks the Hocuspocus protocol: {rejection}");
-            return ApiError::new(StatusCode::UPGRADE_REQUIRED, "WEBSOCKET_REQUIRED", message)
-                .into_response();
+            return super::websocket_required("Hocuspocus", rejection);
         }
     };
     let slot = match app.limits.connection_slot() {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    if let Some(protocol) = credentials.subprotocol.clone() {
-        ws = ws.protocols([protocol]);
-    }
-    let limit = app.limits.max_message_size;
-    ws.max_message_size(limit.saturating_mul(2))
-        .max_frame_size(limit.saturating_mul(2))
-        .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| async move {
+    super::configure(ws, &app, credentials.subprotocol.clone()).on_upgrade(
+        move |socket| async move {
             connection(app, credentials.token, socket).await;
             drop(slot);
-        })
+        },
+    )
 }
 
 /// A document key's state on this socket.
