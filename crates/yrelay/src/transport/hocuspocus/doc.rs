@@ -7,12 +7,13 @@ use axum::extract::ws::Message as WsMessage;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
+use yrelay_protocol::DocAddress;
 use yrelay_protocol::hocuspocus::{self, Message};
 use yrelay_protocol::sync::{self, ClientMessage};
 use yrelay_protocol::update::check_update;
 
 use super::{End, TRANSPORT};
-use crate::hub::{Ack, CloseReason, DocEvent, HubError, Session};
+use crate::hub::{Ack, CloseReason, DocEvent, DocHub, HubError, Session};
 use crate::metrics;
 
 /// Updates of one document waiting for durability at once; past this the
@@ -50,6 +51,33 @@ impl Outbox {
     async fn close(&self, reason: &str) -> End {
         let _ = self.send(&hocuspocus::close(reason)).await;
         End::Detached
+    }
+}
+
+/// Loads the document and tells the provider it is in (`authenticated`,
+/// with its scope), or why it cannot be.
+pub(super) async fn open(
+    hub: &DocHub,
+    addr: &DocAddress,
+    editor: Option<String>,
+    writable: bool,
+    outbox: &Outbox,
+) -> Result<Session, End> {
+    match hub.join(addr).await {
+        Ok(session) => {
+            outbox.send(&hocuspocus::authenticated(!writable)).await?;
+            Ok(session.with_editor(editor))
+        }
+        Err(HubError::Deleted) => {
+            let _ = outbox
+                .send(&hocuspocus::permission_denied("document deleted"))
+                .await;
+            Err(End::Detached)
+        }
+        Err(e) => {
+            tracing::warn!(doc = %addr, error = %e, "cannot open document");
+            Err(End::from(e))
+        }
     }
 }
 

@@ -360,16 +360,9 @@ impl Conn {
                 .deny(key, &format!("a socket may use at most {max} documents"))
                 .await;
         }
-        let session = match self.app.hub.join(&addr).await {
-            Ok(session) => session.with_editor(permit.sub),
-            Err(HubError::Deleted) => return self.deny(key, "document deleted").await,
-            Err(e) => {
-                tracing::warn!(doc = %addr, error = %e, "cannot open document");
-                return Err(End::from(e));
-            }
-        };
-        self.send(key, &hocuspocus::authenticated(!writable))
-            .await?;
+        // The document loads in its task: a large one does not hold up the
+        // socket's other documents; what comes for it meanwhile waits in
+        // its queue.
         let (tx, rx) = mpsc::channel(DOC_QUEUE);
         let waiting = match self.keys.insert(key.to_owned(), Key::Open(tx.clone())) {
             Some(Key::Pending(frames)) => frames,
@@ -379,9 +372,15 @@ impl Conn {
             key: key.to_owned(),
             out: self.out.clone(),
         };
-        let task_key = key.to_owned();
-        self.tasks
-            .spawn(async move { (task_key, doc::run(session, writable, rx, outbox).await) });
+        let (task_key, hub) = (key.to_owned(), self.app.hub.clone());
+        self.tasks.spawn(async move {
+            let opened = doc::open(&hub, &addr, permit.sub, writable, &outbox).await;
+            let end = match opened {
+                Ok(session) => doc::run(session, writable, rx, outbox).await,
+                Err(end) => end,
+            };
+            (task_key, end)
+        });
         for body in waiting {
             self.pending_frames -= 1;
             self.pending_bytes -= body.len();
