@@ -97,8 +97,8 @@ step "OpenAPI contract: schemathesis against the same server"
   --max-examples 30 --seed 1 --no-color
 kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
 
-step "Node interop tests (yjs, y-websocket; TLS and tokens)"
+step "Node interop tests (yjs, y-websocket, socket.io-client, @hocuspocus/provider 3 and 4, @y-sweet/client and sdk; TLS and tokens)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
 
-step "TypeScript SseProvider (tsc build; tests against the binary, two chromium pages on the demo)"
+step "TypeScript SseProvider and the demos (tsc + esbuild; tests against the binary; chromium pages on the map demo and the Tiptap/Hocuspocus editor)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix clients/js
