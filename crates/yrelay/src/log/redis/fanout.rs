@@ -178,8 +178,13 @@ pub(super) async fn reader(
                 tracing::warn!(error = %e, "redis log read failed; feeds will resume by cursor");
                 end_all_feeds(&shared);
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Ok(start) = open_inbox(&mut conn, &inbox).await {
-                    position = start;
+                // The inbox is made sure of, but read on from where this
+                // left off: the feeds register again at once, and the bells
+                // their appends ring meanwhile must not be skipped (a bell
+                // skipped was caught by the sweep only, and by then the
+                // entry could be trimmed from the log: a replica missed it).
+                // Stream ids grow with time, so a new inbox reads on too.
+                if open_inbox(&mut conn, &inbox).await.is_ok() {
                     renewed = Instant::now();
                 }
                 continue;
