@@ -109,11 +109,12 @@ pub async fn auth_doc(
 ) -> Result<Json<Value>, ApiError> {
     let request: AuthDoc = json_body(payload)?;
     let addr = address(&space_id, &doc)?;
-    let permit = app.auth.doc(credentials.token(), &addr)?;
     let wanted = request.authorization.unwrap_or(Authorization::Full);
-    if wanted == Authorization::Full && !permit.can_write() {
-        app.auth.writer(credentials.token(), &addr)?; // the same 403 as elsewhere
-    }
+    // A full token needs write access (the same 403 as elsewhere).
+    let permit = match wanted {
+        Authorization::Full => app.auth.writer(credentials.token(), &addr)?,
+        Authorization::ReadOnly => app.auth.doc(credentials.token(), &addr)?,
+    };
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

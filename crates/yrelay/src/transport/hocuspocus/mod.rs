@@ -231,10 +231,7 @@ impl Conn {
                     if let End::Socket(..) = end {
                         return end;
                     }
-                    // Unless the key was opened again since.
-                    if self.keys.get(&key).is_some_and(|k| matches!(k, Key::Open(_)) && k.open().is_none()) {
-                        self.keys.remove(&key);
-                    }
+                    self.forget_ended(&key); // unless opened again since
                 }
                 _ = ping.tick() => {
                     if !std::mem::take(&mut heard) {
@@ -244,6 +241,9 @@ impl Conn {
                         return End::Detached;
                     }
                 }
+                // The writer ended (a write passed its deadline, or the peer
+                // went): nothing more can be said, everything is released now.
+                _ = self.out.closed() => return End::Detached,
                 _ = shutdown.changed() => return End::Socket(1001, "server shutting down".into()),
             }
         }
@@ -258,9 +258,7 @@ impl Conn {
                 return Err(End::Socket(1007, e.to_string()));
             }
         };
-        if matches!(self.keys.get(&key), Some(Key::Open(_))) && self.keys[&key].open().is_none() {
-            self.keys.remove(&key); // its task ended: the key may be opened again
-        }
+        self.forget_ended(&key); // the key may be opened again
         match self.keys.get(&key) {
             Some(Key::Open(_)) => {
                 let message = match hocuspocus::decode_message(&key, body) {
@@ -421,6 +419,15 @@ impl Conn {
         metrics::rejected("malformed");
         self.forget(key);
         self.send(key, &hocuspocus::close(&e.to_string())).await
+    }
+
+    /// Forgets `key` if its document's task has ended (not a newer one).
+    fn forget_ended(&mut self, key: &str) {
+        if let Some(Key::Open(tx)) = self.keys.get(key)
+            && tx.is_closed()
+        {
+            self.keys.remove(key);
+        }
     }
 
     /// Drops what the socket holds for `key` (an open document's queue:
