@@ -22,6 +22,8 @@ use crate::store::{NewUpdate, Store, StoreError};
 
 /// How long a compactor may hold a document before another may take over.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// How often a stop's drain asks again for a document another holds.
+const DRAIN_RETRY: Duration = Duration::from_millis(50);
 /// Updates written to the store per transaction when draining the log.
 const PERSIST_BATCH: usize = 1000;
 
@@ -43,6 +45,15 @@ pub enum CompactError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+}
+
+/// What one pass over the backlog did.
+#[derive(Debug, Default)]
+struct BacklogPass {
+    /// Documents persisted.
+    worked: usize,
+    /// Documents skipped: another compactor held them.
+    held_elsewhere: usize,
 }
 
 pub struct Compactor {
@@ -67,13 +78,8 @@ impl Compactor {
         }
     }
 
-    /// Runs until `shutdown` changes.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        self.run_shared(shutdown).await
-    }
-
-    /// [`Compactor::run`] without giving the compactor up (to drain after).
-    pub async fn run_shared(&self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` changes (a round under way ends first).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.poll);
         loop {
             tokio::select! {
@@ -88,13 +94,16 @@ impl Compactor {
     }
 
     /// Moves what it can of the log's backlog to the store, for at most
-    /// `limit` (a graceful stop), and says what is left.
+    /// `limit` (a graceful stop), and says what is left. A document another
+    /// compactor holds is waited for: its holder may be failing on the
+    /// store, and its lease runs out.
     pub async fn drain(&self, limit: Duration) {
         let drained = tokio::time::timeout(limit, async {
             loop {
                 match self.persist_backlog().await {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => continue,
+                    Ok(pass) if pass.worked > 0 => continue,
+                    Ok(pass) if pass.held_elsewhere == 0 => return Ok(()),
+                    Ok(_) => tokio::time::sleep(DRAIN_RETRY).await,
                     Err(e) => return Err(e),
                 }
             }
@@ -123,27 +132,28 @@ impl Compactor {
         self.compact_candidates(idle_before).await
     }
 
-    /// Persists the documents of the backlog whose lease it gets; returns
-    /// how many it worked on.
-    async fn persist_backlog(&self) -> Result<usize, CompactError> {
-        let mut worked = 0;
+    /// Persists the documents of the backlog whose lease it gets.
+    async fn persist_backlog(&self) -> Result<BacklogPass, CompactError> {
+        let mut pass = BacklogPass::default();
         for addr in self.log.coordination().backlog(64).await? {
-            if self
+            if !self
                 .log
                 .coordination()
                 .try_lease(&addr, &self.holder, LEASE)
                 .await?
             {
-                let outcome = self.persist(&addr).await;
-                self.log
-                    .coordination()
-                    .release_lease(&addr, &self.holder)
-                    .await?;
-                outcome?;
-                worked += 1;
+                pass.held_elsewhere += 1;
+                continue;
             }
+            let outcome = self.persist(&addr).await;
+            self.log
+                .coordination()
+                .release_lease(&addr, &self.holder)
+                .await?;
+            outcome?;
+            pass.worked += 1;
         }
-        Ok(worked)
+        Ok(pass)
     }
 
     async fn compact_candidates(&self, idle_before: i64) -> Result<(), CompactError> {

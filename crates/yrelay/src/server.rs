@@ -185,14 +185,17 @@ impl Server {
                 tracing::info!("auth: tokens signed by the key in {}", path.display())
             }
         }
-        if !config.no_compactor {
-            let compactor = Compactor::new(
-                store.clone(),
-                log.clone(),
-                compactor_config(&config, instance),
-            );
-            tokio::spawn(compactor.run(app.shutdown.clone()));
-        }
+        // The compactor runs until the stop, then drains what it can.
+        let compactor = (!config.no_compactor).then(|| {
+            start_compactor(
+                Compactor::new(
+                    store.clone(),
+                    log.clone(),
+                    compactor_config(&config, instance),
+                ),
+                app.shutdown.clone(),
+            )
+        });
         tokio::spawn(watch_backlog(
             store.clone(),
             log.clone(),
@@ -210,8 +213,6 @@ impl Server {
             let _ = shutdown.send(true);
             hub.close_all(CloseReason::ShuttingDown);
         };
-        let compactor = (!config.no_compactor)
-            .then(|| Compactor::new(store, log.clone(), compactor_config(&config, instance)));
         if let Some((cert, key)) = config.tls() {
             let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)
                 .map_err(ServerError::Serve)?;
@@ -233,8 +234,8 @@ impl Server {
             );
             let _ = http_serve::serve(listener, router, config.http_timeout_secs, stopping).await;
         }
-        if let Some(compactor) = compactor {
-            compactor.drain(STOP_DRAIN).await;
+        if let Some((compactor, running)) = compactor {
+            stop_compactor(&compactor, running).await;
         }
         tracing::info!("yrelay stopped");
         Ok(())
@@ -245,6 +246,29 @@ impl Server {
 const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 /// How long a graceful stop spends moving the backlog to the store.
 const STOP_DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs `compactor` until `shutdown` changes.
+fn start_compactor(
+    compactor: Compactor,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<Compactor>, tokio::task::JoinHandle<()>) {
+    let compactor = Arc::new(compactor);
+    let running = tokio::spawn({
+        let compactor = compactor.clone();
+        async move { compactor.run(shutdown).await }
+    });
+    (compactor, running)
+}
+
+/// Lets a stopped compactor's round end (it holds the leases of what it
+/// works on; a round failing on the store ends within `STOP_DRAIN`), then
+/// moves what it can of the log's backlog to the store.
+async fn stop_compactor(compactor: &Compactor, running: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(STOP_DRAIN, running).await.is_err() {
+        tracing::warn!("the compactor's last round did not end in time");
+    }
+    compactor.drain(STOP_DRAIN).await;
+}
 
 /// How often the compactor looks for work: at most every second, more often
 /// when documents are to be compacted sooner.
@@ -278,19 +302,13 @@ pub async fn run_worker(
         BACKLOG_EVERY,
         stopped.clone(),
     ));
-    let compactor = Arc::new(Compactor::new(
-        store,
-        log,
-        compactor_config(&config, instance),
-    ));
-    let running = tokio::spawn({
-        let compactor = compactor.clone();
-        async move { compactor.run_shared(stopped).await }
-    });
+    let (compactor, running) = start_compactor(
+        Compactor::new(store, log, compactor_config(&config, instance)),
+        stopped,
+    );
     signal.await;
     let _ = stop.send(true);
-    let _ = running.await;
-    compactor.drain(STOP_DRAIN).await;
+    stop_compactor(&compactor, running).await;
     tracing::info!("yrelay worker stopped");
     Ok(())
 }

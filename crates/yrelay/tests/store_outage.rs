@@ -113,6 +113,47 @@ async fn a_graceful_stop_moves_the_backlog_to_the_store() {
     assert!(drained, "{out}");
 }
 
+/// A stop's drain waits for a document another compactor holds (its round
+/// may be failing on a store that just came back) instead of taking the
+/// held lease for "nothing left".
+#[tokio::test]
+async fn a_drain_waits_for_a_document_another_compactor_holds() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use yrelay::compactor::{Compactor, CompactorConfig, LEASE, measure_backlog};
+    use yrelay::{log, store};
+
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("y.db").display());
+    let store = store::open(&store_url).await.unwrap();
+    let log = log::open(&redis.url(), 100, 0, 1).await.unwrap();
+    let doc = yrelay_protocol::DocAddress::parse("space", "held").unwrap();
+    for n in 0..3u8 {
+        log.append_update(&doc, Arc::from(&[n][..]), None, None)
+            .await
+            .unwrap();
+    }
+    // Another holder has the document for a moment (well under the drain's
+    // limit); then its lease runs out.
+    let lease = Duration::from_millis(300);
+    assert!(lease < LEASE);
+    let coordination = log.coordination();
+    assert!(coordination.try_lease(&doc, "other", lease).await.unwrap());
+
+    let config = CompactorConfig {
+        min_updates: 1000,
+        idle: Duration::from_secs(60),
+        poll: Duration::from_secs(1),
+        log_retention: Duration::from_secs(60),
+        instance: 2,
+    };
+    let compactor = Compactor::new(store.clone(), log.clone(), config);
+    compactor.drain(WAIT).await;
+    let left = measure_backlog(&*store, &*log).await.unwrap();
+    assert_eq!(left.updates, 0, "the drain left {left:?}");
+}
+
 /// An instance started while PostgreSQL is down (an autoscaler adding
 /// capacity during an outage, or a restart) starts, says it is not ready,
 /// and serves once PostgreSQL is back, without a restart.
