@@ -35,20 +35,30 @@ pub enum ExportError {
 pub fn doc_to_json(doc: &Doc) -> Result<Value, ExportError> {
     let txn = doc.transact();
     let mut roots = Map::new();
-    for (name, out) in txn.root_refs() {
-        let out = match out {
-            Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim_kind(&txn) {
-                RootKind::Map => Out::YMap(MapRef::from(branch)),
-                RootKind::Array => Out::YArray(ArrayRef::from(branch)),
-                RootKind::Text => Out::YText(TextRef::from(branch)),
-                RootKind::XmlText => Out::YXmlText(XmlTextRef::from(branch)),
-                RootKind::Xml => Out::YXmlFragment(XmlFragmentRef::from(branch)),
-            },
-            typed => typed,
-        };
-        roots.insert(name.to_owned(), out_to_json(&txn, &out, 1)?);
+    for (name, out) in typed_roots(&txn) {
+        roots.insert(name, out_to_json(&txn, &out, 1)?);
     }
     Ok(Value::Object(roots))
+}
+
+/// The root types of a document, each typed as its content says when no
+/// one declared its type (a server replica only applies updates).
+pub(crate) fn typed_roots<T: ReadTxn>(txn: &T) -> Vec<(String, Out)> {
+    txn.root_refs()
+        .map(|(name, out)| {
+            let out = match out {
+                Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim_kind(txn) {
+                    RootKind::Map => Out::YMap(MapRef::from(branch)),
+                    RootKind::Array => Out::YArray(ArrayRef::from(branch)),
+                    RootKind::Text => Out::YText(TextRef::from(branch)),
+                    RootKind::XmlText => Out::YXmlText(XmlTextRef::from(branch)),
+                    RootKind::Xml => Out::YXmlFragment(XmlFragmentRef::from(branch)),
+                },
+                typed => typed,
+            };
+            (name.to_owned(), out)
+        })
+        .collect()
 }
 
 fn out_to_json<T: ReadTxn>(txn: &T, out: &Out, depth: usize) -> Result<Value, ExportError> {

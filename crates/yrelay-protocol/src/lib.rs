@@ -8,11 +8,13 @@
 //! - [`scan`]: the bounded walk that admits only what JavaScript `yjs` decodes.
 //! - [`update`]: checking, merging and diffing Yjs v1 updates.
 //! - [`json`]: a document's root types as JSON, and plain JSON as a new document.
+//! - [`restore`]: the one update that brings a document back to an earlier state.
 
 pub mod address;
 pub mod hocuspocus;
 pub mod json;
 pub mod nesting;
+pub mod restore;
 pub mod scan;
 pub mod sync;
 pub mod update;
