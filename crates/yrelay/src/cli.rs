@@ -66,6 +66,8 @@ pub async fn run(args: DocArgs) -> CliResult {
                 per_doc: 0,
             },
             instance,
+            // The serve default (`--history-exact-secs`).
+            history_exact: Duration::from_secs(86_400),
         },
     );
     let mut out = std::io::stdout().lock();

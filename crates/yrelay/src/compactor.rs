@@ -18,10 +18,12 @@ use yrelay_protocol::update::merge_updates;
 use crate::clock::now_ms;
 use crate::log::{Log, LogCursor};
 use crate::metrics;
-use crate::store::{NewUpdate, Store, StoreError};
+use crate::store::{NewUpdate, NewVersion, Store, StoreError};
 
 /// How long a compactor may hold a document before another may take over.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// How often history is pruned past its windows, at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often a stop's drain asks again for a document another holds.
 const DRAIN_RETRY: Duration = Duration::from_millis(50);
 /// Updates written to the store per transaction when draining the log.
@@ -37,6 +39,21 @@ pub struct CompactorConfig {
     pub log_retention: Duration,
     /// This instance's id: its compactors' leases name it.
     pub instance: u64,
+    pub history: HistoryConfig,
+}
+
+/// How much history the store keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// A compaction records a version at most this often per document.
+    pub interval: Duration,
+    /// Every update is kept with its time and editor this long.
+    pub exact: Duration,
+    /// Versions are kept this long (the newest before the exact window
+    /// always: the history after it builds on it).
+    pub retention: Duration,
+    /// Labelled versions are kept past the retention.
+    pub keep_labelled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +78,8 @@ pub struct Compactor {
     log: Arc<dyn Log>,
     config: CompactorConfig,
     holder: String,
+    /// When history was last pruned.
+    pruned: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Compactor {
@@ -75,6 +94,7 @@ impl Compactor {
             log,
             config,
             holder,
+            pruned: std::sync::Mutex::new(None),
         }
     }
 
@@ -125,11 +145,42 @@ impl Compactor {
         }
     }
 
-    /// One pass: drain the log's backlog into the store, then compact.
+    /// One pass: drain the log's backlog into the store, compact, and
+    /// prune history past its windows (at most every [`PRUNE_EVERY`]).
     pub async fn round(&self) -> Result<(), CompactError> {
         self.persist_backlog().await?;
         let idle_before = now_ms() - self.config.idle.as_millis() as i64;
-        self.compact_candidates(idle_before).await
+        self.compact_candidates(idle_before).await?;
+        self.prune_history().await
+    }
+
+    async fn prune_history(&self) -> Result<(), CompactError> {
+        let history = self.config.history;
+        let every = PRUNE_EVERY.min(history.exact);
+        {
+            let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
+            if pruned.is_some_and(|at| at.elapsed() < every) {
+                return Ok(());
+            }
+            *pruned = Some(Instant::now());
+        }
+        let now = now_ms();
+        let pruned = self
+            .store
+            .prune(
+                now - history.exact.as_millis() as i64,
+                now - history.retention.as_millis() as i64,
+                history.keep_labelled,
+            )
+            .await?;
+        if pruned != Default::default() {
+            tracing::info!(
+                changes = pruned.changes,
+                versions = pruned.versions,
+                "history pruned past its windows"
+            );
+        }
+        Ok(())
     }
 
     /// Persists the documents of the backlog whose lease it gets.
@@ -168,7 +219,7 @@ impl Compactor {
                 .try_lease(&addr, &self.holder, LEASE)
                 .await?
             {
-                let outcome = compact(&*self.store, &addr).await;
+                let outcome = compact(&*self.store, &addr, self.config.history.interval).await;
                 self.log
                     .coordination()
                     .release_lease(&addr, &self.holder)
@@ -192,6 +243,7 @@ impl Compactor {
                     data: e.payload.clone(),
                     log_cursor: e.cursor,
                     timestamp_ms: e.timestamp_ms,
+                    editor: e.editor.clone(),
                 })
                 .collect();
             self.store.append(&batch).await?;
@@ -281,8 +333,14 @@ async fn held_after(
     })
 }
 
-/// Compacts one document: everything appended so far goes into the snapshot.
-pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreError> {
+/// Compacts one document: everything appended so far goes into the
+/// snapshot (and the history), and the snapshot is recorded as a version
+/// when the newest is older than `version_every`.
+pub async fn compact(
+    store: &dyn Store,
+    addr: &DocAddress,
+    version_every: Duration,
+) -> Result<(), StoreError> {
     let Some(stored) = store.load(addr).await? else {
         return Ok(());
     };
@@ -308,6 +366,16 @@ pub async fn compact(store: &dyn Store, addr: &DocAddress) -> Result<(), StoreEr
     .map_err(|e| StoreError::Corrupt(format!("compaction task failed: {e}")))?
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     store.compact(addr, &snapshot, &merged).await?;
+    let version = NewVersion {
+        state: &snapshot,
+        timestamp_ms: now_ms(),
+        label: None,
+        compacted: true,
+        unless_within_ms: Some(version_every.as_millis() as i64),
+    };
+    if let Some(v) = store.add_version(addr, version).await? {
+        tracing::debug!(doc = %addr, version = v.id, "version recorded");
+    }
     metrics::compaction(count);
     tracing::info!(
         doc = %addr,

@@ -99,7 +99,13 @@ pub struct SvQuery {
 pub fn query_state_vector(
     query_string: Result<Query<SvQuery>, QueryRejection>,
 ) -> Result<StateVector, ApiError> {
-    match query(query_string)?.sv.as_deref().filter(|s| !s.is_empty()) {
+    state_vector(query(query_string)?.sv.as_deref())
+}
+
+/// An optional base64url state vector (`sv=`): empty or absent is the
+/// empty state vector.
+pub fn state_vector(sv: Option<&str>) -> Result<StateVector, ApiError> {
+    match sv.filter(|s| !s.is_empty()) {
         Some(text) => {
             let bytes = URL_SAFE_ANY.decode(text).map_err(|e| {
                 bad_request("BAD_STATE_VECTOR", format!("sv is not base64url: {e}"))

@@ -57,6 +57,12 @@ impl From<HubError> for ApiError {
                 "DOC_TOO_DEEP",
                 e.to_string(),
             ),
+            HubError::VersionNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "VERSION_NOT_FOUND", e.to_string())
+            }
+            HubError::NotInHistory(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "AT_OUT_OF_RANGE", e.to_string())
+            }
             e => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",

@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 use crate::auth::{Auth, KeyError, SigningKey};
-use crate::compactor::{Compactor, CompactorConfig, watch_backlog};
+use crate::compactor::{Compactor, CompactorConfig, HistoryConfig, watch_backlog};
 use crate::deadline::DeadlineListener;
 use crate::edge::CallerRate;
 use crate::http_serve;
@@ -83,6 +83,7 @@ impl Server {
                     per_doc: config.max_awareness_states,
                 },
                 instance,
+                history_exact: config.history_exact_secs,
             },
         );
         let listener =
@@ -279,6 +280,12 @@ pub fn compactor_config(config: &Settings, instance: u64) -> CompactorConfig {
         poll: Duration::from_secs(1).min(config.compact_idle_secs.max(Duration::from_millis(100))),
         log_retention: config.log_retention_secs,
         instance,
+        history: HistoryConfig {
+            interval: config.history_interval_secs,
+            exact: config.history_exact_secs,
+            retention: config.history_retention_secs,
+            keep_labelled: config.history_keep_labelled,
+        },
     }
 }
 
@@ -334,6 +341,23 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         )
         .route("/v1/docs/{space}/{doc}/json", get(api::docs::export_json))
         .route("/v1/docs/{space}/{doc}/import", post(api::docs::import))
+        .route(
+            "/v1/docs/{space}/{doc}/versions",
+            get(api::history::list).post(api::history::create),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/versions/{id}/json",
+            get(api::history::version_json_state),
+        )
+        .route(
+            "/v1/docs/{space}/{doc}/versions/{id}/update",
+            get(api::history::version_update),
+        )
+        .route("/v1/docs/{space}/{doc}/changes", get(api::history::changes))
+        .route(
+            "/v1/docs/{space}/{doc}/restore",
+            post(api::history::restore),
+        )
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
         .route("/v1/hocuspocus", get(transport::hocuspocus::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))

@@ -59,6 +59,19 @@ pub struct Settings {
     /// seconds persisted updates stay in the shared log, so event streams resume by cursor
     #[arg(long, env = "YRELAY_LOG_RETENTION_SECS", default_value = "60", value_parser = seconds)]
     pub log_retention_secs: Duration,
+    /// a compaction records a document's version at most this often (seconds); `POST .../versions` records one at once
+    #[arg(long, env = "YRELAY_HISTORY_INTERVAL_SECS", default_value = "600", value_parser = seconds)]
+    pub history_interval_secs: Duration,
+    /// every update is kept with its time and editor this long (seconds): `?at=` is exact within it, as of a version beyond
+    #[arg(long, env = "YRELAY_HISTORY_EXACT_SECS", default_value = "86400", value_parser = positive_seconds)]
+    pub history_exact_secs: Duration,
+    /// versions are kept this long (seconds; the newest before the exact window always)
+    #[arg(long, env = "YRELAY_HISTORY_RETENTION_SECS", default_value = "2592000", value_parser = positive_seconds)]
+    pub history_retention_secs: Duration,
+    /// keep labelled versions past `--history-retention-secs`
+    #[arg(long, env = "YRELAY_HISTORY_KEEP_LABELLED", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub history_keep_labelled: bool,
     /// serve this directory's files at `/app/` (a demo or your own front end)
     #[arg(long, env = "YRELAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

@@ -65,6 +65,26 @@ pub struct DocMeta {
     pub size: i64,
 }
 
+/// A version of a document as listed: its full state is kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub id: i64,
+    pub timestamp_ms: i64,
+    pub label: Option<String>,
+    /// Who wrote updates since the previous version.
+    pub editors: Vec<String>,
+    /// Bytes of its state.
+    pub size: i64,
+}
+
+/// One update of a document's exact history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub timestamp_ms: i64,
+    pub editor: Option<String>,
+    pub data: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

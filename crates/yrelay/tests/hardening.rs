@@ -154,6 +154,7 @@ async fn a_stored_document_nested_past_the_limit_is_served_and_compacted() {
                 data: Arc::from(data),
                 log_cursor: None,
                 timestamp_ms: 1,
+                editor: None,
             };
             store.append(&[new]).await.unwrap();
         }

@@ -300,6 +300,7 @@ async fn compaction_keeps_an_update_committed_late_under_a_lower_id() {
         data: Arc::from(data),
         log_cursor: None,
         timestamp_ms: 1,
+        editor: None,
     };
     store.append(&[append(update(1, "first "))]).await.unwrap();
     // A slow transaction takes the next id and has not committed yet.
@@ -390,6 +391,7 @@ async fn a_load_sees_one_state_while_a_compaction_commits() {
             data: Arc::from(update(client, text)),
             log_cursor: None,
             timestamp_ms: 1,
+            editor: None,
         };
         store.append(&[new]).await.unwrap();
     }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::services::PostgresServer;
-use yrelay::store::{self, NewUpdate, Store};
+use yrelay::store::{self, NewUpdate, NewVersion, Store};
 use yrelay::vocab::LogCursor;
 use yrelay_protocol::DocAddress;
 
@@ -20,6 +20,7 @@ fn update(doc: &str, bytes: &[u8], at: i64, cursor: Option<(u64, u64)>) -> NewUp
         data: Arc::from(bytes),
         log_cursor: cursor.map(|(ms, seq)| LogCursor { ms, seq }),
         timestamp_ms: at,
+        editor: Some(Arc::from("ed")),
     }
 }
 
@@ -91,6 +92,93 @@ async fn contract(store: Arc<dyn Store>) {
         store.log_cursor(&addr("a")).await.unwrap(),
         Some(LogCursor { ms: 3, seq: 0 }),
         "{name}: an update from no log keeps the cursor"
+    );
+
+    // History: the merged updates moved, with time and editor; versions.
+    let all = store.changes(&addr("a"), 0, i64::MAX).await.unwrap();
+    let times: Vec<i64> = all.iter().map(|c| c.timestamp_ms).collect();
+    assert_eq!(
+        times,
+        [1_000, 2_000, 2_500, 3_000],
+        "{name}: moved and appended"
+    );
+    assert!(
+        all.iter().all(|c| c.editor.as_deref() == Some("ed")),
+        "{name}"
+    );
+    let early = store.changes(&addr("a"), 0, 2_000).await.unwrap();
+    assert_eq!(early.len(), 2, "{name}");
+    let compacted = NewVersion {
+        state: b"snapshot",
+        timestamp_ms: 3_100,
+        label: None,
+        compacted: true,
+        unless_within_ms: Some(1_000),
+    };
+    let v1 = store
+        .add_version(&addr("a"), compacted)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v1.editors, ["ed"], "{name}");
+    let again = NewVersion {
+        timestamp_ms: 3_200,
+        ..compacted
+    };
+    assert!(
+        store
+            .add_version(&addr("a"), again)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}: too soon"
+    );
+    let labelled = NewVersion {
+        state: b"now",
+        timestamp_ms: 3_300,
+        label: Some("mine"),
+        compacted: false,
+        unless_within_ms: None,
+    };
+    let v2 = store
+        .add_version(&addr("a"), labelled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v2.editors.is_empty(), "{name}: nothing written since v1");
+    let listed: Vec<i64> = store
+        .versions(&addr("a"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(listed, [v2.id, v1.id], "{name}: newest first");
+    let (at, state) = store.version_at(&addr("a"), 3_250).await.unwrap().unwrap();
+    assert_eq!(
+        (at.id, state.as_slice()),
+        (v1.id, &b"snapshot"[..]),
+        "{name}"
+    );
+    assert!(store.version_at(&addr("a"), 3_000).await.unwrap().is_none());
+    assert_eq!(
+        store.version(&addr("a"), v2.id).await.unwrap().unwrap().1,
+        b"now"
+    );
+    // Pruning: the history v1 holds, older than the window, goes; the
+    // newest version before the window stays.
+    let pruned = store.prune(3_150, 3_200, false).await.unwrap();
+    assert_eq!(pruned.changes, 2, "{name}: the two merged updates");
+    assert_eq!(
+        pruned.versions, 0,
+        "{name}: v1 is what the window builds on"
+    );
+    let left = store.changes(&addr("a"), 0, i64::MAX).await.unwrap();
+    assert_eq!(left.len(), 2, "{name}: the appended ones stay");
+    let pruned = store.prune(3_400, 3_400, false).await.unwrap();
+    assert_eq!(
+        pruned.versions, 1,
+        "{name}: v1, older than v2 before the window"
     );
 
     // Metadata changes.

@@ -120,7 +120,7 @@ async fn a_graceful_stop_moves_the_backlog_to_the_store() {
 async fn a_drain_waits_for_a_document_another_compactor_holds() {
     use std::sync::Arc;
     use std::time::Duration;
-    use yrelay::compactor::{Compactor, CompactorConfig, LEASE, measure_backlog};
+    use yrelay::compactor::{Compactor, CompactorConfig, HistoryConfig, LEASE, measure_backlog};
     use yrelay::{log, store};
 
     let redis = RedisServer::start().await;
@@ -147,6 +147,12 @@ async fn a_drain_waits_for_a_document_another_compactor_holds() {
         poll: Duration::from_secs(1),
         log_retention: Duration::from_secs(60),
         instance: 2,
+        history: HistoryConfig {
+            interval: Duration::from_secs(600),
+            exact: Duration::from_secs(600),
+            retention: Duration::from_secs(600),
+            keep_labelled: false,
+        },
     };
     let compactor = Compactor::new(store.clone(), log.clone(), config);
     compactor.drain(WAIT).await;

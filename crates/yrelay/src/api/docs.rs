@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
 use yrelay_protocol::DocAddress;
-use yrelay_protocol::json::json_to_update;
+use yrelay_protocol::json::{doc_from_update, json_to_update};
+use yrs::{ReadTxn, StateVector, Transact};
 
-use crate::edge::{
-    Credentials, SvQuery, ack_json, address, bad_request, body, query, query_state_vector, space,
-};
+use super::history::{self, millis};
+use crate::edge::{Credentials, ack_json, address, bad_request, body, query, space, state_vector};
 use crate::http_error::ApiError;
 use crate::state::AppState;
 use crate::vocab::DocMeta;
@@ -35,7 +35,7 @@ fn meta_json(meta: &DocMeta) -> serde_json::Value {
     })
 }
 
-fn not_found(addr: &DocAddress) -> ApiError {
+pub(super) fn not_found(addr: &DocAddress) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "DOC_NOT_FOUND",
@@ -80,17 +80,42 @@ pub async fn meta(
     Ok(Json(meta_json(&meta)))
 }
 
-/// `GET /v1/docs/{space}/{doc}/update[?sv=]`: the document (or the diff
-/// against `sv`) as one v1 update.
+/// The query string of the exports: a diff against `sv`, the document at
+/// `at` (ms), or both.
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    sv: Option<String>,
+    at: Option<String>,
+}
+
+/// `GET /v1/docs/{space}/{doc}/update[?sv=][&at=]`: the document (or the
+/// diff against `sv`) as one v1 update, now or as it was at `at`.
 pub async fn export_update(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
-    query_string: Result<Query<SvQuery>, QueryRejection>,
+    query_string: Result<Query<ExportQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
-    let sv = query_state_vector(query_string)?;
+    let q = query(query_string)?;
+    let sv = state_vector(q.sv.as_deref())?;
+    if let Some(at) = q.at.as_deref() {
+        let mut past = app.hub.state_at(&addr, millis("at", at)?).await?;
+        if sv != StateVector::default() {
+            past.state = tokio::task::spawn_blocking(move || {
+                doc_from_update(&past.state).map(|d| d.transact().encode_diff_v1(&sv))
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+            })?
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+            })?;
+        }
+        return Ok(history::update_response(past));
+    }
     let update = app
         .hub
         .export_update(&addr, &sv)
@@ -99,20 +124,30 @@ pub async fn export_update(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
-/// `GET /v1/docs/{space}/{doc}/json`
+#[derive(Deserialize)]
+pub struct AtQuery {
+    at: Option<String>,
+}
+
+/// `GET /v1/docs/{space}/{doc}/json[?at=]`
 pub async fn export_json(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    query_string: Result<Query<AtQuery>, QueryRejection>,
     credentials: Credentials,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
+    if let Some(at) = query(query_string)?.at.as_deref() {
+        let past = app.hub.state_at(&addr, millis("at", at)?).await?;
+        return history::json_response(past).await;
+    }
     let json = app
         .hub
         .export_json(&addr)
         .await?
         .ok_or_else(|| not_found(&addr))?;
-    Ok(Json(json))
+    Ok(Json(json).into_response())
 }
 
 #[derive(Deserialize)]

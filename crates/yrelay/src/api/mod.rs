@@ -2,6 +2,7 @@
 //! OpenAPI document) here, documents in [`docs`].
 
 pub mod docs;
+pub mod history;
 pub mod ysweet;
 
 use axum::Json;

@@ -67,7 +67,7 @@ impl DocHub {
 
     /// `read` on the live replica of `addr` (loaded if needed), or `None`
     /// when the document was never written.
-    async fn read_replica<T>(
+    pub(super) async fn read_replica<T>(
         &self,
         addr: &DocAddress,
         read: impl FnOnce(&yrs::Doc) -> T,

@@ -21,6 +21,7 @@ mod manage;
 mod resume_tests;
 mod session;
 mod tail;
+mod versions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,7 @@ use live::LiveDoc;
 pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
 pub use manage::{SpaceFeed, SpaceNotice};
 pub use session::Session;
+pub use versions::{PastState, RestoreTarget, Restored};
 
 /// Who submits an update: the connection, which is not sent its own update
 /// back, and the signed-in user (AFFiNE's `editor`); either may be unknown.
@@ -81,6 +83,8 @@ pub struct HubConfig {
     pub awareness: AwarenessBounds,
     /// This instance's id (`vocab::new_instance_id`).
     pub instance: u64,
+    /// How far back the store keeps every update (`?at=` is exact within).
+    pub history_exact: Duration,
 }
 
 /// Why an instance cannot serve now.
@@ -117,6 +121,11 @@ pub enum HubError {
     /// than a JSON export walks).
     #[error("{0}")]
     Unexportable(String),
+    #[error("version {0} of this document does not exist")]
+    VersionNotFound(i64),
+    /// A moment the history cannot show.
+    #[error("{0}")]
+    NotInHistory(String),
 }
 
 /// What the writer of an accepted update is told.
@@ -291,6 +300,7 @@ impl DocHub {
                     data: payload.clone(),
                     log_cursor: None,
                     timestamp_ms: now_ms(),
+                    editor: writer.editor.clone(),
                 })
                 .await?;
         }

@@ -149,6 +149,7 @@ async fn an_update_appended_while_resuming_from_the_store_is_not_missed() {
             per_doc: 100,
         },
         instance: crate::vocab::new_instance_id(),
+        history_exact: Duration::from_secs(60),
     };
     let hub = DocHub::new(store, log, config);
     let addr = DocAddress::parse("s", "gap").unwrap();

@@ -16,6 +16,7 @@
 //!   with [`Store::compact`]; appends that race with it are kept.
 
 mod group_commit;
+mod history;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -27,6 +28,7 @@ use yrelay_protocol::DocAddress;
 pub use crate::vocab::DocMeta;
 use crate::vocab::LogCursor;
 pub use group_commit::GroupCommit;
+pub use history::{History, NewVersion, Pruned};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -49,6 +51,8 @@ pub struct NewUpdate {
     pub data: Arc<[u8]>,
     pub log_cursor: Option<LogCursor>,
     pub timestamp_ms: i64,
+    /// Who wrote it (the token's subject), when known.
+    pub editor: Option<Arc<str>>,
 }
 
 /// What one appended batch changes in one document's metadata.
@@ -100,7 +104,7 @@ pub enum StoreError {
 
 /// Durable history of documents (see the module docs for how it is used).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: History + Send + Sync + 'static {
     /// A short name for logs and `/readyz` ("sqlite", "postgres").
     fn name(&self) -> &'static str;
 
@@ -111,8 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// needed and keeping their metadata current.
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError>;
 
-    /// Replaces the snapshot of `addr` and removes the appended updates
-    /// `merged` (their ids, ascending; `snapshot` includes them). Only those:
+    /// Replaces the snapshot of `addr` and moves the appended updates
+    /// `merged` (their ids, ascending; `snapshot` includes them) to the
+    /// document's history, in one transaction. Only those:
     /// a transaction that committed after they were read may hold a lower id
     /// (PostgreSQL allots ids at insert, not at commit).
     async fn compact(
@@ -158,7 +163,7 @@ pub trait Store: Send + Sync + 'static {
         blocked: Option<bool>,
     ) -> Result<Option<DocMeta>, StoreError>;
 
-    /// Removes a document and its history, leaving a tombstone dated
+    /// Removes a document, its history and versions, leaving a tombstone dated
     /// `timestamp_ms`. `false` if it did not exist.
     async fn delete(&self, addr: &DocAddress, timestamp_ms: i64) -> Result<bool, StoreError>;
 

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use yrelay_protocol::DocAddress;
 
-use super::sql::{Dialect, SqlStore, UPSERT_DOC};
+use super::sql::{Dialect, MOVE_MERGED, SqlStore, UPSERT_DOC};
 use super::{DocDelta, NewUpdate, StoreError};
 
 pub struct Postgres;
@@ -33,13 +33,19 @@ impl Dialect for Postgres {
         deltas: &[DocDelta],
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO doc_updates (space, doc, data, created_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])",
+            "INSERT INTO doc_updates (space, doc, data, created_at, editor)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[])",
         )
         .bind(batch.iter().map(|u| u.addr.space()).collect::<Vec<_>>())
         .bind(batch.iter().map(|u| u.addr.doc()).collect::<Vec<_>>())
         .bind(batch.iter().map(|u| &*u.data).collect::<Vec<_>>())
         .bind(batch.iter().map(|u| u.timestamp_ms).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|u| u.editor.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
         let sql = format!(
@@ -67,17 +73,20 @@ impl Dialect for Postgres {
 
     /// PostgreSQL allots ids at insert, not at commit: a transaction that
     /// committed after the merged updates were read may hold a lower id.
-    async fn delete_merged(
+    async fn move_merged(
         conn: &mut PgConnection,
         addr: &DocAddress,
         merged: &[i64],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id = ANY($3)")
-            .bind(addr.space())
-            .bind(addr.doc())
-            .bind(merged)
-            .execute(conn)
-            .await?;
+        for statement in MOVE_MERGED {
+            let sql = format!("{statement} WHERE space = $1 AND doc = $2 AND id = ANY($3)");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(merged)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }

@@ -31,17 +31,19 @@ pub trait Dialect: Send + Sync + 'static {
         deltas: &'a [DocDelta],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
-    /// Deletes exactly the appended updates `merged` (ascending ids) of `addr`.
-    fn delete_merged<'a>(
+    /// Moves exactly the appended updates `merged` (ascending ids) of `addr`
+    /// to its history (statements: [`MOVE_MERGED`]).
+    fn move_merged<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
         addr: &'a DocAddress,
         merged: &'a [i64],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 }
 
-/// Inserts one appended update: `$1` space, `$2` doc, `$3` data, `$4` time.
+/// Inserts one appended update: `$1` space, `$2` doc, `$3` data, `$4` time,
+/// `$5` editor.
 pub const INSERT_UPDATE: &str =
-    "INSERT INTO doc_updates (space, doc, data, created_at) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO doc_updates (space, doc, data, created_at, editor) VALUES ($1, $2, $3, $4, $5)";
 
 /// What an append adds to a document's row that already exists; follows an
 /// `INSERT INTO docs (space, doc, created_at, updated_at, size,
@@ -52,6 +54,14 @@ pub const UPSERT_DOC: &str = "ON CONFLICT (space, doc) DO UPDATE SET
        size = docs.size + excluded.size,
        pending_updates = docs.pending_updates + excluded.pending_updates,
        log_cursor = coalesce(excluded.log_cursor, docs.log_cursor)";
+
+/// Moves merged updates to the history, then deletes them; each statement
+/// ends with the dialect's `WHERE` on `$1` space, `$2` doc, `$3` merged.
+pub const MOVE_MERGED: [&str; 2] = [
+    "INSERT INTO doc_history (space, doc, data, created_at, editor)
+     SELECT space, doc, data, created_at, editor FROM doc_updates",
+    "DELETE FROM doc_updates",
+];
 
 const META: &str = "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor FROM docs";
 
@@ -92,7 +102,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 /// A [`Store`] on a SQL database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
-    pool: Pool<D::Db>,
+    pub(super) pool: Pool<D::Db>,
     /// Set once the schema is migrated (a PostgreSQL store may start before
     /// its server answers; until then every call fails as unavailable).
     migrated: Arc<AtomicBool>,
@@ -107,6 +117,7 @@ impl<D: Dialect> SqlStore<D> {
 #[async_trait]
 impl<D: Dialect> Store for SqlStore<D>
 where
+    Self: super::History,
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     <D::Db as Database>::Arguments: IntoArguments<D::Db>,
     for<'t> &'t str: Encode<'t, D::Db> + Type<D::Db>,
@@ -190,7 +201,7 @@ where
     ) -> Result<(), StoreError> {
         transaction(&self.pool, async |conn| {
             let mut tx = conn.begin().await.map_err(unavailable)?;
-            D::delete_merged(&mut tx, addr, merged)
+            D::move_merged(&mut tx, addr, merged)
                 .await
                 .map_err(unavailable)?;
             sqlx::query(
@@ -298,6 +309,8 @@ where
             .await
             .map_err(unavailable)?;
             if created.is_some() {
+                // The imported state is the document's first version: its
+                // history builds on it.
                 sqlx::query("INSERT INTO doc_snapshots (space, doc, data) VALUES ($1, $2, $3)")
                     .bind(addr.space())
                     .bind(addr.doc())
@@ -305,6 +318,17 @@ where
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO doc_versions (space, doc, data, created_at, label, history_seq)
+                     VALUES ($1, $2, $3, $4, 'imported', 0)",
+                )
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(snapshot)
+                .bind(timestamp_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             }
             tx.commit().await.map_err(unavailable)?;
             Ok(created.is_some())
@@ -336,7 +360,12 @@ where
     async fn delete(&self, addr: &DocAddress, timestamp_ms: i64) -> Result<bool, StoreError> {
         transaction(&self.pool, async |conn| {
             let mut tx = conn.begin().await.map_err(unavailable)?;
-            for table in ["doc_updates", "doc_snapshots"] {
+            for table in [
+                "doc_updates",
+                "doc_snapshots",
+                "doc_history",
+                "doc_versions",
+            ] {
                 let sql = format!("DELETE FROM {table} WHERE space = $1 AND doc = $2");
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(addr.space())

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 };
 use yrelay_protocol::DocAddress;
 
-use super::sql::{Dialect, INSERT_UPDATE, SqlStore, UPSERT_DOC};
+use super::sql::{Dialect, INSERT_UPDATE, MOVE_MERGED, SqlStore, UPSERT_DOC};
 use super::{DocDelta, NewUpdate, StoreError};
 
 pub struct Sqlite;
@@ -37,6 +37,7 @@ impl Dialect for Sqlite {
                 .bind(u.addr.doc())
                 .bind(&*u.data)
                 .bind(u.timestamp_ms)
+                .bind(u.editor.as_deref())
                 .execute(&mut *conn)
                 .await?;
         }
@@ -61,17 +62,20 @@ impl Dialect for Sqlite {
 
     /// SQLite has one writer at a time, so ids are in commit order and "up
     /// to the last merged id" is exactly the merged ones.
-    async fn delete_merged(
+    async fn move_merged(
         conn: &mut SqliteConnection,
         addr: &DocAddress,
         merged: &[i64],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM doc_updates WHERE space = $1 AND doc = $2 AND id <= $3")
-            .bind(addr.space())
-            .bind(addr.doc())
-            .bind(merged.last().copied().unwrap_or(0))
-            .execute(conn)
-            .await?;
+        for statement in MOVE_MERGED {
+            let sql = format!("{statement} WHERE space = $1 AND doc = $2 AND id <= $3");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(addr.space())
+                .bind(addr.doc())
+                .bind(merged.last().copied().unwrap_or(0))
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }

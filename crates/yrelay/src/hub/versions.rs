@@ -1,0 +1,184 @@
+//! A document's history for the REST API: its versions, the document as it
+//! was at any moment, who changed what, and restoring an earlier state
+//! (one ordinary update, relayed to every connection like any other).
+
+use yrelay_protocol::DocAddress;
+use yrelay_protocol::restore::restoring_update;
+use yrelay_protocol::update::{check_update, merge_updates};
+use yrs::{ReadTxn, StateVector, Transact};
+
+use super::{Ack, DocHub, HubError, Writer};
+use crate::clock::now_ms;
+use crate::store::NewVersion;
+use crate::vocab::{Change, VersionMeta};
+
+/// The document as it was at a moment.
+#[derive(Debug)]
+pub struct PastState {
+    /// Its full state (one v1 update).
+    pub state: Vec<u8>,
+    /// The moment it shows: the one asked for within the exact window, the
+    /// version's beyond it.
+    pub timestamp_ms: i64,
+    /// Whether it is exactly the moment asked for.
+    pub exact: bool,
+}
+
+/// What to restore a document to.
+#[derive(Debug, Clone, Copy)]
+pub enum RestoreTarget {
+    Version(i64),
+    At(i64),
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub ack: Ack,
+    /// The version recorded of the state before it (to undo it).
+    pub version: VersionMeta,
+}
+
+impl DocHub {
+    /// The versions of `addr`, newest first; `None` when it does not exist.
+    pub async fn versions(&self, addr: &DocAddress) -> Result<Option<Vec<VersionMeta>>, HubError> {
+        if self.inner.store.meta(addr).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.inner.store.versions(addr).await?))
+    }
+
+    /// Records a version of the document's current state (the live
+    /// replica: what the log holds too); `None` when it does not exist.
+    pub async fn record_version(
+        &self,
+        addr: &DocAddress,
+        label: Option<&str>,
+    ) -> Result<Option<VersionMeta>, HubError> {
+        let Some(state) = self.current_state(addr).await? else {
+            return Ok(None);
+        };
+        let version = NewVersion {
+            state: &state,
+            timestamp_ms: now_ms(),
+            label,
+            compacted: false,
+            unless_within_ms: None,
+        };
+        let recorded = self.inner.store.add_version(addr, version).await?;
+        if let Some(v) = &recorded {
+            tracing::info!(doc = %addr, version = v.id, bytes = v.size, "version recorded");
+        }
+        Ok(recorded)
+    }
+
+    /// One version and its state.
+    pub async fn version(
+        &self,
+        addr: &DocAddress,
+        id: i64,
+    ) -> Result<(VersionMeta, Vec<u8>), HubError> {
+        self.inner
+            .store
+            .version(addr, id)
+            .await?
+            .ok_or(HubError::VersionNotFound(id))
+    }
+
+    /// The document as it was at `at` (ms): exactly, within the exact
+    /// window; as of the newest version at or before it beyond.
+    pub async fn state_at(&self, addr: &DocAddress, at: i64) -> Result<PastState, HubError> {
+        let now = now_ms();
+        if at > now {
+            return Err(HubError::NotInHistory(format!(
+                "at={at} is in the future (now is {now})"
+            )));
+        }
+        let store = &self.inner.store;
+        let base = store.version_at(addr, at).await?;
+        let exact = at >= now - self.inner.config.history_exact.as_millis() as i64;
+        if !exact {
+            let (version, state) = base.ok_or_else(|| before_history(at))?;
+            return Ok(PastState {
+                state,
+                timestamp_ms: version.timestamp_ms,
+                exact: false,
+            });
+        }
+        // Every update of the window up to `at`: those a version holds too
+        // merge to nothing new.
+        let changes = store.changes(addr, i64::MIN, at).await?;
+        if base.is_none() && changes.is_empty() {
+            return Err(before_history(at));
+        }
+        let state = tokio::task::spawn_blocking(move || {
+            let parts = base
+                .iter()
+                .map(|(_, state)| state.as_slice())
+                .chain(changes.iter().map(|c| c.data.as_slice()));
+            merge_updates(parts)
+        })
+        .await
+        .map_err(|e| HubError::Unexportable(format!("history task failed: {e}")))?
+        .map_err(|e| HubError::Unexportable(format!("history does not merge: {e}")))?;
+        Ok(PastState {
+            state,
+            timestamp_ms: at,
+            exact: true,
+        })
+    }
+
+    /// The updates the store holds of `addr` written from `from` to `to`.
+    pub async fn changes(
+        &self,
+        addr: &DocAddress,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Change>, HubError> {
+        Ok(self.inner.store.changes(addr, from, to).await?)
+    }
+
+    /// Restores `addr` to an earlier state: records a version of the
+    /// current state, then submits the one update that makes every root
+    /// type's content equal the old state's.
+    pub async fn restore(
+        &self,
+        addr: &DocAddress,
+        target: RestoreTarget,
+        writer: Writer,
+    ) -> Result<Restored, HubError> {
+        let old = match target {
+            RestoreTarget::Version(id) => self.version(addr, id).await?.1,
+            RestoreTarget::At(at) => self.state_at(addr, at).await?.state,
+        };
+        let version = self
+            .record_version(addr, Some("before restore"))
+            .await?
+            .ok_or(HubError::NotInHistory("the document does not exist".into()))?;
+        let current = self.version(addr, version.id).await?.1;
+        let fix = tokio::task::spawn_blocking(move || restoring_update(&current, &old))
+            .await
+            .map_err(|e| HubError::Unexportable(format!("restore task failed: {e}")))?
+            .map_err(|e| HubError::Unexportable(e.to_string()))?;
+        let update = check_update(fix).map_err(|e| HubError::BadUpdate(e.to_string()))?;
+        let ack = self.submit_update(addr, update, writer, "rest").await?;
+        tracing::info!(doc = %addr, ?target, before = version.id, "document restored");
+        Ok(Restored { ack, version })
+    }
+
+    /// The live replica's full state; `None` when the document was never
+    /// written.
+    async fn current_state(&self, addr: &DocAddress) -> Result<Option<Vec<u8>>, HubError> {
+        self.read_replica(addr, |doc| {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        })
+        .await
+    }
+}
+
+fn before_history(at: i64) -> HubError {
+    HubError::NotInHistory(format!(
+        "at={at} is before the document's history (it did not exist, or the versions of then are past their retention)"
+    ))
+}

@@ -1,0 +1,328 @@
+//! Document history on both stores: versions on demand and by compaction,
+//! the document at any moment (exact within the window, as of a version
+//! beyond it), who changed what, restore with clients connected and undoing
+//! it, and the errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::services::PostgresServer;
+use common::{TestServer, WAIT, converge, http_exchange};
+use serde_json::{Value, json};
+use yrelay::auth::{Grant, Mode, SigningKey, mint};
+use yrelay::clock::now_ms;
+use yrelay_client::WsClient;
+use yrelay_protocol::json::{doc_from_update, doc_to_json};
+use yrs::{Doc, Map, Text, WriteTxn};
+
+const SECRET: &str = "history-secret";
+const DOC: &str = "acme/plan";
+
+fn token(sub: &str, mode: Mode) -> String {
+    let grant = Grant {
+        space: "acme".into(),
+        doc: "*".into(),
+        mode,
+    };
+    mint(&SigningKey::Secret(SECRET.into()), sub, vec![grant], 600).unwrap()
+}
+
+/// `(status, head, JSON body or Null)`.
+async fn call(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (u16, String, Value) {
+    let auth = format!("Bearer {token}");
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let (status, head, text) = http_exchange(
+        server.addr,
+        method,
+        path,
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    (
+        status,
+        head,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn client(server: &TestServer, token: &str) -> WsClient {
+    let url = format!("{}?token={token}", server.ws_url(DOC));
+    let client = WsClient::connect(&url, Doc::new()).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client
+}
+
+/// A client's document as the server exports it (roots typed by content).
+fn json_of(client: &WsClient) -> Value {
+    doc_to_json(&doc_from_update(&client.state()).unwrap()).unwrap()
+}
+
+/// Waits until the server's export of the document is `expected`.
+async fn server_shows(server: &TestServer, token: &str, expected: &Value) {
+    let path = format!("/v1/docs/{DOC}/json");
+    let mut last = Value::Null;
+    let shown = tokio::time::timeout(WAIT, async {
+        loop {
+            last = call(server, "GET", &path, token, Value::Null).await.2;
+            if &last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(shown.is_ok(), "the server shows {last}, never {expected}");
+}
+
+/// Waits until the clock has passed `t`, so later writes are later.
+async fn after(t: i64) {
+    while now_ms() <= t {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Everything a user does with history, against one running server.
+async fn history_scenario(server: &TestServer) {
+    let (ann, bob) = (token("ann", Mode::Rw), token("bob", Mode::Rw));
+    let reader = token("rea", Mode::Ro);
+    let a = client(server, &ann).await;
+    a.edit(|txn| {
+        let settings = txn.get_or_insert_map("settings");
+        settings.insert(txn, "theme", "dark");
+        settings.insert(txn, "zoom", 3);
+        let text = txn.get_or_insert_text("text");
+        text.insert(txn, 0, "the plan");
+    });
+    let good = json_of(&a);
+    server_shows(server, &ann, &good).await;
+    let t_good = now_ms();
+    after(t_good).await;
+    let (status, _, made) = call(
+        server,
+        "POST",
+        &format!("/v1/docs/{DOC}/versions"),
+        &ann,
+        json!({"label": "good"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let good_id = made["id"].as_i64().unwrap();
+
+    // Bob breaks it.
+    let b = client(server, &bob).await;
+    converge(&[&a, &b]).await;
+    b.edit(|txn| {
+        let settings = txn.get_or_insert_map("settings");
+        settings.insert(txn, "theme", "neon");
+        settings.remove(txn, "zoom");
+        let text = txn.get_or_insert_text("text");
+        text.remove_range(txn, 0, 4);
+    });
+    let broken = json_of(&b);
+    assert_ne!(broken, good);
+    server_shows(server, &ann, &broken).await;
+
+    // The past, exactly, and the version.
+    let (status, head, at) = call(
+        server,
+        "GET",
+        &format!("/v1/docs/{DOC}/json?at={t_good}"),
+        &reader,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((status, &at), (200, &good), "{head}");
+    assert!(head.contains(&format!("yrelay-at: {t_good}")), "{head}");
+    assert!(head.contains("yrelay-at-exact: true"), "{head}");
+    let path = format!("/v1/docs/{DOC}/versions/{good_id}/json");
+    let (status, _, version) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert_eq!((status, &version), (200, &good));
+    let path = format!("/v1/docs/{DOC}/versions");
+    let (_, _, versions) = call(server, "GET", &path, &reader, Value::Null).await;
+    let listed = &versions.as_array().unwrap()[0];
+    assert_eq!(listed["id"], good_id, "{versions}");
+    assert_eq!(listed["label"], "good", "{versions}");
+    assert_eq!(listed["editors"], json!(["ann"]), "{versions}");
+
+    // Who changed what.
+    let path = format!("/v1/docs/{DOC}/changes?from=0");
+    let (status, _, changes) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert_eq!(status, 200, "{changes}");
+    let editors: Vec<&str> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["editor"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        editors.contains(&"ann") && editors.contains(&"bob"),
+        "{changes}"
+    );
+    let path = format!("/v1/docs/{DOC}/changes?from=0&to={t_good}");
+    let (_, _, early) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert!(
+        early
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["editor"] == "ann"),
+        "{early}"
+    );
+
+    // Bad requests change nothing.
+    let restore = format!("/v1/docs/{DOC}/restore");
+    let (status, _, body) = call(
+        server,
+        "POST",
+        &restore,
+        &reader,
+        json!({"version": good_id}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = call(server, "POST", &restore, &ann, json!({"version": 99_999})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "VERSION_NOT_FOUND"),
+        "{body}"
+    );
+    let (status, _, body) = call(server, "POST", &restore, &ann, json!({})).await;
+    assert_eq!((status, error_code(&body)), (400, "BAD_JSON"), "{body}");
+    let future = now_ms() + 3_600_000;
+    let path = format!("/v1/docs/{DOC}/json?at={future}");
+    let (status, _, body) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "AT_OUT_OF_RANGE"),
+        "{body}"
+    );
+    let path = format!("/v1/docs/{DOC}/update?at=1");
+    let (status, _, body) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "AT_OUT_OF_RANGE"),
+        "{body}"
+    );
+    let path = format!("/v1/docs/{DOC}/versions/nope/json");
+    let (status, _, body) = call(server, "GET", &path, &reader, Value::Null).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "VERSION_NOT_FOUND"),
+        "{body}"
+    );
+    server_shows(server, &ann, &broken).await;
+
+    // Restore, seen live by both clients; then undo it.
+    let (status, _, restored) =
+        call(server, "POST", &restore, &ann, json!({"version": good_id})).await;
+    assert_eq!(status, 200, "{restored}");
+    let before = restored["version"].as_i64().unwrap();
+    assert!(restored["timestamp"].as_i64().is_some(), "{restored}");
+    server_shows(server, &ann, &good).await;
+    converge(&[&a, &b]).await;
+    assert_eq!(json_of(&a), good);
+    assert_eq!(json_of(&b), good);
+    let (status, _, undone) =
+        call(server, "POST", &restore, &bob, json!({"version": before})).await;
+    assert_eq!(status, 200, "{undone}");
+    server_shows(server, &ann, &broken).await;
+    converge(&[&a, &b]).await;
+    assert_eq!(json_of(&a), broken);
+
+    // And by moment: back to before Bob's edit.
+    let (status, _, _) = call(server, "POST", &restore, &ann, json!({"at": t_good})).await;
+    assert_eq!(status, 200);
+    server_shows(server, &ann, &good).await;
+}
+
+fn auth_args() -> Vec<&'static str> {
+    vec!["--jwt-secret", SECRET]
+}
+
+#[tokio::test]
+async fn history_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &auth_args()).await;
+    history_scenario(&server).await;
+}
+
+#[tokio::test]
+async fn history_on_postgres() {
+    let pg = PostgresServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = pg.url();
+    let mut args = auth_args();
+    args.extend(["--store", &store]);
+    let server = TestServer::start(dir.path(), &args).await;
+    history_scenario(&server).await;
+}
+
+/// Compactions record versions; past the exact window, history is pruned
+/// and a moment is shown as of the version before it.
+#[tokio::test]
+async fn compactions_record_versions_and_old_moments_show_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = auth_args();
+    args.extend([
+        "--compact-idle-secs",
+        "0.1",
+        "--history-interval-secs",
+        "0",
+        "--history-exact-secs",
+        "1",
+    ]);
+    let mut server = TestServer::start(dir.path(), &args).await;
+    let ann = token("ann", Mode::Rw);
+    let a = client(&server, &ann).await;
+    let versions = format!("/v1/docs/{DOC}/versions");
+    let wait_versions = async |n: usize| {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (_, _, list) = call(&server, "GET", &versions, &ann, Value::Null).await;
+                if list.as_array().is_some_and(|l| l.len() >= n) {
+                    return list;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a compaction records a version")
+    };
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings").insert(txn, "step", 1);
+    });
+    let first = json_of(&a);
+    let list = wait_versions(1).await;
+    assert_eq!(list[0]["label"], Value::Null, "{list}");
+    assert_eq!(list[0]["editors"], json!(["ann"]), "{list}");
+    let t_first = list[0]["timestamp"].as_i64().unwrap();
+    after(t_first).await;
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings").insert(txn, "step", 2);
+    });
+    wait_versions(2).await;
+    server.wait_for_log("history pruned past its windows").await;
+
+    // Beyond the exact window: the version at or before the moment.
+    let path = format!("/v1/docs/{DOC}/json?at={t_first}");
+    let (status, head, body) = call(&server, "GET", &path, &ann, Value::Null).await;
+    assert_eq!((status, &body), (200, &first), "{head}");
+    assert!(head.contains("yrelay-at-exact: false"), "{head}");
+    assert!(head.contains(&format!("yrelay-at: {t_first}")), "{head}");
+}
