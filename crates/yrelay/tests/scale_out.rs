@@ -345,7 +345,18 @@ async fn compaction_keeps_an_update_committed_late_under_a_lower_id() {
 /// clients converge.
 #[tokio::test]
 async fn lost_bells_only_delay_delivery() {
-    let cluster = Cluster::start(2, &[]).await;
+    lose_every_bell_then_converge(&[]).await;
+}
+
+/// Lost bells, and the log trimmed (no retention) before the sweep reads
+/// it: the instance that missed the entries catches up from the store.
+#[tokio::test]
+async fn entries_trimmed_before_a_lost_bell_is_swept_come_from_the_store() {
+    lose_every_bell_then_converge(&["--log-retention-secs", "0"]).await;
+}
+
+async fn lose_every_bell_then_converge(args: &[&str]) {
+    let cluster = Cluster::start(2, args).await;
     let a = connect(&cluster.instances[0], Doc::new()).await;
     let b = connect(&cluster.instances[1], Doc::new()).await;
     let mut seed = 77;

@@ -258,7 +258,15 @@ pub(super) async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>)
             Some(async move {
                 let (addr, log_from, aw_from) = positions;
                 match read_streams(&mut conn, &addr, log_from, aw_from).await {
-                    Ok(entries) => deliver(log, &name, entries),
+                    Ok(Some(entries)) => deliver(log, &name, entries),
+                    Ok(None) => {
+                        // Trimmed before this instance fetched it (a bell
+                        // lost, the sweep late): the store has it.
+                        tracing::warn!(doc = %addr, "redis log trimmed past a feed's position; feeds will resume by cursor");
+                        if let Some(doc) = lock(&log.feeds).docs.get_mut(&name) {
+                            doc.subs.clear();
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, doc = %addr, "redis log read failed; feeds will resume by cursor");
                         if let Some(doc) = lock(&log.feeds).docs.get_mut(&name) {
@@ -273,26 +281,35 @@ pub(super) async fn fetcher(conn: Conn, shared: Weak<Shared>, ring: Arc<Notify>)
 }
 
 /// The entries of a document's log and awareness streams after the given
-/// positions (all of them, in requests of [`READ_COUNT`]).
+/// positions (all of them, in requests of [`READ_COUNT`]); `None` when the
+/// update stream was trimmed past `log_from` (entries after it may be gone).
 pub(super) async fn read_streams(
     conn: &mut Conn,
     addr: &DocAddress,
     mut log_from: LogCursor,
     mut aw_from: LogCursor,
-) -> Result<Vec<(EntryKind, LogCursor, LogEntry)>, redis::RedisError> {
+) -> Result<Option<Vec<(EntryKind, LogCursor, LogEntry)>>, redis::RedisError> {
     let (log_key, aw_key) = (key(addr, "log"), key(addr, "aw"));
     let mut out = Vec::new();
+    let mut first = true;
     loop {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        let mut read = redis::pipe();
+        read.cmd("GET").arg(key(addr, "trimmed"));
+        read.cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("STREAMS")
             .arg(&log_key)
             .arg(&aw_key)
             .arg(log_from.to_string())
-            .arg(aw_from.to_string())
-            .query_async(conn)
-            .await?;
+            .arg(aw_from.to_string());
+        let (trimmed, reply): (Option<String>, Option<StreamReadReply>) =
+            read.query_async(conn).await?;
+        let trimmed = trimmed.and_then(|t| t.parse::<LogCursor>().ok());
+        if first && trimmed.is_some_and(|t| t > log_from) {
+            return Ok(None);
+        }
+        first = false;
         let mut more = false;
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
             let (kind, from) = if stream.key == log_key {
@@ -313,7 +330,7 @@ pub(super) async fn read_streams(
             }
         }
         if !more {
-            return Ok(out);
+            return Ok(Some(out));
         }
     }
 }

@@ -319,7 +319,12 @@ impl Log for RedisLog {
         // after them rings this instance.
         let (log_last, aw_last): (String, String) = eval(
             REGISTER,
-            &[&key(addr, "subs"), &key(addr, "log"), &key(addr, "aw")],
+            &[
+                &key(addr, "subs"),
+                &key(addr, "log"),
+                &key(addr, "aw"),
+                &key(addr, "trimmed"),
+            ],
         )
         .arg(&self.shared.inbox)
         .arg(&token)

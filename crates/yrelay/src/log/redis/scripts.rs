@@ -8,13 +8,14 @@ pub(super) const APPEND: &str =
     "return {redis.call('XADD', KEYS[1], unpack(ARGV)), redis.call('HGETALL', KEYS[2])}";
 /// Registers an inbox (`ARGV[1]`, token `ARGV[2]`) as a follower of a
 /// document (`KEYS[1]`) and returns the ids of the newest entries of its
-/// update and awareness streams (`KEYS[2]`, `KEYS[3]`; `0-0` when empty).
+/// update and awareness streams (`KEYS[2]`, `KEYS[3]`; when the update
+/// stream is empty, how far it was trimmed (`KEYS[4]`); else `0-0`).
 pub(super) const REGISTER: &str = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-    local function last(stream)
+    local function last(stream, floor)
         local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-        return newest and newest[1] or '0-0'
+        return newest and newest[1] or floor or '0-0'
     end
-    return {last(KEYS[2]), last(KEYS[3])}";
+    return {last(KEYS[2], redis.call('GET', KEYS[4])), last(KEYS[3], false)}";
 /// Deletes a registration if it is still the given one.
 pub(super) const FORGET: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
