@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use yrelay_protocol::DocAddress;
-use yrelay_protocol::json::json_to_update_with_progress;
+use yrelay_protocol::json::{doc_from_update, doc_to_json, json_to_update_with_progress};
 use yrs::StateVector;
 
 use crate::compactor::measure_backlog;
 use crate::config::{BacklogArgs, DEFAULT_STORE, DocAction, DocArgs, ExportFormat};
-use crate::hub::{AwarenessBounds, DocHub, Durability, HubConfig};
+use crate::hub::{AwarenessBounds, DocHub, Durability, HubConfig, RestoreTarget, Writer};
 use crate::vocab::new_instance_id;
 use crate::{log, store};
 
@@ -82,7 +82,32 @@ pub async fn run(args: DocArgs) -> CliResult {
                 writeln!(out, "{line}")?;
             }
         }
-        DocAction::Export { doc, format } => {
+        DocAction::Export {
+            doc,
+            format,
+            at: Some(at),
+        } => {
+            let addr = address(&doc)?;
+            let past = hub.state_at(&addr, at).await?;
+            eprintln!(
+                "export {addr}: as at {}{}",
+                past.timestamp_ms,
+                if past.exact {
+                    ""
+                } else {
+                    " (the newest version then)"
+                }
+            );
+            match format {
+                ExportFormat::Json => {
+                    let doc = doc_from_update(&past.state)?;
+                    let json = doc_to_json(&doc)?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+                }
+                ExportFormat::Update => out.write_all(&past.state)?,
+            }
+        }
+        DocAction::Export { doc, format, .. } => {
             let addr = address(&doc)?;
             match format {
                 ExportFormat::Json => {
@@ -129,12 +154,49 @@ pub async fn run(args: DocArgs) -> CliResult {
                 None => return Err(format!("document {addr} already exists").into()),
             }
         }
-        DocAction::Delete { doc } => {
+        DocAction::Delete { doc, purge } => {
             let addr = address(&doc)?;
-            if !hub.delete(&addr).await? {
+            if !hub.delete(&addr, purge).await? {
                 return Err(format!("document {addr} does not exist").into());
             }
-            eprintln!("deleted {addr}");
+            match purge {
+                true => eprintln!("deleted {addr} for good"),
+                false => eprintln!("moved {addr} to the trash (yrelay doc undelete {addr})"),
+            }
+        }
+        DocAction::Undelete { doc } => {
+            let addr = address(&doc)?;
+            if !hub.undelete(&addr).await? {
+                return Err(format!("document {addr} is not in the trash").into());
+            }
+            eprintln!("undeleted {addr}");
+        }
+        DocAction::Versions { doc } => {
+            let addr = address(&doc)?;
+            let versions = hub
+                .versions(&addr)
+                .await?
+                .ok_or_else(|| format!("document {addr} does not exist"))?;
+            for v in versions {
+                let line = serde_json::json!({
+                    "id": v.id, "timestamp": v.timestamp_ms, "label": v.label,
+                    "editors": v.editors, "size": v.size,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        DocAction::Restore { doc, version, at } => {
+            let addr = address(&doc)?;
+            let target = match (version, at) {
+                (Some(id), _) => RestoreTarget::Version(id),
+                (None, Some(at)) => RestoreTarget::At(at),
+                (None, None) => return Err("give --version or --at".into()),
+            };
+            let restored = hub.restore(&addr, target, Writer::default()).await?;
+            eprintln!(
+                "restored {addr}; to undo: yrelay doc restore {addr} --version {}",
+                restored.version.id
+            );
         }
     }
     Ok(())

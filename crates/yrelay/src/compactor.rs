@@ -54,6 +54,8 @@ pub struct HistoryConfig {
     pub retention: Duration,
     /// Labelled versions are kept past the retention.
     pub keep_labelled: bool,
+    /// Documents in the trash are purged after this long.
+    pub trash_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +148,8 @@ impl Compactor {
     }
 
     /// One pass: drain the log's backlog into the store, compact, and
-    /// prune history past its windows (at most every [`PRUNE_EVERY`]).
+    /// prune history and the trash past their windows (at most every
+    /// [`PRUNE_EVERY`]).
     pub async fn round(&self) -> Result<(), CompactError> {
         self.persist_backlog().await?;
         let idle_before = now_ms() - self.config.idle.as_millis() as i64;
@@ -156,7 +159,7 @@ impl Compactor {
 
     async fn prune_history(&self) -> Result<(), CompactError> {
         let history = self.config.history;
-        let every = PRUNE_EVERY.min(history.exact);
+        let every = PRUNE_EVERY.min(history.exact).min(history.trash_retention);
         {
             let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
             if pruned.is_some_and(|at| at.elapsed() < every) {
@@ -179,6 +182,12 @@ impl Compactor {
                 versions = pruned.versions,
                 "history pruned past its windows"
             );
+        }
+        let expired = now - history.trash_retention.as_millis() as i64;
+        for addr in self.store.expired_trash(expired, 32).await? {
+            self.store.delete(&addr, now).await?;
+            self.log.delete(&addr).await?;
+            tracing::info!(doc = %addr, "document purged from the trash (past its retention)");
         }
         Ok(())
     }

@@ -71,6 +71,9 @@ pub enum DocAction {
         doc: String,
         #[arg(long, value_enum, default_value = "json")]
         format: ExportFormat,
+        /// The document as it was at this time (ms since the epoch).
+        #[arg(long)]
+        at: Option<i64>,
     },
     /// Create a document from a JSON file (objects → Y.Map, arrays → Y.Array), once.
     Import {
@@ -82,10 +85,34 @@ pub enum DocAction {
         #[arg(long, default_value = "root")]
         root: String,
     },
-    /// Delete a document and its history.
+    /// Move a document to the trash (with --purge: delete it and its history for good).
     Delete {
         /// {space}/{doc}
         doc: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Take a document out of the trash, with its history.
+    Undelete {
+        /// {space}/{doc}
+        doc: String,
+    },
+    /// List a document's versions, newest first (JSON lines).
+    Versions {
+        /// {space}/{doc}
+        doc: String,
+    },
+    /// Restore a document to a version or a moment (recording a version of
+    /// its current state first, to undo it).
+    Restore {
+        /// {space}/{doc}
+        doc: String,
+        /// The version's id.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        version: Option<i64>,
+        /// The moment (ms since the epoch).
+        #[arg(long)]
+        at: Option<i64>,
     },
 }
 

@@ -285,6 +285,7 @@ pub fn compactor_config(config: &Settings, instance: u64) -> CompactorConfig {
             exact: config.history_exact_secs,
             retention: config.history_retention_secs,
             keep_labelled: config.history_keep_labelled,
+            trash_retention: config.trash_retention_secs,
         },
     }
 }
@@ -358,6 +359,8 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
             "/v1/docs/{space}/{doc}/restore",
             post(api::history::restore),
         )
+        .route("/v1/docs/{space}/{doc}/undelete", post(api::docs::undelete))
+        .route("/v1/spaces/{space}/trash", get(api::docs::trash))
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
         .route("/v1/hocuspocus", get(transport::hocuspocus::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))

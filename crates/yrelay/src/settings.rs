@@ -72,6 +72,9 @@ pub struct Settings {
     #[arg(long, env = "YRELAY_HISTORY_KEEP_LABELLED", default_value = "false", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub history_keep_labelled: bool,
+    /// a deleted document stays in the trash this long (seconds; `POST .../undelete` brings it back), then it is purged
+    #[arg(long, env = "YRELAY_TRASH_RETENTION_SECS", default_value = "2592000", value_parser = positive_seconds)]
+    pub trash_retention_secs: Duration,
     /// serve this directory's files at `/app/` (a demo or your own front end)
     #[arg(long, env = "YRELAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

@@ -63,6 +63,8 @@ pub struct DocMeta {
     pub created_at: i64,
     pub updated_at: i64,
     pub size: i64,
+    /// When it was moved to the trash, if it is there.
+    pub trashed_at: Option<i64>,
 }
 
 /// A version of a document as listed: its full state is kept in the store.

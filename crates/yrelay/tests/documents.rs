@@ -188,7 +188,11 @@ async fn list_meta_block_and_delete() {
     assert_eq!(status, 404);
     let (_, list) = call(&server, "GET", "/v1/spaces/team/docs", &[]).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    // A deleted document can be imported again.
+    // In the trash its name stays taken; purged, it can be imported again.
+    let (status, _) = call(&server, "POST", "/v1/docs/team/a/import", br#"{"n": 9}"#).await;
+    assert_eq!(status, 409);
+    let (status, _) = call(&server, "DELETE", "/v1/docs/team/a?purge=true", &[]).await;
+    assert_eq!(status, 204);
     let (status, _) = call(&server, "POST", "/v1/docs/team/a/import", br#"{"n": 9}"#).await;
     assert_eq!(status, 201);
 }
@@ -300,6 +304,20 @@ async fn the_cli_imports_exports_lists_and_deletes() {
     assert!(ok, "{err}");
     let (ok, out, _) = doc_cli(&store, &["list", "app"]);
     assert!(ok && out.is_empty(), "{out}");
+
+    // Out of the trash, with its history; then for good.
+    let (ok, _, err) = doc_cli(&store, &["undelete", "app/legacy"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = doc_cli(&store, &["versions", "app/legacy"]);
+    assert!(ok && out.contains("\"label\":\"imported\""), "{out}");
+    let now = yrelay::clock::now_ms().to_string();
+    let (ok, out, err) = doc_cli(&store, &["export", "app/legacy", "--at", &now]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), exported);
+    let (ok, _, err) = doc_cli(&store, &["delete", "app/legacy", "--purge"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = doc_cli(&store, &["undelete", "app/legacy"]);
+    assert!(!ok && err.contains("not in the trash"), "{err}");
     let (ok, _, err) = doc_cli(&store, &["export", "app/bad id"]);
     assert!(!ok && err.contains("app/bad id"), "{err}");
 }

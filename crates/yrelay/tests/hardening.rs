@@ -382,7 +382,8 @@ async fn updates_building_on_a_deleted_document_are_refused() {
     };
     let (status, body) = post(server.addr, "/v1/docs/s/gone/updates", &edit("hello")).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = common::http_request(server.addr, "DELETE", "/v1/docs/s/gone", &[]).await;
+    let purge = "/v1/docs/s/gone?purge=true";
+    let (status, _) = common::http_request(server.addr, "DELETE", purge, &[]).await;
     assert_eq!(status, 204);
 
     let stale = edit(" again");

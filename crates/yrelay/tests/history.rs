@@ -235,15 +235,21 @@ async fn history_scenario(server: &TestServer) {
     let before = restored["version"].as_i64().unwrap();
     assert!(restored["timestamp"].as_i64().is_some(), "{restored}");
     server_shows(server, &ann, &good).await;
+    for c in [&a, &b] {
+        c.wait_for("the restore", WAIT, |c| json_of(c) == good)
+            .await
+            .unwrap();
+    }
     converge(&[&a, &b]).await;
-    assert_eq!(json_of(&a), good);
-    assert_eq!(json_of(&b), good);
     let (status, _, undone) =
         call(server, "POST", &restore, &bob, json!({"version": before})).await;
     assert_eq!(status, 200, "{undone}");
     server_shows(server, &ann, &broken).await;
-    converge(&[&a, &b]).await;
-    assert_eq!(json_of(&a), broken);
+    for c in [&a, &b] {
+        c.wait_for("the undone restore", WAIT, |c| json_of(c) == broken)
+            .await
+            .unwrap();
+    }
 
     // And by moment: back to before Bob's edit.
     let (status, _, _) = call(server, "POST", &restore, &ann, json!({"at": t_good})).await;
@@ -325,4 +331,120 @@ async fn compactions_record_versions_and_old_moments_show_a_version() {
     assert_eq!((status, &body), (200, &first), "{head}");
     assert!(head.contains("yrelay-at-exact: false"), "{head}");
     assert!(head.contains(&format!("yrelay-at: {t_first}")), "{head}");
+}
+
+/// Deleting moves a document to the trash: not served, listed or written,
+/// but kept with its history until it is undeleted or purged.
+#[tokio::test]
+async fn the_trash_keeps_a_deleted_document_until_undeleted_or_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &auth_args()).await;
+    let ann = token("ann", Mode::Rw);
+    let a = client(&server, &ann).await;
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "dark");
+    });
+    let content = json_of(&a);
+    server_shows(&server, &ann, &content).await;
+    let versions = format!("/v1/docs/{DOC}/versions");
+    let (status, _, _) = call(&server, "POST", &versions, &ann, json!({"label": "kept"})).await;
+    assert_eq!(status, 201);
+
+    let doc = format!("/v1/docs/{DOC}");
+    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
+    assert_eq!(status, 204);
+    let closed = a.closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, Some(4410), "{closed:?}");
+    for path in [doc.clone(), format!("{doc}/json"), versions.clone()] {
+        let (status, _, body) = call(&server, "GET", &path, &ann, Value::Null).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (404, "DOC_NOT_FOUND"),
+            "{path}"
+        );
+    }
+    let (_, _, listed) = call(&server, "GET", "/v1/spaces/acme/docs", &ann, Value::Null).await;
+    assert_eq!(listed, json!([]));
+    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
+    assert_eq!(trash[0]["doc"], "plan", "{trash}");
+    assert!(trash[0]["deletedAt"].as_i64().is_some(), "{trash}");
+    // Nothing writes to it, nothing restores it.
+    let b = client(&server, &ann).await;
+    b.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "new");
+    });
+    let refused = b.closed(WAIT).await.unwrap();
+    assert_eq!(refused.code, Some(4410), "{refused:?}");
+    let restore = format!("{doc}/restore");
+    let (status, _, body) = call(&server, "POST", &restore, &ann, json!({"at": now_ms()})).await;
+    assert_eq!((status, error_code(&body)), (410, "DOC_DELETED"), "{body}");
+    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
+    assert_eq!(status, 404, "deleted once");
+
+    // Undeleted: served again with its history, and written.
+    let undelete = format!("{doc}/undelete");
+    let (status, _, meta) = call(&server, "POST", &undelete, &ann, Value::Null).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["doc"], "plan", "{meta}");
+    server_shows(&server, &ann, &content).await;
+    let (_, _, list) = call(&server, "GET", &versions, &ann, Value::Null).await;
+    assert_eq!(list[0]["label"], "kept", "{list}");
+    let c = client(&server, &ann).await;
+    assert_eq!(json_of(&c), content);
+    c.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "back");
+    });
+    let back = json_of(&c);
+    server_shows(&server, &ann, &back).await;
+
+    // Purged: gone for good.
+    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
+    assert_eq!(status, 204);
+    let (status, _, _) = call(
+        &server,
+        "DELETE",
+        &format!("{doc}?purge=true"),
+        &ann,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
+    assert_eq!(trash, json!([]));
+    let (status, _, body) = call(&server, "POST", &undelete, &ann, Value::Null).await;
+    assert_eq!((status, error_code(&body)), (404, "NOT_IN_TRASH"), "{body}");
+}
+
+/// Past `--trash-retention-secs` a document in the trash is purged.
+#[tokio::test]
+async fn the_trash_is_emptied_past_its_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = auth_args();
+    args.extend(["--trash-retention-secs", "0.2"]);
+    let mut server = TestServer::start(dir.path(), &args).await;
+    let ann = token("ann", Mode::Rw);
+    let a = client(&server, &ann).await;
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "dark");
+    });
+    server_shows(&server, &ann, &json_of(&a)).await;
+    let doc = format!("/v1/docs/{DOC}");
+    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
+    assert_eq!(status, 204);
+    server.wait_for_log("document purged from the trash").await;
+    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
+    assert_eq!(trash, json!([]));
+    let (status, _, body) = call(
+        &server,
+        "POST",
+        &format!("{doc}/undelete"),
+        &ann,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (404, "NOT_IN_TRASH"), "{body}");
 }

@@ -205,6 +205,29 @@ async fn contract(store: Arc<dyn Store>) {
             .is_none()
     );
 
+    // The trash: out of metadata and listings, kept, and back again.
+    assert!(store.trash(&addr("b"), 4_500).await.unwrap(), "{name}");
+    assert!(
+        !store.trash(&addr("b"), 4_600).await.unwrap(),
+        "{name}: once"
+    );
+    assert!(store.meta(&addr("b")).await.unwrap().is_none(), "{name}");
+    let listed = store.list("space", None).await.unwrap();
+    assert!(listed.iter().all(|m| m.doc != "b"), "{name}");
+    assert_eq!(store.trashed_at(&addr("b")).await.unwrap(), Some(4_500));
+    let trash = store.trash_list("space").await.unwrap();
+    assert_eq!(trash.len(), 1, "{name}");
+    assert_eq!(trash[0].trashed_at, Some(4_500), "{name}");
+    assert_eq!(store.expired_trash(4_501, 10).await.unwrap(), [addr("b")]);
+    assert!(store.expired_trash(4_500, 10).await.unwrap().is_empty());
+    assert!(
+        store.load(&addr("b")).await.unwrap().is_some(),
+        "{name}: kept"
+    );
+    assert!(store.untrash(&addr("b")).await.unwrap(), "{name}");
+    assert!(!store.untrash(&addr("b")).await.unwrap(), "{name}: once");
+    assert!(store.meta(&addr("b")).await.unwrap().is_some(), "{name}");
+
     // Creation happens once.
     assert!(store.create(&addr("c"), b"imported", 4_000).await.unwrap());
     assert!(!store.create(&addr("c"), b"again", 4_001).await.unwrap());

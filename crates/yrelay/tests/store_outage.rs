@@ -152,6 +152,7 @@ async fn a_drain_waits_for_a_document_another_compactor_holds() {
             exact: Duration::from_secs(600),
             retention: Duration::from_secs(600),
             keep_labelled: false,
+            trash_retention: Duration::from_secs(600),
         },
     };
     let compactor = Compactor::new(store.clone(), log.clone(), config);

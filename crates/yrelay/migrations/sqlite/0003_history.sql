@@ -1,3 +1,8 @@
+-- When the document was moved to the trash (NULL: it is not): a trashed
+-- document keeps everything, is not served, listed or written, and is
+-- purged once the trash retention has passed.
+ALTER TABLE docs ADD COLUMN trashed_at INTEGER;
+
 -- Who wrote each update (the token's subject), when auth names one.
 ALTER TABLE doc_updates ADD COLUMN editor TEXT;
 

@@ -222,24 +222,70 @@ pub async fn patch(
     Ok(Json(meta_json(&meta)))
 }
 
-/// `DELETE /v1/docs/{space}/{doc}`
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    purge: Option<bool>,
+}
+
+/// `DELETE /v1/docs/{space}/{doc}[?purge=true]`: to the trash, or for good.
 pub async fn delete(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
+    query_string: Result<Query<DeleteQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.writer(credentials.token(), &addr)?;
-    if app.hub.delete(&addr).await? {
+    let purge = query(query_string)?.purge.unwrap_or(false);
+    if app.hub.delete(&addr, purge).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(not_found(&addr))
     }
 }
 
+/// `POST /v1/docs/{space}/{doc}/undelete`: out of the trash, with its history.
+pub async fn undelete(
+    State(app): State<AppState>,
+    Path((space, doc)): Path<(String, String)>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = address(&space, &doc)?;
+    app.auth.writer(credentials.token(), &addr)?;
+    if !app.hub.undelete(&addr).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_IN_TRASH",
+            format!("document {addr} is not in the trash"),
+        ));
+    }
+    let meta = app.hub.meta(&addr).await?.ok_or_else(|| not_found(&addr))?;
+    Ok(Json(meta_json(&meta)))
+}
+
+/// `GET /v1/spaces/{space}/trash`: most recently deleted first.
+pub async fn trash(
+    State(app): State<AppState>,
+    Path(space_id): Path<String>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    space(&space_id)?;
+    app.auth.space(credentials.token(), &space_id)?;
+    let docs = app.hub.trash(&space_id).await?;
+    Ok(Json(
+        docs.iter()
+            .map(|meta| {
+                let mut json = meta_json(meta);
+                json["deletedAt"] = meta.trashed_at.into();
+                json
+            })
+            .collect(),
+    ))
+}
+
 /// `GET /v1/spaces/{space}/events`: Server-Sent Events `doc.created`,
 /// `doc.updated` (at most once a second per document and instance),
-/// `doc.renamed`, `doc.deleted`, with JSON data `{"doc", "timestamp",
+/// `doc.renamed`, `doc.deleted`, `doc.undeleted`, with JSON data `{"doc", "timestamp",
 /// "title"?}`, from every instance.
 pub async fn space_events(
     State(app): State<AppState>,

@@ -15,7 +15,7 @@ use yrelay_protocol::json::doc_from_update;
 
 use crate::edge::{Credentials, ack_json, address, bad_request, body, query};
 use crate::http_error::ApiError;
-use crate::hub::{PastState, RestoreTarget, Writer};
+use crate::hub::{HubError, PastState, RestoreTarget, Writer};
 use crate::state::AppState;
 use crate::vocab::VersionMeta;
 
@@ -260,7 +260,10 @@ pub async fn restore(
         _ => return Err(bad_request("BAD_JSON", format!("expected {expected}"))),
     };
     if app.hub.meta(&addr).await?.is_none() {
-        return Err(super::docs::not_found(&addr));
+        return Err(match app.hub.in_trash(&addr).await? {
+            true => HubError::Deleted.into(),
+            false => super::docs::not_found(&addr),
+        });
     }
     let writer = Writer {
         origin: None,

@@ -15,6 +15,8 @@ pub(super) struct History {
     stored: Vec<Vec<u8>>,
     blocked: bool,
     deleted: bool,
+    /// In the trash: served empty, written by nobody.
+    trashed: bool,
     cursor: Option<LogCursor>,
     tail: Vec<LogEntry>,
 }
@@ -32,7 +34,13 @@ impl History {
             let stored = store.load(addr).await?;
             let cursor = stored.as_ref().and_then(|s| s.log_cursor);
             let blocked = stored.as_ref().is_some_and(|s| s.meta.blocked);
+            let trashed = stored.as_ref().is_some_and(|s| s.meta.trashed_at.is_some());
             if let Some(tail) = log.read(addr, cursor).await? {
+                let (stored, tail) = if trashed {
+                    (None, Vec::new())
+                } else {
+                    (stored, tail)
+                };
                 let stored = stored
                     .map(|s| {
                         s.snapshot
@@ -45,6 +53,7 @@ impl History {
                     stored,
                     blocked,
                     deleted,
+                    trashed,
                     cursor,
                     tail,
                 });
@@ -65,6 +74,7 @@ impl History {
         }
         state.blocked = self.blocked;
         state.deleted = self.deleted;
+        state.trashed = self.trashed;
         for entry in &self.tail {
             state.apply(addr, entry);
         }

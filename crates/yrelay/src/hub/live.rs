@@ -28,6 +28,7 @@ pub enum SpaceEvent {
     Updated,
     Renamed,
     Deleted,
+    Undeleted,
 }
 
 impl SpaceEvent {
@@ -37,6 +38,7 @@ impl SpaceEvent {
             SpaceEvent::Updated => "doc.updated",
             SpaceEvent::Renamed => "doc.renamed",
             SpaceEvent::Deleted => "doc.deleted",
+            SpaceEvent::Undeleted => "doc.undeleted",
         }
     }
 }
@@ -88,6 +90,9 @@ pub enum DocNotice {
     /// The document was deleted: its subscribers are closed and every
     /// instance drops its replica.
     Deleted,
+    /// The document came back from the trash: every instance drops its
+    /// (empty) replica and its subscribers resync.
+    Undeleted,
     /// A stateless message for the document's connections.
     Stateless(String),
 }
@@ -115,6 +120,9 @@ pub(super) struct DocState {
     /// The document was deleted once: updates that build on what it held
     /// then are refused (they could never show up).
     pub deleted: bool,
+    /// The document is in the trash: it is served empty and refuses every
+    /// update until it is undeleted.
+    pub trashed: bool,
     /// Which connection introduced each awareness client id (`None`: one
     /// without a connection, an SSE POST); only it may change or remove it.
     pub awareness_owners: HashMap<u64, Option<Origin>>,
@@ -152,6 +160,7 @@ impl LiveDoc {
                 announced: None,
                 nesting: Nesting::default(),
                 deleted: false,
+                trashed: false,
                 awareness_owners: HashMap::new(),
             }),
         });

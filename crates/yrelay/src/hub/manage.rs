@@ -156,9 +156,22 @@ impl DocHub {
         Ok(meta)
     }
 
-    /// Deletes a document: its store rows and its log; connected clients are
+    /// Moves a document to the trash (or, with `purge`, deletes it for
+    /// good: its store rows, history and log); connected clients are
     /// disconnected on every instance. `false` when it did not exist.
-    pub async fn delete(&self, addr: &DocAddress) -> Result<bool, HubError> {
+    pub async fn delete(&self, addr: &DocAddress, purge: bool) -> Result<bool, HubError> {
+        let store = &self.inner.store;
+        if !purge && store.trash(addr, now_ms()).await? {
+            self.notify(addr, DocNotice::Deleted).await?;
+            tracing::info!(doc = %addr, "document moved to the trash");
+            self.announce(addr, SpaceEvent::Deleted, now_ms(), None);
+            return Ok(true);
+        }
+        // In the trash already, only in the log (the store away when it was
+        // written), or purged: for good.
+        if !purge && store.trashed_at(addr).await?.is_some() {
+            return Ok(false);
+        }
         let held = !self.live(addr).await?.is_empty();
         let stored = self.inner.store.delete(addr, now_ms()).await?;
         self.inner.log.delete(addr).await?;
@@ -168,6 +181,28 @@ impl DocHub {
             self.announce(addr, SpaceEvent::Deleted, now_ms(), None);
         }
         Ok(held || stored)
+    }
+
+    /// Takes a document out of the trash, with its history; `false` when it
+    /// is not there.
+    pub async fn undelete(&self, addr: &DocAddress) -> Result<bool, HubError> {
+        if !self.inner.store.untrash(addr).await? {
+            return Ok(false);
+        }
+        self.notify(addr, DocNotice::Undeleted).await?;
+        tracing::info!(doc = %addr, "document taken out of the trash");
+        self.announce(addr, SpaceEvent::Undeleted, now_ms(), None);
+        Ok(true)
+    }
+
+    /// Whether the document is in the trash.
+    pub async fn in_trash(&self, addr: &DocAddress) -> Result<bool, HubError> {
+        Ok(self.inner.store.trashed_at(addr).await?.is_some())
+    }
+
+    /// The documents of a space in the trash, most recently deleted first.
+    pub async fn trash(&self, space: &str) -> Result<Vec<DocMeta>, HubError> {
+        Ok(self.inner.store.trash_list(space).await?)
     }
 
     /// Subscribes to the events of a space (documents created, updated,

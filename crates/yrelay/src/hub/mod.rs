@@ -106,8 +106,11 @@ pub enum HubError {
     ShuttingDown,
     #[error("the document is blocked: it accepts no updates")]
     Blocked,
-    /// The update builds on what a deleted document held.
-    #[error("the document was deleted: this update builds on what it held")]
+    /// The document is in the trash, or the update builds on what a
+    /// deleted document held.
+    #[error(
+        "the document was deleted: it is in the trash (undelete it first), or this update builds on what it held"
+    )]
     Deleted,
     /// The update is well formed but would harm the document (nested too
     /// deep); refused like an undecodable one.
@@ -272,6 +275,10 @@ impl DocHub {
             let mut state = doc.lock();
             if state.blocked {
                 return Err(HubError::Blocked);
+            }
+            if state.trashed {
+                metrics::rejected("trashed");
+                return Err(HubError::Deleted);
             }
             // Recorded now, not when the log delivers it: an update that
             // builds on this one may come before that.

@@ -30,6 +30,12 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
                             hub.forget(&doc);
                             return;
                         }
+                        Ok(DocNotice::Undeleted) => {
+                            doc.lock().closed = true;
+                            doc.close_subscribers(CloseReason::Resync);
+                            hub.forget(&doc);
+                            return;
+                        }
                         Err(e) => tracing::warn!(doc = %doc.addr, error = %e, "unknown notice ignored"),
                     }
                 }

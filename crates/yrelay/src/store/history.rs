@@ -2,15 +2,16 @@
 //! moment) and the exact history (every update of the window, with its time
 //! and editor: the appended updates and those a compaction moved to
 //! `doc_history`). Written by the compactor and the REST API, never on the
-//! update path; loads never read it.
+//! update path; loads never read it. And the trash: a deleted document
+//! keeps everything until it is undeleted or purged.
 
 use async_trait::async_trait;
 use sqlx::{Connection, Database, Encode, Executor, FromRow, IntoArguments, Type};
 use yrelay_protocol::DocAddress;
 
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, DocRow, META, SqlStore};
 use super::{StoreError, transaction};
-use crate::vocab::{Change, VersionMeta};
+use crate::vocab::{Change, DocMeta, VersionMeta};
 
 /// A version to record.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,22 @@ pub trait History {
         versions_before: i64,
         keep_labelled: bool,
     ) -> Result<Pruned, StoreError>;
+
+    /// Moves a document to the trash at `at` (ms); `false` if it is not in
+    /// the store or already there.
+    async fn trash(&self, addr: &DocAddress, at: i64) -> Result<bool, StoreError>;
+
+    /// Takes a document out of the trash; `false` if it is not there.
+    async fn untrash(&self, addr: &DocAddress) -> Result<bool, StoreError>;
+
+    /// When `addr` was moved to the trash, if it is there.
+    async fn trashed_at(&self, addr: &DocAddress) -> Result<Option<i64>, StoreError>;
+
+    /// The documents of a space in the trash, most recently deleted first.
+    async fn trash_list(&self, space: &str) -> Result<Vec<DocMeta>, StoreError>;
+
+    /// Documents in the trash since before `before` (ms), at most `limit`.
+    async fn expired_trash(&self, before: i64, limit: i64) -> Result<Vec<DocAddress>, StoreError>;
 }
 
 #[derive(FromRow)]
@@ -157,6 +174,8 @@ where
     for<'r> (i64,): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (String,): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (Vec<u8>,): FromRow<'r, <D::Db as Database>::Row>,
+    for<'r> DocRow: FromRow<'r, <D::Db as Database>::Row>,
+    for<'r> (String, String): FromRow<'r, <D::Db as Database>::Row>,
 {
     async fn add_version(
         &self,
@@ -337,5 +356,68 @@ where
             changes: changes.len() as u64,
             versions: versions.len() as u64,
         })
+    }
+
+    async fn trash(&self, addr: &DocAddress, at: i64) -> Result<bool, StoreError> {
+        let moved: Option<(i64,)> = sqlx::query_as(
+            "UPDATE docs SET trashed_at = $3
+             WHERE space = $1 AND doc = $2 AND trashed_at IS NULL RETURNING size",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(moved.is_some())
+    }
+
+    async fn untrash(&self, addr: &DocAddress) -> Result<bool, StoreError> {
+        let moved: Option<(i64,)> = sqlx::query_as(
+            "UPDATE docs SET trashed_at = NULL
+             WHERE space = $1 AND doc = $2 AND trashed_at IS NOT NULL RETURNING size",
+        )
+        .bind(addr.space())
+        .bind(addr.doc())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(moved.is_some())
+    }
+
+    async fn trashed_at(&self, addr: &DocAddress) -> Result<Option<i64>, StoreError> {
+        let at: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT trashed_at FROM docs WHERE space = $1 AND doc = $2")
+                .bind(addr.space())
+                .bind(addr.doc())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(at.and_then(|(at,)| at))
+    }
+
+    async fn trash_list(&self, space: &str) -> Result<Vec<DocMeta>, StoreError> {
+        let rows = sqlx::query_as::<_, DocRow>(sqlx::AssertSqlSafe(format!(
+            "{META} WHERE space = $1 AND trashed_at IS NOT NULL ORDER BY trashed_at DESC, doc"
+        )))
+        .bind(space)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(DocRow::meta).collect())
+    }
+
+    async fn expired_trash(&self, before: i64, limit: i64) -> Result<Vec<DocAddress>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT space, doc FROM docs WHERE trashed_at < $1 ORDER BY trashed_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(s, d)| DocAddress::parse(&s, &d).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 }

@@ -63,11 +63,13 @@ pub const MOVE_MERGED: [&str; 2] = [
     "DELETE FROM doc_updates",
 ];
 
-const META: &str = "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor FROM docs";
+/// A `docs` row ([`DocRow`]): add a `WHERE`.
+pub(super) const META: &str =
+    "SELECT doc, title, blocked, created_at, updated_at, size, log_cursor, trashed_at FROM docs";
 
 /// A `docs` row as read.
 #[derive(FromRow)]
-struct DocRow {
+pub(super) struct DocRow {
     doc: String,
     title: Option<String>,
     blocked: bool,
@@ -75,10 +77,11 @@ struct DocRow {
     updated_at: i64,
     size: i64,
     log_cursor: Option<String>,
+    trashed_at: Option<i64>,
 }
 
 impl DocRow {
-    fn meta(self) -> DocMeta {
+    pub(super) fn meta(self) -> DocMeta {
         DocMeta {
             doc: self.doc,
             title: self.title,
@@ -86,6 +89,7 @@ impl DocRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             size: self.size,
+            trashed_at: self.trashed_at,
         }
     }
 }
@@ -245,7 +249,7 @@ where
 
     async fn meta(&self, addr: &DocAddress) -> Result<Option<DocMeta>, StoreError> {
         let row = sqlx::query_as::<_, DocRow>(sqlx::AssertSqlSafe(format!(
-            "{META} WHERE space = $1 AND doc = $2"
+            "{META} WHERE space = $1 AND doc = $2 AND trashed_at IS NULL"
         )))
         .bind(addr.space())
         .bind(addr.doc())
@@ -257,7 +261,8 @@ where
 
     async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, StoreError> {
         let rows = sqlx::query_as::<_, DocRow>(sqlx::AssertSqlSafe(format!(
-            "{META} WHERE space = $1 AND updated_at > $2 ORDER BY updated_at, doc"
+            "{META} WHERE space = $1 AND updated_at > $2 AND trashed_at IS NULL
+             ORDER BY updated_at, doc"
         )))
         .bind(space)
         .bind(after.unwrap_or(i64::MIN))
@@ -344,8 +349,8 @@ where
     ) -> Result<Option<DocMeta>, StoreError> {
         let row = sqlx::query_as::<_, DocRow>(
             "UPDATE docs SET title = coalesce($3, title), blocked = coalesce($4, blocked)
-             WHERE space = $1 AND doc = $2
-             RETURNING doc, title, blocked, created_at, updated_at, size, log_cursor",
+             WHERE space = $1 AND doc = $2 AND trashed_at IS NULL
+             RETURNING doc, title, blocked, created_at, updated_at, size, log_cursor, trashed_at",
         )
         .bind(addr.space())
         .bind(addr.doc())

@@ -264,7 +264,7 @@ impl Gateway {
         self.member(&socket, &delete.space)?;
         let addr = delete.space.address(&delete.doc_id)?;
         self.check_write(&socket, &addr, &delete.space)?;
-        self.app.hub.delete(&addr).await.map_err(internal)?;
+        self.app.hub.delete(&addr, false).await.map_err(internal)?;
         Ok(json!({ "success": true }))
     }
 }
