@@ -192,7 +192,10 @@ pub async fn run(args: DocArgs) -> CliResult {
                 (None, Some(at)) => RestoreTarget::At(at),
                 (None, None) => return Err("give --version or --at".into()),
             };
-            let restored = hub.restore(&addr, target, Writer::default()).await?;
+            let restored = hub
+                .restore(&addr, target, Writer::default())
+                .await?
+                .ok_or_else(|| format!("document {addr} does not exist"))?;
             eprintln!(
                 "restored {addr}; to undo: yrelay doc restore {addr} --version {}",
                 restored.version.id

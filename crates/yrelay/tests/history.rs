@@ -448,3 +448,75 @@ async fn the_trash_is_emptied_past_its_retention() {
     .await;
     assert_eq!((status, error_code(&body)), (404, "NOT_IN_TRASH"), "{body}");
 }
+
+/// Scaled out: a restore made on one instance reaches clients on another,
+/// and a client that was offline with the old state merges its own edit on
+/// top when it comes back.
+#[tokio::test]
+async fn a_restore_reaches_every_instance_and_an_offline_client_merges_on_top() {
+    use common::cluster::Cluster;
+    use yrs::updates::decoder::Decode;
+    use yrs::{Array, Transact, Update};
+
+    let cluster = Cluster::start(2, &["--jwt-secret", SECRET]).await;
+    let (one, two) = (&cluster.instances[0], &cluster.instances[1]);
+    let ann = token("ann", Mode::Rw);
+    let a = client(one, &ann).await;
+    let b = client(two, &ann).await;
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "dark");
+        txn.get_or_insert_array("list").push_back(txn, "a");
+    });
+    let good = json_of(&a);
+    b.wait_for("the first edit", WAIT, |c| json_of(c) == good)
+        .await
+        .unwrap();
+    // Goes offline holding the good state.
+    let offline = Doc::new();
+    let held = Update::decode_v1(&a.state()).unwrap();
+    offline.transact_mut().apply_update(held).unwrap();
+    let versions = format!("/v1/docs/{DOC}/versions");
+    let (status, _, made) = call(two, "POST", &versions, &ann, json!({})).await;
+    assert_eq!(status, 201, "{made}");
+
+    b.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "neon");
+        txn.get_or_insert_array("list").remove(txn, 0);
+    });
+    let broken = json_of(&b);
+    a.wait_for("the breaking edit", WAIT, |c| json_of(c) == broken)
+        .await
+        .unwrap();
+    let restore = format!("/v1/docs/{DOC}/restore");
+    let (status, _, body) = call(one, "POST", &restore, &ann, json!({"version": made["id"]})).await;
+    assert_eq!(status, 200, "{body}");
+    for c in [&a, &b] {
+        c.wait_for("the restore", WAIT, |c| json_of(c) == good)
+            .await
+            .unwrap();
+    }
+
+    // Back online with an edit made while away.
+    offline
+        .get_or_insert_array("list")
+        .push_back(&mut offline.transact_mut(), "offline");
+    let url = format!("{}?token={ann}", two.ws_url(DOC));
+    let c = WsClient::connect(&url, offline).await.unwrap();
+    c.wait_synced(WAIT).await.unwrap();
+    let merged = |c: &WsClient| {
+        let json = json_of(c);
+        let list = json["list"].as_array().cloned().unwrap_or_default();
+        json["settings"]["theme"] == "dark"
+            && list.len() == 2
+            && list.contains(&json!("a"))
+            && list.contains(&json!("offline"))
+    };
+    for c in [&a, &b, &c] {
+        c.wait_for("the offline edit on top of the restore", WAIT, merged)
+            .await
+            .unwrap();
+    }
+    converge(&[&a, &b, &c]).await;
+}

@@ -211,7 +211,7 @@ pub async fn changes(
     if from > to {
         return Err(bad_request("BAD_QUERY", "from must not be after to"));
     }
-    if app.hub.meta(&addr).await?.is_none() {
+    if !app.hub.exists(&addr).await? {
         return Err(super::docs::not_found(&addr));
     }
     let changes = app.hub.changes(&addr, from, to).await?;
@@ -259,17 +259,18 @@ pub async fn restore(
         } => RestoreTarget::At(at),
         _ => return Err(bad_request("BAD_JSON", format!("expected {expected}"))),
     };
-    if app.hub.meta(&addr).await?.is_none() {
-        return Err(match app.hub.in_trash(&addr).await? {
-            true => HubError::Deleted.into(),
-            false => super::docs::not_found(&addr),
-        });
+    if app.hub.in_trash(&addr).await? {
+        return Err(HubError::Deleted.into());
     }
     let writer = Writer {
         origin: None,
         editor: permit.sub.map(Arc::from),
     };
-    let restored = app.hub.restore(&addr, target, writer).await?;
+    let restored = app
+        .hub
+        .restore(&addr, target, writer)
+        .await?
+        .ok_or_else(|| super::docs::not_found(&addr))?;
     let mut answer = ack_json(&restored.ack);
     answer["version"] = restored.version.id.into();
     Ok(Json(answer))

@@ -42,10 +42,16 @@ pub struct Restored {
 impl DocHub {
     /// The versions of `addr`, newest first; `None` when it does not exist.
     pub async fn versions(&self, addr: &DocAddress) -> Result<Option<Vec<VersionMeta>>, HubError> {
-        if self.inner.store.meta(addr).await?.is_none() {
+        if !self.exists(addr).await? {
             return Ok(None);
         }
         Ok(Some(self.inner.store.versions(addr).await?))
+    }
+
+    /// Whether the document exists: in the store, or (scaled out, not
+    /// persisted yet) only in the log.
+    pub async fn exists(&self, addr: &DocAddress) -> Result<bool, HubError> {
+        Ok(self.inner.store.meta(addr).await?.is_some() || !self.live(addr).await?.is_empty())
     }
 
     /// Records a version of the document's current state (the live
@@ -140,21 +146,24 @@ impl DocHub {
 
     /// Restores `addr` to an earlier state: records a version of the
     /// current state, then submits the one update that makes every root
-    /// type's content equal the old state's.
+    /// type's content equal the old state's. `None` when the document does
+    /// not exist.
     pub async fn restore(
         &self,
         addr: &DocAddress,
         target: RestoreTarget,
         writer: Writer,
-    ) -> Result<Restored, HubError> {
+    ) -> Result<Option<Restored>, HubError> {
+        if !self.exists(addr).await? {
+            return Ok(None);
+        }
         let old = match target {
             RestoreTarget::Version(id) => self.version(addr, id).await?.1,
             RestoreTarget::At(at) => self.state_at(addr, at).await?.state,
         };
-        let version = self
-            .record_version(addr, Some("before restore"))
-            .await?
-            .ok_or(HubError::NotInHistory("the document does not exist".into()))?;
+        let Some(version) = self.record_version(addr, Some("before restore")).await? else {
+            return Ok(None);
+        };
         let current = self.version(addr, version.id).await?.1;
         let fix = tokio::task::spawn_blocking(move || restoring_update(&current, &old))
             .await
@@ -163,7 +172,7 @@ impl DocHub {
         let update = check_update(fix).map_err(|e| HubError::BadUpdate(e.to_string()))?;
         let ack = self.submit_update(addr, update, writer, "rest").await?;
         tracing::info!(doc = %addr, ?target, before = version.id, "document restored");
-        Ok(Restored { ack, version })
+        Ok(Some(Restored { ack, version }))
     }
 
     /// The live replica's full state; `None` when the document was never
