@@ -314,6 +314,13 @@ async fn the_cli_imports_exports_lists_and_deletes() {
     let (ok, out, err) = doc_cli(&store, &["export", "app/legacy", "--at", &now]);
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), exported);
+    let (ok, _, err) = doc_cli(&store, &["restore", "app/legacy", "--version", "1"]);
+    assert!(
+        ok && err.contains("to undo: yrelay doc restore app/legacy --version 2"),
+        "{err}"
+    );
+    let (ok, _, err) = doc_cli(&store, &["restore", "app/legacy", "--version", "99"]);
+    assert!(!ok && err.contains("version 99"), "{err}");
     let (ok, _, err) = doc_cli(&store, &["delete", "app/legacy", "--purge"]);
     assert!(ok, "{err}");
     let (ok, _, err) = doc_cli(&store, &["undelete", "app/legacy"]);

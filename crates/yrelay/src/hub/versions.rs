@@ -2,6 +2,8 @@
 //! was at any moment, who changed what, and restoring an earlier state
 //! (one ordinary update, relayed to every connection like any other).
 
+use std::time::{Duration, Instant};
+
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::restore::restoring_update;
 use yrelay_protocol::update::{check_update, merge_updates};
@@ -61,7 +63,7 @@ impl DocHub {
         addr: &DocAddress,
         label: Option<&str>,
     ) -> Result<Option<VersionMeta>, HubError> {
-        let Some(state) = self.current_state(addr).await? else {
+        let Some((state, held)) = self.current_state(addr).await? else {
             return Ok(None);
         };
         let version = NewVersion {
@@ -73,7 +75,8 @@ impl DocHub {
         };
         let recorded = self.inner.store.add_version(addr, version).await?;
         if let Some(v) = &recorded {
-            tracing::info!(doc = %addr, version = v.id, bytes = v.size, "version recorded");
+            let locked_ms = held.as_secs_f64() * 1000.0;
+            tracing::info!(doc = %addr, version = v.id, bytes = v.size, locked_ms, "version recorded");
         }
         Ok(recorded)
     }
@@ -175,12 +178,18 @@ impl DocHub {
         Ok(Some(Restored { ack, version }))
     }
 
-    /// The live replica's full state; `None` when the document was never
-    /// written.
-    async fn current_state(&self, addr: &DocAddress) -> Result<Option<Vec<u8>>, HubError> {
+    /// The live replica's full state and how long the document was locked
+    /// for it; `None` when the document was never written.
+    async fn current_state(
+        &self,
+        addr: &DocAddress,
+    ) -> Result<Option<(Vec<u8>, Duration)>, HubError> {
         self.read_replica(addr, |doc| {
-            doc.transact()
-                .encode_state_as_update_v1(&StateVector::default())
+            let started = Instant::now();
+            let state = doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
+            (state, started.elapsed())
         })
         .await
     }
