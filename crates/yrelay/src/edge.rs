@@ -74,6 +74,20 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// A body that is a JSON object of shape `T` (not an array, which serde
+/// would also take for a struct), or 400 `BAD_JSON` saying `expected`.
+pub fn json_object<T: serde::de::DeserializeOwned>(
+    payload: Result<Bytes, BytesRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let payload = body(payload)?;
+    serde_json::from_slice::<serde_json::Value>(&payload)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .and_then(|v| serde_json::from_value::<T>(v).ok())
+        .ok_or_else(|| bad_request("BAD_JSON", format!("expected a JSON object {expected}")))
+}
+
 /// What the writer of an accepted update is told: `{"cursor", "timestamp"}`.
 pub fn ack_json(ack: &Ack) -> serde_json::Value {
     serde_json::json!({

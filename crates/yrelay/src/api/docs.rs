@@ -19,7 +19,9 @@ use yrelay_protocol::json::{doc_from_update, json_to_update};
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::history::{self, millis};
-use crate::edge::{Credentials, ack_json, address, bad_request, body, query, space, state_vector};
+use crate::edge::{
+    Credentials, ack_json, address, bad_request, body, json_object, query, space, state_vector,
+};
 use crate::http_error::ApiError;
 use crate::state::AppState;
 use crate::vocab::DocMeta;
@@ -201,19 +203,7 @@ pub async fn patch(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.writer(credentials.token(), &addr)?;
-    let payload = body(payload)?;
-    // An object only (serde would also take a struct from an array).
-    let patch = serde_json::from_slice::<serde_json::Value>(&payload)
-        .ok()
-        .filter(serde_json::Value::is_object)
-        .map(serde_json::from_value::<MetaPatch>)
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            bad_request(
-                "BAD_JSON",
-                "expected a JSON object {\"title\"?: string, \"blocked\"?: boolean}",
-            )
-        })?;
+    let patch: MetaPatch = json_object(payload, "{\"title\"?: string, \"blocked\"?: boolean}")?;
     let meta = app
         .hub
         .update_meta(&addr, patch.title.as_deref(), patch.blocked)

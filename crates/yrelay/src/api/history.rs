@@ -10,10 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use yrelay_protocol::json::doc_from_update;
 
-use crate::edge::{Credentials, ack_json, address, bad_request, body, query};
+use crate::edge::{Credentials, ack_json, address, bad_request, json_object, query};
 use crate::http_error::ApiError;
 use crate::hub::{HubError, PastState, RestoreTarget, Writer};
 use crate::state::AppState;
@@ -32,19 +31,6 @@ fn version_json(v: &VersionMeta) -> serde_json::Value {
         "editors": v.editors,
         "size": v.size,
     })
-}
-
-/// A JSON object body of shape `T`, or 400 `BAD_JSON` saying `expected`.
-fn json_body<T: DeserializeOwned>(
-    payload: Result<Bytes, BytesRejection>,
-    expected: &str,
-) -> Result<T, ApiError> {
-    let payload = body(payload)?;
-    serde_json::from_slice::<serde_json::Value>(&payload)
-        .ok()
-        .filter(serde_json::Value::is_object)
-        .and_then(|v| serde_json::from_value::<T>(v).ok())
-        .ok_or_else(|| bad_request("BAD_JSON", format!("expected a JSON object {expected}")))
 }
 
 /// Milliseconds since the epoch from a query parameter.
@@ -102,7 +88,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
     app.auth.writer(credentials.token(), &addr)?;
-    let new: NewVersion = json_body(payload, "{\"label\"?: string}")?;
+    let new: NewVersion = json_object(payload, "{\"label\"?: string}")?;
     if new.label.as_ref().is_some_and(|l| l.len() > MAX_LABEL) {
         return Err(bad_request(
             "BAD_JSON",
@@ -248,7 +234,7 @@ pub async fn restore(
     let addr = address(&space, &doc)?;
     let permit = app.auth.writer(credentials.token(), &addr)?;
     let expected = "{\"version\": integer} or {\"at\": milliseconds}";
-    let target = match json_body::<RestoreBody>(payload, expected)? {
+    let target = match json_object::<RestoreBody>(payload, expected)? {
         RestoreBody {
             version: Some(id),
             at: None,
