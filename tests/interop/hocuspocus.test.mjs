@@ -16,8 +16,8 @@ import { YrelayProcess, RedisProcess, waitFor } from './server.mjs'
 
 const SECRET = 'hocuspocus-secret-0123456789'
 const b64url = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
-function token (sub, access) {
-  const head = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub, exp: Math.floor(Date.now() / 1000) + 3600, access })}`
+function token (sub, access, ttl = 3600) {
+  const head = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub, exp: Math.floor(Date.now() / 1000) + ttl, access })}`
   return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`
 }
 
@@ -353,4 +353,32 @@ test('a token sent again is checked again: a read-only one makes the document re
 
   const stored = await (await fetch(`${server.httpUrl}/v1/docs/acme/refresh/json?token=${grant('ro')}`)).json()
   assert.deepEqual(stored, { m: { rw: 1 } })
+})
+
+test('a token that expires ends its document, unless a fresh one was sent in time', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
+  t.after(() => server.dispose())
+  const ws = await rawSocket(server)
+  t.after(() => ws.terminate())
+  const next = async (type, name) => {
+    const seen = ws.got.length
+    const match = (f) => f.type === type && f.name === name
+    await waitFor(`a message of type ${type} for ${name}`, () => ws.got.slice(seen).some(match), [[ws, 'frame']])
+    return ws.got.slice(seen).find(match)
+  }
+  const answer = async (send, type, name) => { const got = next(type, name); ws.send(send); return got }
+  const access = [{ space: 'acme', doc: '*', mode: 'rw' }]
+  const short = token('ann', access, 1)
+  for (const name of ['acme/expires', 'acme/renewed']) {
+    const reply = await answer(auth(name, short), 2, name)
+    assert.equal(decoding.readVarUint(reply.rest), 2, 'authenticated')
+  }
+  const renewed = await answer(auth('acme/renewed', token('ann', access)), 2, 'acme/renewed')
+  assert.equal(decoding.readVarUint(renewed.rest), 2, 'authenticated again')
+
+  const denied = await next(2, 'acme/expires')
+  assert.equal(decoding.readVarUint(denied.rest), 1, 'permission denied')
+  assert.match(decoding.readVarString(denied.rest), /expired/)
+  const saved = await answer(updateFrame('acme/renewed', (d) => d.getMap('m').set('still', 1)), 8, 'acme/renewed')
+  assert.equal(decoding.readVarUint(saved.rest), 1, 'the renewed document still saves')
 })

@@ -443,3 +443,22 @@ test('documents per socket and load rate are bounded; what a socket loaded is re
   }
   assert.equal(await metric('yrelay_docs_loaded'), 0)
 })
+
+test('a socket whose token expires is disconnected, and its stale token refused at reconnect', async (t) => {
+  const secret = 'sio-secret'
+  const server = await new YrelayProcess(['--jwt-secret', secret]).start()
+  t.after(() => server.dispose())
+  const mint = (...args) => execFileSync(yrelayBin, ['token', ...args, '--jwt-secret', secret]).toString().trim()
+  const short = mint('--sub', 'ann', '--space', 'ws1', '--ttl', '1s')
+  const expiring = await connect(server, { auth: { token: short } })
+  const stays = await connect(server, { auth: { token: mint('--sub', 'bob', '--space', 'ws1') } })
+  t.after(() => { expiring.close(); stays.close() })
+  for (const s of [expiring, stays]) assert.equal((await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })).data.success, true)
+
+  const reason = await new Promise((resolve) => expiring.once('disconnect', resolve))
+  assert.equal(reason, 'io server disconnect')
+  await assert.rejects(connect(server, { auth: { token: short } }), /sign in required: the token has expired/)
+  assert.ok(stays.connected)
+  const pushed = await call(stays, 'space:push-doc-update', { ...ws, docId: 'd', update: b64(update((d) => d.getMap('m').set('k', 1))) })
+  assert.equal(pushed.data.accepted, true)
+})

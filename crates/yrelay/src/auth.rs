@@ -147,13 +147,37 @@ pub struct Permit {
     /// The token's subject; `None` with auth off.
     pub sub: Option<String>,
     pub mode: Mode,
+    /// When the token expires (`exp`, seconds since the epoch); `None`
+    /// with auth off.
+    pub exp: Option<u64>,
 }
 
 impl Permit {
     pub fn can_write(&self) -> bool {
         self.mode == Mode::Rw
     }
+
+    /// When a connection opened with this permit must end: once the token
+    /// has expired (with the leeway a token is checked with at connect).
+    pub fn expires(&self) -> Option<tokio::time::Instant> {
+        let exp = self.exp?;
+        let left_ms = (exp as i64 + LEEWAY_SECS as i64) * 1000 - now_ms();
+        let left = std::time::Duration::from_millis(left_ms.max(0) as u64);
+        Some(tokio::time::Instant::now() + left)
+    }
 }
+
+/// Waits until `expires` (forever for `None`): the end of a connection
+/// whose token expires.
+pub async fn until(expires: Option<tokio::time::Instant>) {
+    match expires {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Seconds of clock skew a token's `exp` and `nbf` are checked with.
+const LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -279,12 +303,14 @@ impl Auth {
             return Ok(Permit {
                 sub: None,
                 mode: Mode::Rw,
+                exp: None,
             });
         };
         let mode = mode(&claims).ok_or_else(|| AuthError::Denied(what()))?;
         Ok(Permit {
             sub: Some(claims.sub),
             mode,
+            exp: Some(claims.exp),
         })
     }
 }
@@ -293,7 +319,7 @@ fn validation(algorithms: &[Algorithm]) -> Validation {
     let mut validation = Validation::new(algorithms[0]);
     validation.algorithms = algorithms.to_vec();
     // The same small leeway for `nbf` as for `exp` (clock skew).
-    validation.leeway = 5;
+    validation.leeway = LEEWAY_SECS;
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp", "sub"]);

@@ -7,7 +7,7 @@ use common::sse::EventStream;
 use common::{TestServer, WAIT, http_call};
 use yrelay::auth::{Grant, Mode, SigningKey, mint};
 use yrelay_client::WsClient;
-use yrs::{Doc, ReadTxn, Text, Transact};
+use yrs::{Doc, ReadTxn, Text, Transact, WriteTxn};
 
 const SECRET: &str = "test-secret";
 
@@ -380,4 +380,55 @@ async fn public_key_tokens_rs256_es256_eddsa() {
             refused_with(&format!("{}?token={hs}", server.ws_url("@ann/notes"))).await;
         assert_eq!(code, Some(1008), "{name}: {reason}");
     }
+}
+
+/// A token's `exp` holds on open connections too: when it passes, the
+/// WebSocket is closed (1008) and the event stream ends with an `error`
+/// event, so clients refresh and reconnect; a connection with a valid token
+/// stays.
+#[tokio::test]
+async fn a_token_that_expires_ends_the_connections_it_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", SECRET]).await;
+    let grant = Grant {
+        space: "team".into(),
+        doc: "*".into(),
+        mode: Mode::Rw,
+    };
+    let short = mint(&SigningKey::Secret(SECRET.into()), "ann", vec![grant], 1).unwrap();
+    let url = |token: &str| format!("{}?token={token}", server.ws_url("team/plan"));
+    let expiring = WsClient::connect(&url(&short), Doc::new()).await.unwrap();
+    expiring.wait_synced(WAIT).await.unwrap();
+    let mut events = EventStream::open(
+        server.addr,
+        &format!("/v1/docs/team/plan/events?token={short}"),
+        None,
+    )
+    .await;
+    assert_eq!(events.next().await.event, "sync");
+    let long = token("bob", &[("team", "*", Mode::Rw)]);
+    let stays = WsClient::connect(&url(&long), Doc::new()).await.unwrap();
+    stays.wait_synced(WAIT).await.unwrap();
+
+    let info = expiring.closed(WAIT).await.unwrap();
+    assert_eq!(info.code, Some(1008), "{info:?}");
+    assert!(info.reason.contains("expired"), "{info:?}");
+    let ended = loop {
+        let event = events.next().await;
+        if event.event == "error" {
+            break event;
+        }
+    };
+    assert!(ended.data.contains("TOKEN_EXPIRED"), "{}", ended.data);
+    assert!(!stays.is_closed());
+    stays.edit(|txn| {
+        txn.get_or_insert_text("text").insert(txn, 0, "still here");
+    });
+    let check = WsClient::connect(&url(&long), Doc::new()).await.unwrap();
+    check
+        .wait_for("the edit of the connection that stayed", WAIT, |c| {
+            common::text(c) == "still here"
+        })
+        .await
+        .unwrap();
 }

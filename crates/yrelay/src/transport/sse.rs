@@ -30,7 +30,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
-use crate::auth::Permit;
+use crate::auth::{self, Permit};
 use crate::edge::{
     Caller, Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector,
 };
@@ -56,7 +56,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    let expires = app.auth.doc(credentials.token(), &addr)?.expires();
     let sv = query_state_vector(query_string)?;
     let slot = app.limits.connection_slot()?;
     let resume_after = headers
@@ -99,6 +99,7 @@ pub async fn events(
         OpenStream {
             session,
             _slot: slot,
+            expires,
         },
         last,
     );
@@ -123,6 +124,8 @@ fn update_event(payload: &[u8], cursor: Option<LogCursor>) -> Event {
 struct OpenStream {
     session: Session,
     _slot: OwnedSemaphorePermit,
+    /// When its token expires: the stream ends with an `error` event.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Drop for OpenStream {
@@ -132,7 +135,8 @@ impl Drop for OpenStream {
 }
 
 /// The session's events, skipping updates at or before `last` (already sent).
-/// A deleted document ends the stream with a `deleted` event.
+/// A deleted document ends the stream with a `deleted` event, an expired
+/// token with an `error` event.
 fn live_events(
     open: OpenStream,
     last: Option<LogCursor>,
@@ -140,7 +144,19 @@ fn live_events(
     stream::unfold((Some(open), last), |(open, last)| async move {
         let mut open = open?;
         loop {
-            match open.session.next_event().await {
+            let event = tokio::select! {
+                event = open.session.next_event() => event,
+                _ = auth::until(open.expires) => {
+                    metrics::rejected("token_expired");
+                    let error = serde_json::json!({
+                        "code": "TOKEN_EXPIRED",
+                        "message": "the token has expired: refresh it and reconnect",
+                    });
+                    let event = Event::default().event("error").data(error.to_string());
+                    return Some((Ok(event), (None, last)));
+                }
+            };
+            match event {
                 Ok(DocEvent::Update {
                     payload, cursor, ..
                 }) => {

@@ -19,7 +19,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::{self, ClientMessage, FrameError};
 use yrelay_protocol::update::check_update;
 
-use crate::auth::{AuthError, Permit};
+use crate::auth::{self, AuthError, Permit};
 use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
@@ -150,9 +150,17 @@ async fn connection(
         Ok(permit) => match app.hub.join(&addr).await {
             Ok(session) => {
                 let write = permit.can_write();
+                let expires = permit.expires();
                 let mut in_flight = InFlight::new();
                 let mut session = session.with_editor(permit.sub);
-                let close = serve(&app, &mut session, write, &mut socket, &mut in_flight).await;
+                let close = serve(
+                    &app,
+                    &mut session,
+                    (write, expires),
+                    &mut socket,
+                    &mut in_flight,
+                )
+                .await;
                 // Received = processed (DESIGN invariant 8): the updates this
                 // connection delivered before it ended still become durable.
                 settle(&session, in_flight).await;
@@ -206,10 +214,11 @@ async fn settle(session: &Session, mut in_flight: InFlight) {
     }
 }
 
+/// Serves the connection until it ends; `expires`: when its token does.
 async fn serve(
     app: &AppState,
     session: &mut Session,
-    writable: bool,
+    (writable, expires): (bool, Option<tokio::time::Instant>),
     socket: &mut WebSocket,
     in_flight: &mut InFlight,
 ) -> Close {
@@ -233,8 +242,14 @@ async fn serve(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
+    let expired = auth::until(expires);
+    tokio::pin!(expired);
     loop {
         tokio::select! {
+            _ = &mut expired => {
+                metrics::rejected("token_expired");
+                return Close::Policy("the token has expired: refresh it and reconnect".into());
+            }
             frame = socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,

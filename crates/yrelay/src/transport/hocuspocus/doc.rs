@@ -7,12 +7,14 @@ use axum::extract::ws::Message as WsMessage;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::hocuspocus::{self, Message};
 use yrelay_protocol::sync::{self, ClientMessage};
 use yrelay_protocol::update::check_update;
 
 use super::{End, TRANSPORT};
+use crate::auth;
 use crate::hub::{Ack, CloseReason, DocEvent, DocHub, HubError, Session};
 use crate::metrics;
 
@@ -26,8 +28,12 @@ type InFlight =
 /// What the connection hands a document task.
 pub(super) enum Input {
     Message(Message),
-    /// The provider's token was sent again and now grants this mode.
-    Writable(bool),
+    /// The provider's token was sent again: it grants this mode, and
+    /// expires then.
+    Access {
+        writable: bool,
+        expires: Option<Instant>,
+    },
 }
 
 /// What a document task sends under its key.
@@ -86,19 +92,12 @@ pub(super) async fn open(
 /// before that still becomes durable.
 pub(super) async fn run(
     mut session: Session,
-    mut writable: bool,
+    access: (bool, Option<Instant>),
     mut messages: mpsc::Receiver<Input>,
     outbox: Outbox,
 ) -> End {
     let mut in_flight = InFlight::new();
-    let end = serve(
-        &mut session,
-        &mut writable,
-        &mut messages,
-        &outbox,
-        &mut in_flight,
-    )
-    .await;
+    let end = serve(&mut session, access, &mut messages, &outbox, &mut in_flight).await;
     drop(messages);
     while let Some(accepted) = in_flight.next().await {
         if let Err(e) = accepted {
@@ -108,9 +107,11 @@ pub(super) async fn run(
     end
 }
 
+/// Serves the document; `(writable, expires)`: what the provider's token
+/// grants and when it expires (a token sent again renews both).
 async fn serve(
     session: &mut Session,
-    writable: &mut bool,
+    (mut writable, expires): (bool, Option<Instant>),
     messages: &mut mpsc::Receiver<Input>,
     outbox: &Outbox,
     in_flight: &mut InFlight,
@@ -121,18 +122,26 @@ async fn serve(
     {
         return end;
     }
+    let mut expires = expires;
     loop {
         tokio::select! {
+            _ = auth::until(expires) => {
+                metrics::rejected("token_expired");
+                let _ = outbox
+                    .send(&hocuspocus::permission_denied("the token has expired: send a fresh one"))
+                    .await;
+                return End::Detached;
+            }
             message = messages.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let message = match message {
                     Some(Input::Message(message)) => message,
-                    Some(Input::Writable(mode)) => {
-                        *writable = mode;
+                    Some(Input::Access { writable: mode, expires: until }) => {
+                        (writable, expires) = (mode, until);
                         continue;
                     }
                     None => return End::Detached,
                 };
-                if let Err(end) = handle(session, *writable, message, outbox, in_flight).await {
+                if let Err(end) = handle(session, writable, message, outbox, in_flight).await {
                     return end;
                 }
             }

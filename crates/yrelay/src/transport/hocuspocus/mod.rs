@@ -343,7 +343,11 @@ impl Conn {
         if let Some(tx) = self.keys.get(key).and_then(Key::open) {
             // Already open: the refreshed token still grants it, maybe with
             // another mode.
-            let _ = tx.send(doc::Input::Writable(writable)).await;
+            let access = doc::Input::Access {
+                writable,
+                expires: permit.expires(),
+            };
+            let _ = tx.send(access).await;
             return self.send(key, &hocuspocus::authenticated(!writable)).await;
         }
         let open = self
@@ -371,10 +375,11 @@ impl Conn {
             out: self.out.clone(),
         };
         let (task_key, hub) = (key.to_owned(), self.app.hub.clone());
+        let expires = permit.expires();
         self.tasks.spawn(async move {
             let opened = doc::open(&hub, &addr, permit.sub, writable, &outbox).await;
             let end = match opened {
-                Ok(session) => doc::run(session, writable, rx, outbox).await,
+                Ok(session) => doc::run(session, (writable, expires), rx, outbox).await,
                 Err(end) => end,
             };
             (task_key, end)

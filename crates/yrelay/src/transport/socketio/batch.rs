@@ -19,6 +19,7 @@ use super::wire::{
     Protocol, Reply, SpaceRef, awareness_room, bad_request, batch_version, error, parse,
     space_type, subscribers_room, too_old,
 };
+use crate::auth::AuthError;
 use crate::metrics;
 
 /// Entries one `space:join-batch` may list.
@@ -159,6 +160,31 @@ impl Gateway {
             conn.subscriptions.remove(&(space.clone(), addr.clone()));
         }
         self.forget_presence(socket, addr);
+    }
+
+    /// Disconnects the sockets whose token has expired, each instance its
+    /// own: the client reconnects with a fresh token (a stale one is
+    /// refused at connect, "sign in required: the token has expired").
+    pub(super) fn end_expired_sockets(&self) {
+        let expired: Vec<Sid> = self
+            .state()
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                matches!(
+                    self.app.auth.verify(conn.token.as_deref()),
+                    Err(AuthError::Expired)
+                )
+            })
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in expired {
+            if let Some(socket) = self.io.get_socket(sid) {
+                metrics::rejected("token_expired");
+                tracing::info!(socket = %sid, "token expired: socket disconnected");
+                let _ = socket.disconnect();
+            }
+        }
     }
 
     /// Ends the subscriptions whose socket may no longer read the document

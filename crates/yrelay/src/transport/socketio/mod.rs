@@ -153,6 +153,7 @@ async fn housekeeping(gateway: std::sync::Weak<Gateway>) {
                 gw.forget(sid);
             }
         }
+        gw.end_expired_sockets();
         gw.end_lost_subscriptions();
     }
 }
