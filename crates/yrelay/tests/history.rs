@@ -520,3 +520,33 @@ async fn a_restore_reaches_every_instance_and_an_offline_client_merges_on_top() 
     }
     converge(&[&a, &b, &c]).await;
 }
+
+/// Scaled out, what only the log holds yet (no compactor has moved it to
+/// the store) is part of the history too: `?at=` and `changes` include it.
+#[tokio::test]
+async fn history_includes_what_only_the_log_holds_yet() {
+    use common::cluster::Cluster;
+
+    let cluster = Cluster::start(2, &["--jwt-secret", SECRET, "--no-compactor"]).await;
+    let (one, two) = (&cluster.instances[0], &cluster.instances[1]);
+    let ann = token("ann", Mode::Rw);
+    let a = client(one, &ann).await;
+    a.edit(|txn| {
+        txn.get_or_insert_map("settings")
+            .insert(txn, "theme", "dark");
+    });
+    let content = json_of(&a);
+    server_shows(two, &ann, &content).await;
+    assert_eq!(cluster.stored_state_of(DOC).await, None, "only in the log");
+    let now = now_ms();
+    let path = format!("/v1/docs/{DOC}/json?at={now}");
+    let (status, head, body) = call(two, "GET", &path, &ann, Value::Null).await;
+    assert_eq!((status, &body), (200, &content), "{head}");
+    let path = format!("/v1/docs/{DOC}/changes?to={now}");
+    let (_, _, changes) = call(two, "GET", &path, &ann, Value::Null).await;
+    let changes = changes.as_array().unwrap();
+    assert!(
+        !changes.is_empty() && changes.iter().all(|c| c["editor"] == "ann"),
+        "{changes:?}"
+    );
+}

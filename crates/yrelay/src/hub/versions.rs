@@ -116,7 +116,7 @@ impl DocHub {
         }
         // Every update of the window up to `at`: those a version holds too
         // merge to nothing new.
-        let changes = store.changes(addr, i64::MIN, at).await?;
+        let changes = self.changes(addr, i64::MIN, at).await?;
         if base.is_none() && changes.is_empty() {
             return Err(before_history(at));
         }
@@ -137,14 +137,40 @@ impl DocHub {
         })
     }
 
-    /// The updates the store holds of `addr` written from `from` to `to`.
+    /// The updates of `addr` written from `from` to `to`, oldest first: the
+    /// store's, and (scaled out) those only the log holds yet.
     pub async fn changes(
         &self,
         addr: &DocAddress,
         from: i64,
         to: i64,
     ) -> Result<Vec<Change>, HubError> {
-        Ok(self.inner.store.changes(addr, from, to).await?)
+        let store = &self.inner.store;
+        let logged = if self.inner.store_first {
+            Vec::new()
+        } else {
+            let cursor = store.log_cursor(addr).await?;
+            let entries = self.inner.log.read(addr, cursor).await?.unwrap_or_default();
+            entries
+                .into_iter()
+                .filter(|e| (from..=to).contains(&e.timestamp_ms))
+                .map(|e| Change {
+                    timestamp_ms: e.timestamp_ms,
+                    editor: e.editor.map(|e| e.to_string()),
+                    data: e.payload.to_vec(),
+                })
+                .collect()
+        };
+        let mut changes = store.changes(addr, from, to).await?;
+        // An entry persisted between the two reads is in both.
+        let stored = changes.len();
+        for change in logged {
+            if !changes[..stored].contains(&change) {
+                changes.push(change);
+            }
+        }
+        changes.sort_by_key(|c| c.timestamp_ms);
+        Ok(changes)
     }
 
     /// Restores `addr` to an earlier state: records a version of the
