@@ -97,6 +97,15 @@ async fn after(t: i64) {
     }
 }
 
+/// The id of the document's newest version.
+async fn list_first_id(server: &TestServer, token: &str) -> i64 {
+    let path = format!("/v1/docs/{DOC}/versions");
+    let (_, _, list) = call(server, "GET", &path, token, Value::Null).await;
+    list[0]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no version: {list}"))
+}
+
 /// Everything a user does with history, against one running server.
 async fn history_scenario(server: &TestServer) {
     let (ann, bob) = (token("ann", Mode::Rw), token("bob", Mode::Rw));
@@ -350,13 +359,23 @@ async fn the_trash_keeps_a_deleted_document_until_undeleted_or_purged() {
     let versions = format!("/v1/docs/{DOC}/versions");
     let (status, _, _) = call(&server, "POST", &versions, &ann, json!({"label": "kept"})).await;
     assert_eq!(status, 201);
+    let kept_id = list_first_id(&server, &ann).await;
 
     let doc = format!("/v1/docs/{DOC}");
     let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
     assert_eq!(status, 204);
     let closed = a.closed(WAIT).await.unwrap();
     assert_eq!(closed.code, Some(4410), "{closed:?}");
-    for path in [doc.clone(), format!("{doc}/json"), versions.clone()] {
+    let kept = kept_id;
+    let now = now_ms();
+    for path in [
+        doc.clone(),
+        format!("{doc}/json"),
+        versions.clone(),
+        format!("{doc}/json?at={now}"),
+        format!("{doc}/versions/{kept}/json"),
+        format!("{doc}/changes"),
+    ] {
         let (status, _, body) = call(&server, "GET", &path, &ann, Value::Null).await;
         assert_eq!(
             (status, error_code(&body)),

@@ -103,7 +103,11 @@ pub async fn export_update(
     let q = query(query_string)?;
     let sv = state_vector(q.sv.as_deref())?;
     if let Some(at) = q.at.as_deref() {
-        let mut past = app.hub.state_at(&addr, millis("at", at)?).await?;
+        let at = millis("at", at)?;
+        if !app.hub.exists(&addr).await? {
+            return Err(not_found(&addr));
+        }
+        let mut past = app.hub.state_at(&addr, at).await?;
         if sv != StateVector::default() {
             past.state = tokio::task::spawn_blocking(move || {
                 doc_from_update(&past.state).map(|d| d.transact().encode_diff_v1(&sv))
@@ -141,7 +145,11 @@ pub async fn export_json(
     let addr = address(&space, &doc)?;
     app.auth.doc(credentials.token(), &addr)?;
     if let Some(at) = query(query_string)?.at.as_deref() {
-        let past = app.hub.state_at(&addr, millis("at", at)?).await?;
+        let at = millis("at", at)?;
+        if !app.hub.exists(&addr).await? {
+            return Err(not_found(&addr));
+        }
+        let past = app.hub.state_at(&addr, at).await?;
         return history::json_response(past).await;
     }
     let json = app

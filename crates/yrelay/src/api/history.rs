@@ -150,6 +150,9 @@ async fn version(
             format!("{id:?} is not a version id"),
         )
     })?;
+    if !app.hub.exists(&addr).await? {
+        return Err(super::docs::not_found(&addr));
+    }
     Ok(app.hub.version(&addr, id).await?)
 }
 
