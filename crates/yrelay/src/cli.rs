@@ -68,6 +68,9 @@ pub async fn run(args: DocArgs) -> CliResult {
             instance,
             // The serve default (`--history-exact-secs`).
             history_exact: Duration::from_secs(86_400),
+            // The command line's changes are told by the servers' webhooks
+            // only as far as those see them.
+            hooks: None,
         },
     );
     let mut out = std::io::stdout().lock();

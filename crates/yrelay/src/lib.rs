@@ -13,6 +13,7 @@ pub mod compactor;
 pub mod config;
 pub mod deadline;
 pub mod edge;
+pub mod hooks;
 pub mod http_error;
 pub mod http_serve;
 pub mod hub;

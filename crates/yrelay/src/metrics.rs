@@ -58,6 +58,12 @@ pub fn rejected(reason: &'static str) {
     counter!("yrelay_rejected_messages_total", "reason" => reason).increment(1);
 }
 
+/// A webhook delivery attempt and how it ended (`sent`, `retried`,
+/// `failed`: given up), or an event the outbox could not take (`lost`).
+pub fn webhook(outcome: &'static str) {
+    counter!("yrelay_webhook_deliveries_total", "outcome" => outcome).increment(1);
+}
+
 /// An accepted update (stored before nesting was bounded) applied although
 /// it nests types deeper than the limit.
 pub fn too_deep_doc() {

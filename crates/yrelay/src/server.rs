@@ -20,6 +20,7 @@ use crate::auth::{Auth, KeyError, SigningKey};
 use crate::compactor::{Compactor, CompactorConfig, HistoryConfig, watch_backlog};
 use crate::deadline::DeadlineListener;
 use crate::edge::CallerRate;
+use crate::hooks::{HookConfig, Hooks};
 use crate::http_serve;
 use crate::hub::{AwarenessBounds, CloseReason, DocHub, HubConfig};
 use crate::log::{self, Log, LogError};
@@ -63,6 +64,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
     instance: u64,
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl Server {
@@ -71,6 +73,21 @@ impl Server {
         let store = store::open_or_wait(&config.store).await?;
         let instance = new_instance_id();
         let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas, instance).await?;
+        let hooks = (!config.webhook.is_empty()).then(|| {
+            Hooks::new(
+                HookConfig {
+                    targets: config.webhook.clone(),
+                    secret: config.webhook_secret.clone(),
+                    debounce: Duration::from_millis(config.webhook_debounce_ms),
+                    max_wait: Duration::from_millis(config.webhook_max_wait_ms),
+                    retry_for: Duration::from_secs_f64(
+                        config.webhook_retry_hours.max(0.0) * 3600.0,
+                    ),
+                    instance,
+                },
+                store.clone(),
+            )
+        });
         let hub = DocHub::new(
             store.clone(),
             log.clone(),
@@ -84,6 +101,7 @@ impl Server {
                 },
                 instance,
                 history_exact: config.history_exact_secs,
+                hooks: hooks.clone(),
             },
         );
         let listener =
@@ -131,6 +149,7 @@ impl Server {
             store,
             log,
             instance,
+            hooks,
         })
     }
 
@@ -151,6 +170,7 @@ impl Server {
             store,
             log,
             instance,
+            hooks,
         } = self;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let hub = app.hub.clone();
@@ -197,6 +217,13 @@ impl Server {
                 app.shutdown.clone(),
             )
         });
+        let hooks = hooks.map(|hooks| {
+            tracing::info!(
+                "webhooks: document events go to {}",
+                config.webhook.join(", ")
+            );
+            tokio::spawn(hooks.run(app.shutdown.clone()))
+        });
         tokio::spawn(watch_backlog(
             store.clone(),
             log.clone(),
@@ -234,6 +261,10 @@ impl Server {
                 config.http_timeout_secs,
             );
             let _ = http_serve::serve(listener, router, config.http_timeout_secs, stopping).await;
+        }
+        if let Some(hooks) = hooks {
+            // Updates waiting for quiet go to the outbox before the stop.
+            let _ = hooks.await;
         }
         if let Some((compactor, running)) = compactor {
             stop_compactor(&compactor, running).await;
@@ -361,6 +392,7 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         )
         .route("/v1/docs/{space}/{doc}/undelete", post(api::docs::undelete))
         .route("/v1/spaces/{space}/trash", get(api::docs::trash))
+        .route("/v1/webhooks/deliveries", get(api::webhooks::deliveries))
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
         .route("/v1/hocuspocus", get(transport::hocuspocus::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))

@@ -75,6 +75,21 @@ pub struct Settings {
     /// a deleted document stays in the trash this long (seconds; `POST .../undelete` brings it back), then it is purged
     #[arg(long, env = "YRELAY_TRASH_RETENTION_SECS", default_value = "2592000", value_parser = positive_seconds)]
     pub trash_retention_secs: Duration,
+    /// POST every document event to this URL (repeatable, or comma-separated): signed, at least once, in order per document
+    #[arg(long, env = "YRELAY_WEBHOOK", value_delimiter = ',')]
+    pub webhook: Vec<String>,
+    /// the HMAC-SHA256 key of each webhook's `Yrelay-Signature` header
+    #[arg(long, env = "YRELAY_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// `doc.updated` is sent once a document has been quiet this long (ms)
+    #[arg(long, env = "YRELAY_WEBHOOK_DEBOUNCE_MS", default_value = "2000")]
+    pub webhook_debounce_ms: u64,
+    /// ... and at least this often while edits go on (ms)
+    #[arg(long, env = "YRELAY_WEBHOOK_MAX_WAIT_MS", default_value = "10000")]
+    pub webhook_max_wait_ms: u64,
+    /// a webhook delivery that keeps failing is retried (exponential backoff, at most hourly) this long, then given up
+    #[arg(long, env = "YRELAY_WEBHOOK_RETRY_HOURS", default_value = "24")]
+    pub webhook_retry_hours: f64,
     /// serve this directory's files at `/app/` (a demo or your own front end)
     #[arg(long, env = "YRELAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

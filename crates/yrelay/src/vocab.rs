@@ -87,6 +87,20 @@ pub struct Change {
     pub data: Vec<u8>,
 }
 
+/// A webhook delivery as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    pub id: i64,
+    pub target: String,
+    pub space: String,
+    pub doc: String,
+    pub event: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub status: String,
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod docs;
 pub mod history;
+pub mod webhooks;
 pub mod ysweet;
 
 use axum::Json;

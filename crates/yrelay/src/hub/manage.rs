@@ -15,6 +15,7 @@ use crate::clock::now_ms;
 use crate::log::{EntryKind, LogError, Subscription};
 use crate::metrics;
 use crate::store::DocMeta;
+use crate::vocab::DeliveryInfo;
 use crate::vocab::Origin;
 
 impl DocHub {
@@ -195,6 +196,30 @@ impl DocHub {
         Ok(true)
     }
 
+    /// Webhook deliveries in `status` (`pending`, `sent`, `failed`), newest
+    /// first.
+    pub async fn webhook_deliveries(
+        &self,
+        status: &str,
+        limit: i64,
+    ) -> Result<Vec<DeliveryInfo>, HubError> {
+        let deliveries = self.inner.store.deliveries(status, limit).await?;
+        Ok(deliveries
+            .into_iter()
+            .map(|d| DeliveryInfo {
+                id: d.id,
+                target: d.target,
+                space: d.space,
+                doc: d.doc,
+                event: d.event,
+                created_at: d.created_at,
+                attempts: d.attempts,
+                status: d.status,
+                last_error: d.last_error,
+            })
+            .collect())
+    }
+
     /// Whether the document is in the trash.
     pub async fn in_trash(&self, addr: &DocAddress) -> Result<bool, HubError> {
         Ok(self.inner.store.trashed_at(addr).await?.is_some())
@@ -222,6 +247,12 @@ impl DocHub {
         timestamp_ms: i64,
         title: Option<&str>,
     ) {
+        // Webhooks: every event but updates, which are debounced apart.
+        if let Some(hooks) = &self.inner.config.hooks
+            && event != SpaceEvent::Updated
+        {
+            hooks.event(addr, event.name(), timestamp_ms);
+        }
         let Ok(feed) = DocAddress::space_feed(addr.space()) else {
             return;
         };

@@ -85,6 +85,8 @@ pub struct HubConfig {
     pub instance: u64,
     /// How far back the store keeps every update (`?at=` is exact within).
     pub history_exact: Duration,
+    /// Where document events go as webhooks, if anywhere.
+    pub hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 /// Why an instance cannot serve now.
@@ -315,9 +317,13 @@ impl DocHub {
         let entry = self
             .inner
             .log
-            .append_update(addr, payload, writer.origin, writer.editor)
+            .append_update(addr, payload, writer.origin, writer.editor.clone())
             .await?;
         metrics::update_accepted(transport, bytes, started.elapsed().as_secs_f64());
+        if let Some(hooks) = &self.inner.config.hooks {
+            let cursor = entry.cursor.map(|c| c.to_string());
+            hooks.updated(addr, writer.editor.as_deref(), entry.timestamp_ms, cursor);
+        }
         if let Some(event) = announce {
             self.announce(addr, event, entry.timestamp_ms, None);
         }

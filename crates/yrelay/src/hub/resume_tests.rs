@@ -150,6 +150,7 @@ async fn an_update_appended_while_resuming_from_the_store_is_not_missed() {
         },
         instance: crate::vocab::new_instance_id(),
         history_exact: Duration::from_secs(60),
+        hooks: None,
     };
     let hub = DocHub::new(store, log, config);
     let addr = DocAddress::parse("s", "gap").unwrap();

@@ -17,6 +17,7 @@
 
 mod group_commit;
 mod history;
+mod outbox;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -29,6 +30,7 @@ pub use crate::vocab::DocMeta;
 use crate::vocab::LogCursor;
 pub use group_commit::GroupCommit;
 pub use history::{History, NewVersion, Pruned};
+pub use outbox::{Attempted, Delivery, NewDelivery, Outbox};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -104,7 +106,7 @@ pub enum StoreError {
 
 /// Durable history of documents (see the module docs for how it is used).
 #[async_trait]
-pub trait Store: History + Send + Sync + 'static {
+pub trait Store: History + Outbox + Send + Sync + 'static {
     /// A short name for logs and `/readyz` ("sqlite", "postgres").
     fn name(&self) -> &'static str;
 

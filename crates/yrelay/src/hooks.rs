@@ -1,0 +1,281 @@
+//! Webhooks: document events delivered to the app's backend, signed, at
+//! least once, in order per document.
+//!
+//! An event is written to the store's outbox before it is attempted; every
+//! instance delivers what is due (one at a time per target and document,
+//! under a lease), retrying with exponential backoff for `retry_for`.
+//! `doc.updated` is debounced per document on the instance that accepted
+//! the updates: sent once the document has been quiet for `debounce`, and
+//! at least every `max_wait` while edits go on.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::watch;
+use yrelay_protocol::DocAddress;
+
+use crate::clock::now_ms;
+use crate::metrics;
+use crate::store::{Attempted, Delivery, NewDelivery, Store};
+
+/// Where and how events are delivered.
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    /// The URLs every event is POSTed to.
+    pub targets: Vec<String>,
+    /// The HMAC-SHA256 key of `Yrelay-Signature` (unsigned without one).
+    pub secret: Option<String>,
+    pub debounce: Duration,
+    pub max_wait: Duration,
+    /// A delivery failing for longer than this is given up.
+    pub retry_for: Duration,
+    /// This instance's id (event ids name it).
+    pub instance: u64,
+}
+
+/// How long an instance holds a delivery it attempts.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long a receiver may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often due work is looked for.
+const TICK: Duration = Duration::from_millis(100);
+/// Deliveries attempted at once per instance.
+const BATCH: i64 = 16;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// `doc.updated` waiting for its document to be quiet.
+struct Pending {
+    first: Instant,
+    last: Instant,
+    timestamp_ms: i64,
+    editors: BTreeSet<String>,
+    cursor: Option<String>,
+}
+
+pub struct Hooks {
+    config: HookConfig,
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    pending: Mutex<HashMap<DocAddress, Pending>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Hooks {
+    pub fn new(config: HookConfig, store: Arc<dyn Store>) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(TIMEOUT)
+            .build()
+            .expect("an HTTP client without custom TLS always builds");
+        Arc::new(Self {
+            config,
+            store,
+            client,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// An event of a document (`doc.created`, `doc.renamed`, `doc.deleted`,
+    /// `doc.undeleted`): written to the outbox in the background.
+    pub fn event(self: &Arc<Self>, addr: &DocAddress, event: &'static str, timestamp_ms: i64) {
+        let (hooks, addr) = (self.clone(), addr.clone());
+        tokio::spawn(async move {
+            hooks
+                .enqueue(&addr, event, timestamp_ms, Vec::new(), None)
+                .await;
+        });
+    }
+
+    /// An accepted update: a `doc.updated` once the document is quiet.
+    pub fn updated(
+        &self,
+        addr: &DocAddress,
+        editor: Option<&str>,
+        timestamp_ms: i64,
+        cursor: Option<String>,
+    ) {
+        let now = Instant::now();
+        let mut pending = self.lock();
+        let entry = pending.entry(addr.clone()).or_insert_with(|| Pending {
+            first: now,
+            last: now,
+            timestamp_ms,
+            editors: BTreeSet::new(),
+            cursor: None,
+        });
+        entry.last = now;
+        entry.timestamp_ms = entry.timestamp_ms.max(timestamp_ms);
+        entry.cursor = cursor.or(entry.cursor.take());
+        if let Some(editor) = editor {
+            entry.editors.insert(editor.to_owned());
+        }
+    }
+
+    /// Writes due `doc.updated` events and delivers what is due, until
+    /// `shutdown` changes (then what waits for quiet is written at once).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    self.write_updates(true).await;
+                    return;
+                }
+            }
+            self.write_updates(false).await;
+            if let Err(e) = self.deliver_due().await {
+                tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocAddress, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn write_updates(&self, all: bool) {
+        let (debounce, max_wait) = (self.config.debounce, self.config.max_wait);
+        let due: Vec<(DocAddress, Pending)> = {
+            let mut pending = self.lock();
+            let keys: Vec<DocAddress> = pending
+                .iter()
+                .filter(|(_, p)| {
+                    all || p.last.elapsed() >= debounce || p.first.elapsed() >= max_wait
+                })
+                .map(|(addr, _)| addr.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|addr| pending.remove_entry(&addr))
+                .collect()
+        };
+        for (addr, p) in due {
+            let editors = p.editors.into_iter().collect();
+            self.enqueue(&addr, "doc.updated", p.timestamp_ms, editors, p.cursor)
+                .await;
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        addr: &DocAddress,
+        event: &'static str,
+        timestamp_ms: i64,
+        editors: Vec<String>,
+        cursor: Option<String>,
+    ) {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:016x}-{}-{n}", self.config.instance, now_ms());
+        let body = serde_json::json!({
+            "id": id,
+            "event": event,
+            "space": addr.space(),
+            "doc": addr.doc(),
+            "timestamp": timestamp_ms,
+            "editors": editors,
+            "cursor": cursor,
+        })
+        .to_string();
+        let deliveries: Vec<NewDelivery> = self
+            .config
+            .targets
+            .iter()
+            .map(|target| NewDelivery {
+                target: target.clone(),
+                space: addr.space().to_owned(),
+                doc: addr.doc().to_owned(),
+                event: event.to_owned(),
+                body: body.clone(),
+                created_at: now_ms(),
+            })
+            .collect();
+        if let Err(e) = self.store.enqueue(&deliveries).await {
+            metrics::webhook("lost");
+            tracing::error!(doc = %addr, event, error = %e, "webhook event could not be written to the outbox");
+        }
+    }
+
+    async fn deliver_due(&self) -> Result<(), crate::store::StoreError> {
+        let now = now_ms();
+        let due = self
+            .store
+            .claim(now, LEASE.as_millis() as i64, BATCH)
+            .await?;
+        let attempts = due.iter().map(|d| self.attempt(d));
+        for (delivery, attempted) in due.iter().zip(join_all(attempts).await) {
+            match &attempted {
+                Attempted::Sent => metrics::webhook("sent"),
+                Attempted::Retry { error, .. } => {
+                    metrics::webhook("retried");
+                    tracing::info!(target = %delivery.target, id = delivery.id, attempts = delivery.attempts + 1, %error, "webhook delivery failed; retrying");
+                }
+                Attempted::GivenUp { error } => {
+                    metrics::webhook("failed");
+                    tracing::warn!(target = %delivery.target, id = delivery.id, %error, "webhook delivery given up");
+                }
+            }
+            self.store.settle(delivery.id, attempted).await?;
+        }
+        Ok(())
+    }
+
+    /// POSTs one delivery, signed.
+    async fn attempt(&self, delivery: &Delivery) -> Attempted {
+        let mut request = self
+            .client
+            .post(&delivery.target)
+            .header("content-type", "application/json")
+            .header("yrelay-event", &delivery.event)
+            .body(delivery.body.clone());
+        if let Some(secret) = &self.config.secret {
+            request = request.header("yrelay-signature", signature(secret, &delivery.body));
+        }
+        let error = match request.send().await {
+            Ok(answer) if answer.status().is_success() => return Attempted::Sent,
+            Ok(answer) => format!("the receiver answered {}", answer.status()),
+            Err(e) if e.is_timeout() => format!("no answer within {}s", TIMEOUT.as_secs()),
+            Err(e) => format!("not delivered: {e}"),
+        };
+        let now = now_ms();
+        if now - delivery.created_at >= self.config.retry_for.as_millis() as i64 {
+            return Attempted::GivenUp { error };
+        }
+        let backoff = Duration::from_secs(1)
+            .saturating_mul(1 << delivery.attempts.clamp(0, 20))
+            .min(MAX_BACKOFF);
+        Attempted::Retry {
+            next_at: now + backoff.as_millis() as i64,
+            error,
+        }
+    }
+}
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`.
+pub fn signature(secret: &str, body: &str) -> String {
+    let t = now_ms() / 1000;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(format!("{t}.{body}").as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={t},v1={hex}")
+}
