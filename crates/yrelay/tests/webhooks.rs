@@ -274,3 +274,48 @@ async fn a_receiver_that_is_down_gets_every_event_once_it_answers() {
     let (_, failed) = server.get("/v1/webhooks/deliveries?status=failed").await;
     assert_eq!(failed, "[]");
 }
+
+/// Two instances share the outbox: every event of edits made through both
+/// arrives, each once (no delivery attempted by both).
+#[tokio::test]
+async fn two_instances_share_the_outbox_and_deliver_each_event_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = Receiver::default();
+    let at = listener.local_addr().unwrap();
+    receiver.serve_on(listener).await;
+    let args = args(at);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = common::cluster::Cluster::start(2, &args).await;
+    for (n, instance) in cluster.instances.iter().enumerate() {
+        for doc in 0..5 {
+            let path = format!("/v1/docs/team/i{n}d{doc}/import");
+            assert_eq!(call(instance, "POST", &path, br#"{"n": 1}"#).await, 201);
+        }
+    }
+    let events = receiver.wait_for(10).await;
+    assert!(events.iter().all(|e| e == "doc.created"), "{events:?}");
+    // Both instances kept claiming meanwhile: nothing more arrives.
+    let settled = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut pending = 0;
+            for instance in &cluster.instances {
+                let (_, list) = instance.get("/v1/webhooks/deliveries?status=pending").await;
+                pending += serde_json::from_str::<Value>(&list)
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .len();
+            }
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "deliveries still pending");
+    let bodies = receiver.bodies();
+    let ids: std::collections::HashSet<&str> =
+        bodies.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!((bodies.len(), ids.len()), (10, 10), "each event once");
+}
