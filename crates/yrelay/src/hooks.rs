@@ -26,9 +26,9 @@ use crate::store::{Attempted, Delivery, NewDelivery, Store};
 /// Where and how events are delivered.
 #[derive(Debug, Clone)]
 pub struct HookConfig {
-    /// The URLs every event is POSTed to.
+    /// The URLs every event is POSTed to (besides those a space registers).
     pub targets: Vec<String>,
-    /// The HMAC-SHA256 key of `Yrelay-Signature` (unsigned without one).
+    /// Their HMAC-SHA256 key of `Yrelay-Signature` (unsigned without one).
     pub secret: Option<String>,
     pub debounce: Duration,
     pub max_wait: Duration,
@@ -38,8 +38,9 @@ pub struct HookConfig {
     pub instance: u64,
 }
 
-/// How long an instance holds a delivery it attempts.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long an instance holds a delivery it attempts (longer than an
+/// attempt may take; a killed instance's are attempted again after it).
+const LEASE: Duration = Duration::from_secs(15);
 /// How long a receiver may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often due work is looked for.
@@ -58,11 +59,40 @@ struct Pending {
     cursor: Option<String>,
 }
 
+/// Events waiting to be written, and `doc.updated` waiting for quiet.
+#[derive(Default)]
+struct Waiting {
+    /// In the order they happened.
+    events: Vec<(DocAddress, &'static str, i64)>,
+    updates: HashMap<DocAddress, Pending>,
+}
+
+/// One event to write to the outbox.
+struct Write {
+    addr: DocAddress,
+    event: &'static str,
+    timestamp_ms: i64,
+    editors: Vec<String>,
+    cursor: Option<String>,
+}
+
+impl Write {
+    fn updated(addr: DocAddress, p: Pending) -> Self {
+        Write {
+            addr,
+            event: "doc.updated",
+            timestamp_ms: p.timestamp_ms,
+            editors: p.editors.into_iter().collect(),
+            cursor: p.cursor,
+        }
+    }
+}
+
 pub struct Hooks {
     config: HookConfig,
     store: Arc<dyn Store>,
     client: reqwest::Client,
-    pending: Mutex<HashMap<DocAddress, Pending>>,
+    waiting: Mutex<Waiting>,
     next_id: AtomicU64,
 }
 
@@ -85,20 +115,15 @@ impl Hooks {
             config,
             store,
             client,
-            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Waiting::default()),
             next_id: AtomicU64::new(0),
         })
     }
 
     /// An event of a document (`doc.created`, `doc.renamed`, `doc.deleted`,
-    /// `doc.undeleted`): written to the outbox in the background.
-    pub fn event(self: &Arc<Self>, addr: &DocAddress, event: &'static str, timestamp_ms: i64) {
-        let (hooks, addr) = (self.clone(), addr.clone());
-        tokio::spawn(async move {
-            hooks
-                .enqueue(&addr, event, timestamp_ms, Vec::new(), None)
-                .await;
-        });
+    /// `doc.undeleted`): written to the outbox in the background, in order.
+    pub fn event(&self, addr: &DocAddress, event: &'static str, timestamp_ms: i64) {
+        self.lock().events.push((addr.clone(), event, timestamp_ms));
     }
 
     /// An accepted update: a `doc.updated` once the document is quiet.
@@ -110,14 +135,17 @@ impl Hooks {
         cursor: Option<String>,
     ) {
         let now = Instant::now();
-        let mut pending = self.lock();
-        let entry = pending.entry(addr.clone()).or_insert_with(|| Pending {
-            first: now,
-            last: now,
-            timestamp_ms,
-            editors: BTreeSet::new(),
-            cursor: None,
-        });
+        let mut waiting = self.lock();
+        let entry = waiting
+            .updates
+            .entry(addr.clone())
+            .or_insert_with(|| Pending {
+                first: now,
+                last: now,
+                timestamp_ms,
+                editors: BTreeSet::new(),
+                cursor: None,
+            });
         entry.last = now;
         entry.timestamp_ms = entry.timestamp_ms.max(timestamp_ms);
         entry.cursor = cursor.or(entry.cursor.take());
@@ -126,47 +154,66 @@ impl Hooks {
         }
     }
 
-    /// Writes due `doc.updated` events and delivers what is due, until
-    /// `shutdown` changes (then what waits for quiet is written at once).
+    /// Writes what is waiting to the outbox and delivers what is due,
+    /// until `shutdown` changes (then what waits for quiet is written at
+    /// once).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => {
-                    self.write_updates(true).await;
+                    self.write_waiting(true).await;
                     return;
                 }
             }
-            self.write_updates(false).await;
+            self.write_waiting(false).await;
             if let Err(e) = self.deliver_due().await {
                 tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocAddress, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn write_updates(&self, all: bool) {
+    /// Writes the events in the order they happened (a document's waiting
+    /// `doc.updated` before its next other event), and the `doc.updated`
+    /// that are due (all of them with `all`).
+    async fn write_waiting(&self, all: bool) {
         let (debounce, max_wait) = (self.config.debounce, self.config.max_wait);
-        let due: Vec<(DocAddress, Pending)> = {
-            let mut pending = self.lock();
-            let keys: Vec<DocAddress> = pending
+        let mut writes = Vec::new();
+        {
+            let mut waiting = self.lock();
+            for (addr, event, timestamp_ms) in std::mem::take(&mut waiting.events) {
+                if let Some(update) = waiting.updates.remove(&addr) {
+                    writes.push(Write::updated(addr.clone(), update));
+                }
+                writes.push(Write {
+                    addr,
+                    event,
+                    timestamp_ms,
+                    editors: Vec::new(),
+                    cursor: None,
+                });
+            }
+            let due: Vec<DocAddress> = waiting
+                .updates
                 .iter()
                 .filter(|(_, p)| {
                     all || p.last.elapsed() >= debounce || p.first.elapsed() >= max_wait
                 })
                 .map(|(addr, _)| addr.clone())
                 .collect();
-            keys.into_iter()
-                .filter_map(|addr| pending.remove_entry(&addr))
-                .collect()
-        };
-        for (addr, p) in due {
-            let editors = p.editors.into_iter().collect();
-            self.enqueue(&addr, "doc.updated", p.timestamp_ms, editors, p.cursor)
+            for addr in due {
+                if let Some(update) = waiting.updates.remove(&addr) {
+                    writes.push(Write::updated(addr, update));
+                }
+            }
+        }
+        for w in writes {
+            self.enqueue(&w.addr, w.event, w.timestamp_ms, w.editors, w.cursor)
                 .await;
         }
     }
@@ -191,12 +238,23 @@ impl Hooks {
             "cursor": cursor,
         })
         .to_string();
-        let deliveries: Vec<NewDelivery> = self
+        let global = self
             .config
             .targets
             .iter()
-            .map(|target| NewDelivery {
-                target: target.clone(),
+            .map(|url| (url.clone(), self.config.secret.clone()));
+        let own = match self.store.space_webhooks(addr.space()).await {
+            Ok(own) => own,
+            Err(e) => {
+                tracing::warn!(space = addr.space(), error = %e, "the space's webhooks could not be read");
+                Vec::new()
+            }
+        };
+        let deliveries: Vec<NewDelivery> = global
+            .chain(own)
+            .map(|(target, secret)| NewDelivery {
+                target,
+                secret,
                 space: addr.space().to_owned(),
                 doc: addr.doc().to_owned(),
                 event: event.to_owned(),
@@ -204,6 +262,9 @@ impl Hooks {
                 created_at: now_ms(),
             })
             .collect();
+        if deliveries.is_empty() {
+            return;
+        }
         if let Err(e) = self.store.enqueue(&deliveries).await {
             metrics::webhook("lost");
             tracing::error!(doc = %addr, event, error = %e, "webhook event could not be written to the outbox");
@@ -242,7 +303,7 @@ impl Hooks {
             .header("content-type", "application/json")
             .header("yrelay-event", &delivery.event)
             .body(delivery.body.clone());
-        if let Some(secret) = &self.config.secret {
+        if let Some(secret) = &delivery.secret {
             request = request.header("yrelay-signature", signature(secret, &delivery.body));
         }
         let error = match request.send().await {

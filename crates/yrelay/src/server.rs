@@ -64,7 +64,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
     instance: u64,
-    hooks: Option<Arc<Hooks>>,
+    hooks: Arc<Hooks>,
 }
 
 impl Server {
@@ -73,21 +73,18 @@ impl Server {
         let store = store::open_or_wait(&config.store).await?;
         let instance = new_instance_id();
         let log = log::open(&config.log, LOCAL_LOG_RETAIN, config.log_replicas, instance).await?;
-        let hooks = (!config.webhook.is_empty()).then(|| {
-            Hooks::new(
-                HookConfig {
-                    targets: config.webhook.clone(),
-                    secret: config.webhook_secret.clone(),
-                    debounce: Duration::from_millis(config.webhook_debounce_ms),
-                    max_wait: Duration::from_millis(config.webhook_max_wait_ms),
-                    retry_for: Duration::from_secs_f64(
-                        config.webhook_retry_hours.max(0.0) * 3600.0,
-                    ),
-                    instance,
-                },
-                store.clone(),
-            )
-        });
+        // Always on: a space may register webhooks at any time.
+        let hooks = Hooks::new(
+            HookConfig {
+                targets: config.webhook.clone(),
+                secret: config.webhook_secret.clone(),
+                debounce: Duration::from_millis(config.webhook_debounce_ms),
+                max_wait: Duration::from_millis(config.webhook_max_wait_ms),
+                retry_for: Duration::from_secs(config.webhook_retry_hours.saturating_mul(3600)),
+                instance,
+            },
+            store.clone(),
+        );
         let hub = DocHub::new(
             store.clone(),
             log.clone(),
@@ -101,7 +98,7 @@ impl Server {
                 },
                 instance,
                 history_exact: config.history_exact_secs,
-                hooks: hooks.clone(),
+                hooks: Some(hooks.clone()),
             },
         );
         let listener =
@@ -217,13 +214,13 @@ impl Server {
                 app.shutdown.clone(),
             )
         });
-        let hooks = hooks.map(|hooks| {
+        if !config.webhook.is_empty() {
             tracing::info!(
                 "webhooks: document events go to {}",
                 config.webhook.join(", ")
             );
-            tokio::spawn(hooks.run(app.shutdown.clone()))
-        });
+        }
+        let hooks = tokio::spawn(hooks.run(app.shutdown.clone()));
         tokio::spawn(watch_backlog(
             store.clone(),
             log.clone(),
@@ -262,10 +259,8 @@ impl Server {
             );
             let _ = http_serve::serve(listener, router, config.http_timeout_secs, stopping).await;
         }
-        if let Some(hooks) = hooks {
-            // Updates waiting for quiet go to the outbox before the stop.
-            let _ = hooks.await;
-        }
+        // Updates waiting for quiet go to the outbox before the stop.
+        let _ = hooks.await;
         if let Some((compactor, running)) = compactor {
             stop_compactor(&compactor, running).await;
         }
@@ -393,6 +388,10 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .route("/v1/docs/{space}/{doc}/undelete", post(api::docs::undelete))
         .route("/v1/spaces/{space}/trash", get(api::docs::trash))
         .route("/v1/webhooks/deliveries", get(api::webhooks::deliveries))
+        .route(
+            "/v1/spaces/{space}/webhooks",
+            get(api::webhooks::space_list).put(api::webhooks::space_set),
+        )
         .route("/v1/ws/{space}/{doc}", get(transport::ws::upgrade))
         .route("/v1/hocuspocus", get(transport::hocuspocus::upgrade))
         .route("/v1/docs/{space}/{doc}/events", get(transport::sse::events))

@@ -89,7 +89,7 @@ pub struct Settings {
     pub webhook_max_wait_ms: u64,
     /// a webhook delivery that keeps failing is retried (exponential backoff, at most hourly) this long, then given up
     #[arg(long, env = "YRELAY_WEBHOOK_RETRY_HOURS", default_value = "24")]
-    pub webhook_retry_hours: f64,
+    pub webhook_retry_hours: u64,
     /// serve this directory's files at `/app/` (a demo or your own front end)
     #[arg(long, env = "YRELAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

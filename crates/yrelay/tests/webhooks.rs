@@ -319,3 +319,67 @@ async fn two_instances_share_the_outbox_and_deliver_each_event_once() {
         bodies.iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!((bodies.len(), ids.len()), (10, 10), "each event once");
 }
+
+/// A space registers its own webhook (and key): its documents' events go
+/// there too, signed with that key; other spaces' events do not.
+#[tokio::test]
+async fn a_space_registers_its_own_webhook() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = Receiver::default();
+    let at = listener.local_addr().unwrap();
+    receiver.serve_on(listener).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--webhook-debounce-ms", "100"]).await;
+    let body = format!(r#"{{"webhooks": [{{"url": "http://{at}/hook", "secret": "{SECRET}"}}]}}"#);
+    let (status, set) = http_request(
+        server.addr,
+        "PUT",
+        "/v1/spaces/tenant/webhooks",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    let (_, listed) = server.get("/v1/spaces/tenant/webhooks").await;
+    assert!(
+        listed.contains(&format!("http://{at}/hook")) && !listed.contains(SECRET),
+        "{listed}"
+    );
+    for bad in [
+        r#"{"webhooks": [{"url": "ftp://x/y"}]}"#,
+        r#"{"webhooks": [{"url": "http://a", "nope": 1}]}"#,
+        "[]",
+    ] {
+        let (status, _) = http_request(
+            server.addr,
+            "PUT",
+            "/v1/spaces/tenant/webhooks",
+            bad.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    assert_eq!(
+        call(
+            &server,
+            "POST",
+            "/v1/docs/elsewhere/a/import",
+            br#"{"n": 1}"#
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        call(&server, "POST", "/v1/docs/tenant/a/import", br#"{"n": 1}"#).await,
+        201
+    );
+    receiver.wait_for(1).await;
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "only the tenant's event");
+    let (headers, body) = &got[0];
+    assert!(signed(headers, body), "signed with the space's key");
+    assert_eq!(
+        serde_json::from_str::<Value>(body).unwrap()["space"],
+        "tenant"
+    );
+}

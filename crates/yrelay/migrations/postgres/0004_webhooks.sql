@@ -7,6 +7,8 @@ CREATE TABLE webhook_deliveries (
     space       TEXT    NOT NULL,
     doc         TEXT    NOT NULL,
     event       TEXT    NOT NULL,
+    -- the key it is signed with (NULL: unsigned)
+    secret      TEXT,
     -- the JSON body, as signed and sent
     body        TEXT    NOT NULL,
     created_at  BIGINT NOT NULL,
@@ -22,3 +24,11 @@ CREATE TABLE webhook_deliveries (
 
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_at);
 CREATE INDEX webhook_deliveries_by_doc ON webhook_deliveries (target, space, doc, id);
+
+-- Webhooks a space registered for its own documents (besides --webhook).
+CREATE TABLE space_webhooks (
+    space  TEXT NOT NULL,
+    url    TEXT NOT NULL,
+    secret TEXT,
+    PRIMARY KEY (space, url)
+);

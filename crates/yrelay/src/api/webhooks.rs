@@ -1,11 +1,14 @@
-//! What the webhook outbox holds: `GET /v1/webhooks/deliveries`.
+//! Webhooks over HTTP: what the outbox holds (`GET /v1/webhooks/deliveries`)
+//! and the webhooks a space registers for itself.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
-use crate::edge::{Credentials, bad_request, query};
+use crate::auth::AuthError;
+use crate::edge::{Credentials, bad_request, json_object, query, space};
 use crate::http_error::ApiError;
 use crate::state::AppState;
 
@@ -53,4 +56,85 @@ pub async fn deliveries(
             })
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Webhook {
+    url: String,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpaceWebhooks {
+    webhooks: Vec<Webhook>,
+}
+
+/// How many webhooks a space may register.
+const MAX_SPACE_WEBHOOKS: usize = 10;
+
+fn listed(hooks: &[(String, Option<String>)]) -> serde_json::Value {
+    let hooks: Vec<_> = hooks
+        .iter()
+        .map(|(url, secret)| serde_json::json!({ "url": url, "signed": secret.is_some() }))
+        .collect();
+    serde_json::json!({ "webhooks": hooks })
+}
+
+/// Write access to the whole space.
+fn space_writer(app: &AppState, credentials: &Credentials, space_id: &str) -> Result<(), ApiError> {
+    space(space_id)?;
+    let permit = app.auth.space(credentials.token(), space_id)?;
+    if !permit.can_write() {
+        return Err(AuthError::ReadOnly(format!("space {space_id}")).into());
+    }
+    Ok(())
+}
+
+/// `GET /v1/spaces/{space}/webhooks` → `{"webhooks": [{"url", "signed"}]}`.
+pub async fn space_list(
+    State(app): State<AppState>,
+    Path(space_id): Path<String>,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    space_writer(&app, &credentials, &space_id)?;
+    Ok(Json(listed(&app.hub.space_webhooks(&space_id).await?)))
+}
+
+/// `PUT /v1/spaces/{space}/webhooks` `{"webhooks": [{"url", "secret"?}]}`:
+/// the space's documents' events go there too (besides `--webhook`).
+pub async fn space_set(
+    State(app): State<AppState>,
+    Path(space_id): Path<String>,
+    credentials: Credentials,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    space_writer(&app, &credentials, &space_id)?;
+    let set: SpaceWebhooks = json_object(
+        payload,
+        "{\"webhooks\": [{\"url\": \"https://...\", \"secret\"?: string}]}",
+    )?;
+    if set.webhooks.len() > MAX_SPACE_WEBHOOKS {
+        return Err(bad_request(
+            "BAD_JSON",
+            format!("a space may register at most {MAX_SPACE_WEBHOOKS} webhooks"),
+        ));
+    }
+    let mut hooks = Vec::new();
+    for hook in set.webhooks {
+        let url = reqwest::Url::parse(&hook.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(|_| hook.url.len() <= 2048)
+            .ok_or_else(|| {
+                bad_request("BAD_JSON", format!("{:?} is not an http(s) URL", hook.url))
+            })?;
+        if hooks.iter().any(|(u, _): &(String, _)| u == url.as_str()) {
+            return Err(bad_request("BAD_JSON", format!("{url} is listed twice")));
+        }
+        hooks.push((url.to_string(), hook.secret.filter(|s| !s.is_empty())));
+    }
+    app.hub.set_space_webhooks(&space_id, &hooks).await?;
+    Ok(Json(listed(&hooks)))
 }

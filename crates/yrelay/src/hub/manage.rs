@@ -220,6 +220,25 @@ impl DocHub {
             .collect())
     }
 
+    /// The webhooks `space` registered: `(url, secret)`.
+    pub async fn space_webhooks(
+        &self,
+        space: &str,
+    ) -> Result<Vec<(String, Option<String>)>, HubError> {
+        Ok(self.inner.store.space_webhooks(space).await?)
+    }
+
+    /// Replaces the webhooks of `space`.
+    pub async fn set_space_webhooks(
+        &self,
+        space: &str,
+        hooks: &[(String, Option<String>)],
+    ) -> Result<(), HubError> {
+        self.inner.store.set_space_webhooks(space, hooks).await?;
+        tracing::info!(space, webhooks = hooks.len(), "space webhooks set");
+        Ok(())
+    }
+
     /// Whether the document is in the trash.
     pub async fn in_trash(&self, addr: &DocAddress) -> Result<bool, HubError> {
         Ok(self.inner.store.trashed_at(addr).await?.is_some())

@@ -13,6 +13,8 @@ use super::sql::{Dialect, SqlStore};
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub target: String,
+    /// The key it is signed with.
+    pub secret: Option<String>,
     pub space: String,
     pub doc: String,
     pub event: String,
@@ -25,6 +27,7 @@ pub struct NewDelivery {
 pub struct Delivery {
     pub id: i64,
     pub target: String,
+    pub secret: Option<String>,
     pub space: String,
     pub doc: String,
     pub event: String,
@@ -65,10 +68,23 @@ pub trait Outbox {
 
     /// Deliveries in `status` (`pending`, `sent`, `failed`), newest first.
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The webhooks `space` registered: `(url, secret)`.
+    async fn space_webhooks(
+        &self,
+        space: &str,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
+
+    /// Replaces the webhooks of `space`.
+    async fn set_space_webhooks(
+        &self,
+        space: &str,
+        hooks: &[(String, Option<String>)],
+    ) -> Result<(), StoreError>;
 }
 
 const COLUMNS: &str =
-    "id, target, space, doc, event, body, created_at, attempts, status, last_error";
+    "id, target, secret, space, doc, event, body, created_at, attempts, status, last_error";
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -84,6 +100,7 @@ where
     for<'t> Option<i64>: Encode<'t, D::Db> + Type<D::Db>,
     for<'t> Option<&'t str>: Encode<'t, D::Db> + Type<D::Db>,
     for<'r> Delivery: FromRow<'r, <D::Db as Database>::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, <D::Db as Database>::Row>,
 {
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), StoreError> {
         super::transaction(&self.pool, async |conn| {
@@ -91,8 +108,8 @@ where
             let mut tx = conn.begin().await.map_err(unavailable)?;
             for d in deliveries {
                 sqlx::query(
-                    "INSERT INTO webhook_deliveries (target, space, doc, event, body, created_at, next_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                    "INSERT INTO webhook_deliveries (target, space, doc, event, body, created_at, next_at, secret)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
                 )
                 .bind(d.target.as_str())
                 .bind(d.space.as_str())
@@ -100,6 +117,7 @@ where
                 .bind(d.event.as_str())
                 .bind(d.body.as_str())
                 .bind(d.created_at)
+                .bind(d.secret.as_deref())
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -172,5 +190,43 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)
+    }
+
+    async fn space_webhooks(
+        &self,
+        space: &str,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        sqlx::query_as("SELECT url, secret FROM space_webhooks WHERE space = $1 ORDER BY url")
+            .bind(space)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_space_webhooks(
+        &self,
+        space: &str,
+        hooks: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        super::transaction(&self.pool, async |conn| {
+            use sqlx::Connection;
+            let mut tx = conn.begin().await.map_err(unavailable)?;
+            sqlx::query("DELETE FROM space_webhooks WHERE space = $1")
+                .bind(space)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            for (url, secret) in hooks {
+                sqlx::query("INSERT INTO space_webhooks (space, url, secret) VALUES ($1, $2, $3)")
+                    .bind(space)
+                    .bind(url.as_str())
+                    .bind(secret.as_deref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
+        .await
     }
 }
