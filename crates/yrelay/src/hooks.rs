@@ -47,6 +47,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 /// Deliveries attempted at once per instance.
 const BATCH: i64 = 16;
+/// Events kept in memory while the store is away, at most.
+const MAX_UNWRITTEN: usize = 100_000;
+/// How often a failure that repeats every tick is logged, at most.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -65,6 +69,10 @@ struct Waiting {
     /// In the order they happened.
     events: Vec<(DocAddress, &'static str, i64)>,
     updates: HashMap<DocAddress, Pending>,
+    /// Not written yet: the store was away (written first, in order).
+    unwritten: Vec<Write>,
+    /// When a failure was last logged (at most every [`WARN_EVERY`]).
+    warned: Option<Instant>,
 }
 
 /// One event to write to the outbox.
@@ -169,7 +177,11 @@ impl Hooks {
             }
             self.write_waiting(false).await;
             if let Err(e) = self.deliver_due().await {
-                tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
+                let mut waiting = self.lock();
+                if waiting.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    waiting.warned = Some(Instant::now());
+                    tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
+                }
             }
         }
     }
@@ -183,9 +195,10 @@ impl Hooks {
     /// that are due (all of them with `all`).
     async fn write_waiting(&self, all: bool) {
         let (debounce, max_wait) = (self.config.debounce, self.config.max_wait);
-        let mut writes = Vec::new();
+        let mut writes;
         {
             let mut waiting = self.lock();
+            writes = std::mem::take(&mut waiting.unwritten);
             for (addr, event, timestamp_ms) in std::mem::take(&mut waiting.events) {
                 if let Some(update) = waiting.updates.remove(&addr) {
                     writes.push(Write::updated(addr.clone(), update));
@@ -212,20 +225,39 @@ impl Hooks {
                 }
             }
         }
-        for w in writes {
-            self.enqueue(&w.addr, w.event, w.timestamp_ms, w.editors, w.cursor)
-                .await;
+        let mut writes = writes.into_iter();
+        while let Some(w) = writes.next() {
+            if let Err(e) = self.enqueue(&w).await {
+                // Kept, in order, for the next tick (bounded).
+                let mut waiting = self.lock();
+                waiting.unwritten = std::iter::once(w).chain(writes).collect();
+                let over = waiting.unwritten.len().saturating_sub(MAX_UNWRITTEN);
+                if over > 0 {
+                    waiting.unwritten.drain(..over);
+                    metrics::webhook("lost");
+                    tracing::error!(
+                        lost = over,
+                        "webhook events dropped: the store is away and too many wait"
+                    );
+                }
+                if waiting.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    waiting.warned = Some(Instant::now());
+                    tracing::warn!(error = %e, waiting = waiting.unwritten.len(), "webhook events not written to the outbox yet; retrying");
+                }
+                return;
+            }
         }
     }
 
-    async fn enqueue(
-        &self,
-        addr: &DocAddress,
-        event: &'static str,
-        timestamp_ms: i64,
-        editors: Vec<String>,
-        cursor: Option<String>,
-    ) {
+    /// Writes one event to the outbox, for every receiver it goes to.
+    async fn enqueue(&self, w: &Write) -> Result<(), crate::store::StoreError> {
+        let Write {
+            addr,
+            event,
+            timestamp_ms,
+            editors,
+            cursor,
+        } = w;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:016x}-{}-{n}", self.config.instance, now_ms());
         let body = serde_json::json!({
@@ -243,13 +275,7 @@ impl Hooks {
             .targets
             .iter()
             .map(|url| (url.clone(), self.config.secret.clone()));
-        let own = match self.store.space_webhooks(addr.space()).await {
-            Ok(own) => own,
-            Err(e) => {
-                tracing::warn!(space = addr.space(), error = %e, "the space's webhooks could not be read");
-                Vec::new()
-            }
-        };
+        let own = self.store.space_webhooks(addr.space()).await?;
         let deliveries: Vec<NewDelivery> = global
             .chain(own)
             .map(|(target, secret)| NewDelivery {
@@ -257,18 +283,15 @@ impl Hooks {
                 secret,
                 space: addr.space().to_owned(),
                 doc: addr.doc().to_owned(),
-                event: event.to_owned(),
+                event: (*event).to_owned(),
                 body: body.clone(),
                 created_at: now_ms(),
             })
             .collect();
         if deliveries.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.store.enqueue(&deliveries).await {
-            metrics::webhook("lost");
-            tracing::error!(doc = %addr, event, error = %e, "webhook event could not be written to the outbox");
-        }
+        self.store.enqueue(&deliveries).await
     }
 
     async fn deliver_due(&self) -> Result<(), crate::store::StoreError> {

@@ -383,3 +383,31 @@ async fn a_space_registers_its_own_webhook() {
         "tenant"
     );
 }
+
+/// Events that happen while PostgreSQL is away (editing goes on through the
+/// log) wait in memory and reach the outbox, then the receiver, once it is
+/// back.
+#[tokio::test]
+async fn events_while_the_store_is_away_are_delivered_once_it_returns() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = Receiver::default();
+    let at = listener.local_addr().unwrap();
+    receiver.serve_on(listener).await;
+    let args = args(at);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = common::cluster::Cluster::start(1, &args).await;
+    let client = WsClient::connect(&cluster.instances[0].ws_url("team/away"), Doc::new())
+        .await
+        .unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    cluster.pg.stop().await;
+    client.edit(|txn| {
+        txn.get_or_insert_map("root").insert(txn, "n", 1);
+    });
+    cluster.instances[0]
+        .wait_for_log("webhook events not written to the outbox yet")
+        .await;
+    cluster.pg.start_again().await;
+    let events = receiver.wait_for(1).await;
+    assert!(events.contains(&"doc.updated".to_owned()), "{events:?}");
+}
