@@ -176,7 +176,12 @@ impl Hooks {
                 }
             }
             self.write_waiting(false).await;
-            if let Err(e) = self.deliver_due().await {
+            // A full batch: more may be due at once.
+            let mut delivered = self.deliver_due().await;
+            while matches!(delivered, Ok(n) if n == BATCH as usize) {
+                delivered = self.deliver_due().await;
+            }
+            if let Err(e) = delivered {
                 let mut waiting = self.lock();
                 if waiting.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     waiting.warned = Some(Instant::now());
@@ -294,7 +299,8 @@ impl Hooks {
         self.store.enqueue(&deliveries).await
     }
 
-    async fn deliver_due(&self) -> Result<(), crate::store::StoreError> {
+    /// Attempts the deliveries that are due (at most [`BATCH`]); how many.
+    async fn deliver_due(&self) -> Result<usize, crate::store::StoreError> {
         let now = now_ms();
         let due = self
             .store
@@ -315,7 +321,7 @@ impl Hooks {
             }
             self.store.settle(delivery.id, attempted).await?;
         }
-        Ok(())
+        Ok(due.len())
     }
 
     /// POSTs one delivery, signed.
