@@ -7,104 +7,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::doc_api::*;
 use common::services::PostgresServer;
-use common::{TestServer, WAIT, converge, http_exchange};
+use common::{TestServer, WAIT, converge};
 use serde_json::{Value, json};
-use yrelay::auth::{Grant, Mode, SigningKey, mint};
+use yrelay::auth::Mode;
 use yrelay::clock::now_ms;
 use yrelay_client::WsClient;
-use yrelay_protocol::json::{doc_from_update, doc_to_json};
 use yrs::{Doc, Map, Text, WriteTxn};
-
-const SECRET: &str = "history-secret";
-const DOC: &str = "acme/plan";
-
-fn token(sub: &str, mode: Mode) -> String {
-    let grant = Grant {
-        space: "acme".into(),
-        doc: "*".into(),
-        mode,
-    };
-    mint(&SigningKey::Secret(SECRET.into()), sub, vec![grant], 600).unwrap()
-}
-
-/// `(status, head, JSON body or Null)`.
-async fn call(
-    server: &TestServer,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> (u16, String, Value) {
-    let auth = format!("Bearer {token}");
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let (status, head, text) = http_exchange(
-        server.addr,
-        method,
-        path,
-        &[("Authorization", &auth)],
-        &body,
-    )
-    .await;
-    (
-        status,
-        head,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
-}
-
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
-}
-
-async fn client(server: &TestServer, token: &str) -> WsClient {
-    let url = format!("{}?token={token}", server.ws_url(DOC));
-    let client = WsClient::connect(&url, Doc::new()).await.unwrap();
-    client.wait_synced(WAIT).await.unwrap();
-    client
-}
-
-/// A client's document as the server exports it (roots typed by content).
-fn json_of(client: &WsClient) -> Value {
-    doc_to_json(&doc_from_update(&client.state()).unwrap()).unwrap()
-}
-
-/// Waits until the server's export of the document is `expected`.
-async fn server_shows(server: &TestServer, token: &str, expected: &Value) {
-    let path = format!("/v1/docs/{DOC}/json");
-    let mut last = Value::Null;
-    let shown = tokio::time::timeout(WAIT, async {
-        loop {
-            last = call(server, "GET", &path, token, Value::Null).await.2;
-            if &last == expected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(shown.is_ok(), "the server shows {last}, never {expected}");
-}
-
-/// Waits until the clock has passed `t`, so later writes are later.
-async fn after(t: i64) {
-    while now_ms() <= t {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The id of the document's newest version.
-async fn list_first_id(server: &TestServer, token: &str) -> i64 {
-    let path = format!("/v1/docs/{DOC}/versions");
-    let (_, _, list) = call(server, "GET", &path, token, Value::Null).await;
-    list[0]["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no version: {list}"))
-}
 
 /// Everything a user does with history, against one running server.
 async fn history_scenario(server: &TestServer) {
@@ -266,10 +176,6 @@ async fn history_scenario(server: &TestServer) {
     server_shows(server, &ann, &good).await;
 }
 
-fn auth_args() -> Vec<&'static str> {
-    vec!["--jwt-secret", SECRET]
-}
-
 #[tokio::test]
 async fn history_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,132 +246,6 @@ async fn compactions_record_versions_and_old_moments_show_a_version() {
     assert_eq!((status, &body), (200, &first), "{head}");
     assert!(head.contains("yrelay-at-exact: false"), "{head}");
     assert!(head.contains(&format!("yrelay-at: {t_first}")), "{head}");
-}
-
-/// Deleting moves a document to the trash: not served, listed or written,
-/// but kept with its history until it is undeleted or purged.
-#[tokio::test]
-async fn the_trash_keeps_a_deleted_document_until_undeleted_or_purged() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &auth_args()).await;
-    let ann = token("ann", Mode::Rw);
-    let a = client(&server, &ann).await;
-    a.edit(|txn| {
-        txn.get_or_insert_map("settings")
-            .insert(txn, "theme", "dark");
-    });
-    let content = json_of(&a);
-    server_shows(&server, &ann, &content).await;
-    let versions = format!("/v1/docs/{DOC}/versions");
-    let (status, _, _) = call(&server, "POST", &versions, &ann, json!({"label": "kept"})).await;
-    assert_eq!(status, 201);
-    let kept_id = list_first_id(&server, &ann).await;
-
-    let doc = format!("/v1/docs/{DOC}");
-    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
-    assert_eq!(status, 204);
-    let closed = a.closed(WAIT).await.unwrap();
-    assert_eq!(closed.code, Some(4410), "{closed:?}");
-    let kept = kept_id;
-    let now = now_ms();
-    for path in [
-        doc.clone(),
-        format!("{doc}/json"),
-        versions.clone(),
-        format!("{doc}/json?at={now}"),
-        format!("{doc}/versions/{kept}/json"),
-        format!("{doc}/changes"),
-    ] {
-        let (status, _, body) = call(&server, "GET", &path, &ann, Value::Null).await;
-        assert_eq!(
-            (status, error_code(&body)),
-            (404, "DOC_NOT_FOUND"),
-            "{path}"
-        );
-    }
-    let (_, _, listed) = call(&server, "GET", "/v1/spaces/acme/docs", &ann, Value::Null).await;
-    assert_eq!(listed, json!([]));
-    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
-    assert_eq!(trash[0]["doc"], "plan", "{trash}");
-    assert!(trash[0]["deletedAt"].as_i64().is_some(), "{trash}");
-    // Nothing writes to it, nothing restores it.
-    let b = client(&server, &ann).await;
-    b.edit(|txn| {
-        txn.get_or_insert_map("settings")
-            .insert(txn, "theme", "new");
-    });
-    let refused = b.closed(WAIT).await.unwrap();
-    assert_eq!(refused.code, Some(4410), "{refused:?}");
-    let restore = format!("{doc}/restore");
-    let (status, _, body) = call(&server, "POST", &restore, &ann, json!({"at": now_ms()})).await;
-    assert_eq!((status, error_code(&body)), (410, "DOC_DELETED"), "{body}");
-    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
-    assert_eq!(status, 404, "deleted once");
-
-    // Undeleted: served again with its history, and written.
-    let undelete = format!("{doc}/undelete");
-    let (status, _, meta) = call(&server, "POST", &undelete, &ann, Value::Null).await;
-    assert_eq!(status, 200, "{meta}");
-    assert_eq!(meta["doc"], "plan", "{meta}");
-    server_shows(&server, &ann, &content).await;
-    let (_, _, list) = call(&server, "GET", &versions, &ann, Value::Null).await;
-    assert_eq!(list[0]["label"], "kept", "{list}");
-    let c = client(&server, &ann).await;
-    assert_eq!(json_of(&c), content);
-    c.edit(|txn| {
-        txn.get_or_insert_map("settings")
-            .insert(txn, "theme", "back");
-    });
-    let back = json_of(&c);
-    server_shows(&server, &ann, &back).await;
-
-    // Purged: gone for good.
-    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
-    assert_eq!(status, 204);
-    let (status, _, _) = call(
-        &server,
-        "DELETE",
-        &format!("{doc}?purge=true"),
-        &ann,
-        Value::Null,
-    )
-    .await;
-    assert_eq!(status, 204);
-    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
-    assert_eq!(trash, json!([]));
-    let (status, _, body) = call(&server, "POST", &undelete, &ann, Value::Null).await;
-    assert_eq!((status, error_code(&body)), (404, "NOT_IN_TRASH"), "{body}");
-}
-
-/// Past `--trash-retention-secs` a document in the trash is purged.
-#[tokio::test]
-async fn the_trash_is_emptied_past_its_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = auth_args();
-    args.extend(["--trash-retention-secs", "0.2"]);
-    let mut server = TestServer::start(dir.path(), &args).await;
-    let ann = token("ann", Mode::Rw);
-    let a = client(&server, &ann).await;
-    a.edit(|txn| {
-        txn.get_or_insert_map("settings")
-            .insert(txn, "theme", "dark");
-    });
-    server_shows(&server, &ann, &json_of(&a)).await;
-    let doc = format!("/v1/docs/{DOC}");
-    let (status, _, _) = call(&server, "DELETE", &doc, &ann, Value::Null).await;
-    assert_eq!(status, 204);
-    server.wait_for_log("document purged from the trash").await;
-    let (_, _, trash) = call(&server, "GET", "/v1/spaces/acme/trash", &ann, Value::Null).await;
-    assert_eq!(trash, json!([]));
-    let (status, _, body) = call(
-        &server,
-        "POST",
-        &format!("{doc}/undelete"),
-        &ann,
-        Value::Null,
-    )
-    .await;
-    assert_eq!((status, error_code(&body)), (404, "NOT_IN_TRASH"), "{body}");
 }
 
 /// Scaled out: a restore made on one instance reaches clients on another,

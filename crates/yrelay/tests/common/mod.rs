@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod doc_api;
 pub mod redis_cluster;
 pub mod services;
 pub mod sse;
