@@ -41,6 +41,15 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) ->
 }
 
 impl Receiver {
+    /// A receiver listening on a free port.
+    async fn start() -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let receiver = Receiver::default();
+        receiver.serve_on(listener).await;
+        (receiver, at)
+    }
+
     async fn serve_on(&self, listener: tokio::net::TcpListener) {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -137,10 +146,7 @@ async fn every_event_reaches_the_receiver_on_postgres() {
 }
 
 async fn events_signed_and_in_order(extra: &[&str]) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = Receiver::default();
-    let at = listener.local_addr().unwrap();
-    receiver.serve_on(listener).await;
+    let (receiver, at) = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let args = args(at);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -279,10 +285,7 @@ async fn a_receiver_that_is_down_gets_every_event_once_it_answers() {
 /// arrives, each once (no delivery attempted by both).
 #[tokio::test]
 async fn two_instances_share_the_outbox_and_deliver_each_event_once() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = Receiver::default();
-    let at = listener.local_addr().unwrap();
-    receiver.serve_on(listener).await;
+    let (receiver, at) = Receiver::start().await;
     let args = args(at);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cluster = common::cluster::Cluster::start(2, &args).await;
@@ -324,10 +327,7 @@ async fn two_instances_share_the_outbox_and_deliver_each_event_once() {
 /// there too, signed with that key; other spaces' events do not.
 #[tokio::test]
 async fn a_space_registers_its_own_webhook() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = Receiver::default();
-    let at = listener.local_addr().unwrap();
-    receiver.serve_on(listener).await;
+    let (receiver, at) = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &["--webhook-debounce-ms", "100"]).await;
     let body = format!(r#"{{"webhooks": [{{"url": "http://{at}/hook", "secret": "{SECRET}"}}]}}"#);
@@ -389,10 +389,7 @@ async fn a_space_registers_its_own_webhook() {
 /// back.
 #[tokio::test]
 async fn events_while_the_store_is_away_are_delivered_once_it_returns() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = Receiver::default();
-    let at = listener.local_addr().unwrap();
-    receiver.serve_on(listener).await;
+    let (receiver, at) = Receiver::start().await;
     let args = args(at);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster = common::cluster::Cluster::start(1, &args).await;
