@@ -63,6 +63,15 @@ impl DocHub {
         addr: &DocAddress,
         label: Option<&str>,
     ) -> Result<Option<VersionMeta>, HubError> {
+        Ok(self.record(addr, label).await?.map(|(version, _)| version))
+    }
+
+    /// [`DocHub::record_version`], with the state it recorded.
+    async fn record(
+        &self,
+        addr: &DocAddress,
+        label: Option<&str>,
+    ) -> Result<Option<(VersionMeta, Vec<u8>)>, HubError> {
         let Some((state, held)) = self.current_state(addr).await? else {
             return Ok(None);
         };
@@ -78,7 +87,7 @@ impl DocHub {
             let locked_ms = held.as_secs_f64() * 1000.0;
             tracing::info!(doc = %addr, version = v.id, bytes = v.size, locked_ms, "version recorded");
         }
-        Ok(recorded)
+        Ok(recorded.map(|v| (v, state)))
     }
 
     /// One version and its state.
@@ -190,10 +199,9 @@ impl DocHub {
             RestoreTarget::Version(id) => self.version(addr, id).await?.1,
             RestoreTarget::At(at) => self.state_at(addr, at).await?.state,
         };
-        let Some(version) = self.record_version(addr, Some("before restore")).await? else {
+        let Some((version, current)) = self.record(addr, Some("before restore")).await? else {
             return Ok(None);
         };
-        let current = self.version(addr, version.id).await?.1;
         let fix = tokio::task::spawn_blocking(move || restoring_update(&current, &old))
             .await
             .map_err(|e| HubError::Unexportable(format!("restore task failed: {e}")))?
