@@ -23,6 +23,7 @@ use yrelay_protocol::update::decode_state_vector;
 use yrelay_protocol::{AddressError, DocAddress};
 use yrs::StateVector;
 
+pub use crate::auth::Credentials;
 use crate::http_error::ApiError;
 use crate::hub::Ack;
 use crate::metrics;
@@ -131,44 +132,34 @@ pub fn state_vector(sv: Option<&str>) -> Result<StateVector, ApiError> {
     }
 }
 
-/// The token a request carries: `Authorization: Bearer`, then `?token=`,
-/// then a `yauth-<jwt>` WebSocket subprotocol (which the upgrade must echo).
-#[derive(Debug, Default, Clone)]
-pub struct Credentials {
-    pub token: Option<String>,
-    /// The subprotocol entry the token came in, if it did.
-    pub subprotocol: Option<String>,
-}
-
-impl Credentials {
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
-    }
-}
-
+/// What a request presents: its token — `Authorization: Bearer`, then
+/// `?token=`, then a `yauth-<jwt>` WebSocket subprotocol (which the upgrade
+/// must echo) — and its cookies.
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let cookie = parts
+            .headers
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
             .map(|t| t.trim().to_owned());
-        if bearer.is_some() {
+        let query = || {
+            Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+                .ok()
+                .and_then(|Query(mut q)| q.remove("token"))
+        };
+        if let Some(token) = bearer.or_else(query) {
             return Ok(Self {
-                token: bearer,
-                subprotocol: None,
-            });
-        }
-        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|Query(mut q)| q.remove("token"));
-        if query.is_some() {
-            return Ok(Self {
-                token: query,
-                subprotocol: None,
+                token: Some(token),
+                cookie,
+                ..Self::default()
             });
         }
         let subprotocol = parts
@@ -184,7 +175,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
             token: subprotocol
                 .as_deref()
                 .map(|p| p[TOKEN_SUBPROTOCOL.len()..].to_owned()),
+            cookie,
             subprotocol,
+            ..Self::default()
         })
     }
 }

@@ -74,6 +74,10 @@ impl From<HubError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        if let AuthError::Unavailable(_) = e {
+            metrics::rejected("auth_unavailable");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());
+        }
         metrics::rejected("unauthorized");
         let status = if e.is_unauthenticated() {
             StatusCode::UNAUTHORIZED

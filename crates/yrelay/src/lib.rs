@@ -19,6 +19,7 @@ pub mod http_serve;
 pub mod hub;
 pub mod log;
 pub mod metrics;
+pub mod revokes;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
-use crate::auth::{Auth, KeyError, SigningKey};
+use crate::auth::{Auth, Callback, KeyError, SigningKey};
 use crate::compactor::{Compactor, CompactorConfig, HistoryConfig, watch_backlog};
 use crate::deadline::DeadlineListener;
 use crate::edge::CallerRate;
@@ -52,6 +52,8 @@ pub enum ServerError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// A bound, ready-to-run server.
@@ -108,11 +110,21 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let auth = match &config.jwt() {
+        let mut auth = match &config.jwt() {
             None => Auth::open(),
             Some(JwtKey::Secret(secret)) => Auth::with_secret(secret),
             Some(JwtKey::PublicKey(path)) => Auth::with_public_key(path)?,
-        };
+        }
+        .keeping_revokes(config.revoke_retention_secs);
+        if let Some(url) = &config.auth_webhook {
+            reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    ServerError::Settings(format!("--auth-webhook {url:?} is not an http(s) URL"))
+                })?;
+            auth = auth.asking(Callback::new(url.clone(), config.auth_cache_secs));
+        }
         if let Some((cert, key)) = config.tls() {
             tls::acceptor(cert, key)?; // fail at start, not on the first client
         }
@@ -194,9 +206,13 @@ impl Server {
                 log.name()
             );
         }
+        if let Some(url) = &config.auth_webhook {
+            tracing::info!(callback = %url, cache_secs = config.auth_cache_secs, "auth: credentials that are not our tokens are checked by the app's callback");
+        }
         match &config.jwt() {
+            None if config.auth_webhook.is_some() => {}
             None => tracing::warn!(
-                "auth is OFF: every request is allowed (development setup; set --jwt-secret or --jwt-public-key)"
+                "auth is OFF: every request is allowed (development setup; set --jwt-secret, --jwt-public-key or --auth-webhook)"
             ),
             Some(JwtKey::Secret(_)) => tracing::info!("auth: HS256 tokens (--jwt-secret)"),
             Some(JwtKey::PublicKey(path)) => {
@@ -221,6 +237,12 @@ impl Server {
             );
         }
         let hooks = tokio::spawn(hooks.run(app.shutdown.clone()));
+        tokio::spawn(crate::revokes::follow(
+            store.clone(),
+            app.auth.clone(),
+            config.revoke_retention_secs,
+            app.shutdown.clone(),
+        ));
         tokio::spawn(watch_backlog(
             store.clone(),
             log.clone(),
@@ -388,6 +410,7 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .route("/v1/docs/{space}/{doc}/undelete", post(api::docs::undelete))
         .route("/v1/spaces/{space}/trash", get(api::docs::trash))
         .route("/v1/webhooks/deliveries", get(api::webhooks::deliveries))
+        .route("/v1/access/revoke", post(api::access::revoke))
         .route(
             "/v1/spaces/{space}/webhooks",
             get(api::webhooks::space_list).put(api::webhooks::space_set),

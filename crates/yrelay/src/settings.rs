@@ -102,6 +102,15 @@ pub struct Settings {
     /// verify RS/PS/ES/EdDSA tokens with this PEM public key
     #[arg(long, env = "YRELAY_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// ask this URL who a token or cookie that is not one of yrelay's JWTs belongs to (POST; see Hooks)
+    #[arg(long, env = "YRELAY_AUTH_WEBHOOK")]
+    pub auth_webhook: Option<String>,
+    /// the auth callback's answers (also refusals) are reused this long (s)
+    #[arg(long, env = "YRELAY_AUTH_CACHE_SECS", default_value = "60")]
+    pub auth_cache_secs: u64,
+    /// a revoke refuses the tokens it covers (issued before it) this long (s): longer than your tokens live
+    #[arg(long, env = "YRELAY_REVOKE_RETENTION_SECS", default_value = "86400")]
+    pub revoke_retention_secs: u64,
     /// serve HTTPS/WSS with this PEM certificate chain (with `--tls-key`)
     #[arg(long, env = "YRELAY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -58,7 +58,7 @@ pub async fn list(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     space(&space_id)?;
-    app.auth.space(credentials.token(), &space_id)?;
+    app.auth.space(&credentials, &space_id).await?;
     let after =
         match query(query_string)?.after.as_deref() {
             Some(text) => Some(text.parse::<i64>().map_err(|_| {
@@ -77,7 +77,7 @@ pub async fn meta(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(&credentials, &addr).await?;
     let meta = app.hub.meta(&addr).await?.ok_or_else(|| not_found(&addr))?;
     Ok(Json(meta_json(&meta)))
 }
@@ -99,7 +99,7 @@ pub async fn export_update(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(&credentials, &addr).await?;
     let q = query(query_string)?;
     let sv = state_vector(q.sv.as_deref())?;
     if let Some(at) = q.at.as_deref() {
@@ -143,7 +143,7 @@ pub async fn export_json(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(&credentials, &addr).await?;
     if let Some(at) = query(query_string)?.at.as_deref() {
         let at = millis("at", at)?;
         if !app.hub.exists(&addr).await? {
@@ -175,7 +175,7 @@ pub async fn import(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     let payload = body(payload)?;
     let root = query(query_string)?.root.unwrap_or_else(|| "root".into());
     if root.is_empty() {
@@ -210,7 +210,7 @@ pub async fn patch(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     let patch: MetaPatch = json_object(payload, "{\"title\"?: string, \"blocked\"?: boolean}")?;
     let meta = app
         .hub
@@ -233,7 +233,7 @@ pub async fn delete(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     let purge = query(query_string)?.purge.unwrap_or(false);
     if app.hub.delete(&addr, purge).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -249,7 +249,7 @@ pub async fn undelete(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     if !app.hub.undelete(&addr).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -268,7 +268,7 @@ pub async fn trash(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     space(&space_id)?;
-    app.auth.space(credentials.token(), &space_id)?;
+    app.auth.space(&credentials, &space_id).await?;
     let docs = app.hub.trash(&space_id).await?;
     Ok(Json(
         docs.iter()
@@ -291,7 +291,7 @@ pub async fn space_events(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     space(&space_id)?;
-    app.auth.space(credentials.token(), &space_id)?;
+    app.auth.space(&credentials, &space_id).await?;
     let slot = app.limits.connection_slot()?;
     let feed = app.hub.space_events(&space_id).await?;
     let events = stream::unfold((feed, slot), |(mut feed, slot)| async move {

@@ -61,7 +61,7 @@ pub async fn list(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(&credentials, &addr).await?;
     let versions = app
         .hub
         .versions(&addr)
@@ -87,7 +87,7 @@ pub async fn create(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     let new: NewVersion = json_object(payload, "{\"label\"?: string}")?;
     if new.label.as_ref().is_some_and(|l| l.len() > MAX_LABEL) {
         return Err(bad_request(
@@ -142,7 +142,7 @@ async fn version(
     credentials: &Credentials,
 ) -> Result<(VersionMeta, Vec<u8>), ApiError> {
     let addr = address(space, doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(credentials, &addr).await?;
     let id = id.parse::<i64>().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -192,7 +192,7 @@ pub async fn changes(
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    app.auth.doc(credentials.token(), &addr)?;
+    app.auth.doc(&credentials, &addr).await?;
     let q = query(query_string)?;
     let from = q.from.as_deref().map(|t| millis("from", t)).transpose()?;
     let to = q.to.as_deref().map(|t| millis("to", t)).transpose()?;
@@ -235,7 +235,7 @@ pub async fn restore(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = address(&space, &doc)?;
-    let permit = app.auth.writer(credentials.token(), &addr)?;
+    let permit = app.auth.writer(&credentials, &addr).await?;
     let expected = "{\"version\": integer} or {\"at\": milliseconds}";
     let target = match json_object::<RestoreBody>(payload, expected)? {
         RestoreBody {

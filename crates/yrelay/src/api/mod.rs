@@ -1,6 +1,7 @@
 //! The REST API: operational endpoints (liveness, readiness, metrics, the
 //! OpenAPI document) here, documents in [`docs`].
 
+pub mod access;
 pub mod docs;
 pub mod history;
 pub mod webhooks;

@@ -27,7 +27,7 @@ pub async fn deliveries(
     query_string: Result<Query<DeliveriesQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.auth.space(credentials.token(), "*")?;
+    app.auth.space(&credentials, "*").await?;
     let status = query(query_string)?
         .status
         .unwrap_or_else(|| "failed".into());
@@ -83,9 +83,13 @@ fn listed(hooks: &[(String, Option<String>)]) -> serde_json::Value {
 }
 
 /// Write access to the whole space.
-fn space_writer(app: &AppState, credentials: &Credentials, space_id: &str) -> Result<(), ApiError> {
+async fn space_writer(
+    app: &AppState,
+    credentials: &Credentials,
+    space_id: &str,
+) -> Result<(), ApiError> {
     space(space_id)?;
-    let permit = app.auth.space(credentials.token(), space_id)?;
+    let permit = app.auth.space(credentials, space_id).await?;
     if !permit.can_write() {
         return Err(AuthError::ReadOnly(format!("space {space_id}")).into());
     }
@@ -98,7 +102,7 @@ pub async fn space_list(
     Path(space_id): Path<String>,
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    space_writer(&app, &credentials, &space_id)?;
+    space_writer(&app, &credentials, &space_id).await?;
     Ok(Json(listed(&app.hub.space_webhooks(&space_id).await?)))
 }
 
@@ -110,7 +114,7 @@ pub async fn space_set(
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    space_writer(&app, &credentials, &space_id)?;
+    space_writer(&app, &credentials, &space_id).await?;
     let set: SpaceWebhooks = json_object(
         payload,
         "{\"webhooks\": [{\"url\": \"https://...\", \"secret\"?: string}]}",

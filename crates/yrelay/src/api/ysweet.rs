@@ -47,7 +47,7 @@ pub async fn check_store(
     credentials: Credentials,
 ) -> Result<Json<Value>, ApiError> {
     space(&space_id)?;
-    app.auth.member(credentials.token(), &space_id)?;
+    app.auth.member(&credentials, &space_id).await?;
     Ok(Json(match app.hub.readiness().await {
         Ok(_) => json!({ "ok": true }),
         Err(e) => json!({ "ok": false, "error": e.to_string() }),
@@ -73,7 +73,7 @@ pub async fn new_doc(
         .doc_id
         .unwrap_or_else(|| format!("{:016x}{:016x}", new_instance_id(), new_instance_id()));
     let addr = address(&space_id, &doc)?;
-    app.auth.writer(credentials.token(), &addr)?;
+    app.auth.writer(&credentials, &addr).await?;
     app.hub
         .import(&addr, yrs::Update::EMPTY_V1.to_vec())
         .await?;
@@ -112,8 +112,8 @@ pub async fn auth_doc(
     let wanted = request.authorization.unwrap_or(Authorization::Full);
     // A full token needs write access (the same 403 as elsewhere).
     let permit = match wanted {
-        Authorization::Full => app.auth.writer(credentials.token(), &addr)?,
-        Authorization::ReadOnly => app.auth.doc(credentials.token(), &addr)?,
+        Authorization::Full => app.auth.writer(&credentials, &addr).await?,
+        Authorization::ReadOnly => app.auth.doc(&credentials, &addr).await?,
     };
     let host = headers
         .get(header::HOST)

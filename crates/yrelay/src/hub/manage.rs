@@ -11,6 +11,7 @@ use yrelay_protocol::json::doc_to_json;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::{Ack, DocHub, DocNotice, HubError, SpaceEvent};
+use crate::auth::{Revocation, Revoked};
 use crate::clock::now_ms;
 use crate::log::{EntryKind, LogError, Subscription};
 use crate::metrics;
@@ -237,6 +238,15 @@ impl DocHub {
         self.inner.store.set_space_webhooks(space, hooks).await?;
         tracing::info!(space, webhooks = hooks.len(), "space webhooks set");
         Ok(())
+    }
+
+    /// Records a revoke for every instance to read; the instance that made
+    /// it applies it at once (`crate::auth::Auth::revoke`).
+    pub async fn revoke(&self, what: Revocation) -> Result<Revoked, HubError> {
+        let at_ms = now_ms();
+        let id = self.inner.store.revoke(&what, at_ms).await?;
+        tracing::info!(id, sub = ?what.sub, space = ?what.space, doc = ?what.doc, "access revoked");
+        Ok(Revoked { id, at_ms, what })
     }
 
     /// Whether the document is in the trash.

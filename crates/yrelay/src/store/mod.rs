@@ -15,6 +15,7 @@
 //! - The compactor replaces snapshot + appended updates by a merged snapshot
 //!   with [`Store::compact`]; appends that race with it are kept.
 
+mod access;
 mod group_commit;
 mod history;
 mod outbox;
@@ -28,6 +29,7 @@ use yrelay_protocol::DocAddress;
 
 pub use crate::vocab::DocMeta;
 use crate::vocab::LogCursor;
+pub use access::Revokes;
 pub use group_commit::GroupCommit;
 pub use history::{History, NewVersion, Pruned};
 pub use outbox::{Attempted, Delivery, NewDelivery, Outbox};
@@ -106,7 +108,7 @@ pub enum StoreError {
 
 /// Durable history of documents (see the module docs for how it is used).
 #[async_trait]
-pub trait Store: History + Outbox + Send + Sync + 'static {
+pub trait Store: History + Outbox + Revokes + Send + Sync + 'static {
     /// A short name for logs and `/readyz` ("sqlite", "postgres").
     fn name(&self) -> &'static str;
 

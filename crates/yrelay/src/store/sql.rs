@@ -121,7 +121,7 @@ impl<D: Dialect> SqlStore<D> {
 #[async_trait]
 impl<D: Dialect> Store for SqlStore<D>
 where
-    Self: super::History + super::Outbox,
+    Self: super::History + super::Outbox + super::Revokes,
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     <D::Db as Database>::Arguments: IntoArguments<D::Db>,
     for<'t> &'t str: Encode<'t, D::Db> + Type<D::Db>,

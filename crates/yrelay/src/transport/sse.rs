@@ -30,7 +30,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::decode_awareness;
 use yrelay_protocol::update::{check_update, decode_state_vector};
 
-use crate::auth::{self, Permit};
+use crate::auth::{Access, AuthError, Permit};
 use crate::edge::{
     Caller, Credentials, SvQuery, ack_json, address, bad_request, body, query_state_vector,
 };
@@ -56,7 +56,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let addr = address(&space, &doc)?;
-    let expires = app.auth.doc(credentials.token(), &addr)?.expires();
+    let access = Access::open(&app.auth, credentials.via(TRANSPORT), &addr).await?;
     let sv = query_state_vector(query_string)?;
     let slot = app.limits.connection_slot()?;
     let resume_after = headers
@@ -99,7 +99,7 @@ pub async fn events(
         OpenStream {
             session,
             _slot: slot,
-            expires,
+            access,
         },
         last,
     );
@@ -124,8 +124,8 @@ fn update_event(payload: &[u8], cursor: Option<LogCursor>) -> Event {
 struct OpenStream {
     session: Session,
     _slot: OwnedSemaphorePermit,
-    /// When its token expires: the stream ends with an `error` event.
-    expires: Option<tokio::time::Instant>,
+    /// Its token expiring or revoked ends the stream with an `error` event.
+    access: Access,
 }
 
 impl Drop for OpenStream {
@@ -136,7 +136,7 @@ impl Drop for OpenStream {
 
 /// The session's events, skipping updates at or before `last` (already sent).
 /// A deleted document ends the stream with a `deleted` event, an expired
-/// token with an `error` event.
+/// or revoked token with an `error` event.
 fn live_events(
     open: OpenStream,
     last: Option<LogCursor>,
@@ -146,12 +146,14 @@ fn live_events(
         loop {
             let event = tokio::select! {
                 event = open.session.next_event() => event,
-                _ = auth::until(open.expires) => {
-                    metrics::rejected("token_expired");
-                    let error = serde_json::json!({
-                        "code": "TOKEN_EXPIRED",
-                        "message": "the token has expired: refresh it and reconnect",
-                    });
+                changed = open.access.changed() => {
+                    let Err(e) = changed else { continue };
+                    metrics::rejected(if e == AuthError::Expired { "token_expired" } else { "access_lost" });
+                    let message = match &e {
+                        AuthError::Expired => "the token has expired: refresh it and reconnect".into(),
+                        e => e.to_string(),
+                    };
+                    let error = serde_json::json!({ "code": e.code(), "message": message });
                     let event = Event::default().event("error").data(error.to_string());
                     return Some((Ok(event), (None, last)));
                 }
@@ -192,7 +194,7 @@ struct Post {
     body: Bytes,
 }
 
-fn admit(
+async fn admit(
     app: &AppState,
     (space, doc): (String, String),
     peer: ConnectInfo<SocketAddr>,
@@ -201,10 +203,11 @@ fn admit(
     write: bool,
 ) -> Result<Post, ApiError> {
     let addr = address(&space, &doc)?;
+    let credentials = credentials.clone().via(TRANSPORT);
     let permit = if write {
-        app.auth.writer(credentials.token(), &addr)?
+        app.auth.writer(&credentials, &addr).await?
     } else {
-        app.auth.doc(credentials.token(), &addr)?
+        app.auth.doc(&credentials, &addr).await?
     };
     let caller = Caller::new(permit.sub.clone(), peer);
     app.limits.posts.take(&caller)?;
@@ -227,7 +230,7 @@ pub async fn post_update(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Post {
         addr, permit, body, ..
-    } = admit(&app, path, peer, &credentials, payload, true)?;
+    } = admit(&app, path, peer, &credentials, payload, true).await?;
     let update = check_update(body.to_vec()).map_err(|e| {
         metrics::rejected("bad_update");
         ApiError::new(StatusCode::BAD_REQUEST, "BAD_UPDATE", e.to_string())
@@ -254,7 +257,7 @@ pub async fn post_sync(
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Post { addr, body, .. } = admit(&app, path, peer, &credentials, payload, false)?;
+    let Post { addr, body, .. } = admit(&app, path, peer, &credentials, payload, false).await?;
     let sv = Some(&body[..])
         .filter(|p| !p.is_empty())
         .and_then(|p| decode_state_vector(p).ok())
@@ -275,7 +278,7 @@ pub async fn post_awareness(
 ) -> Result<Response, ApiError> {
     let Post {
         addr, caller, body, ..
-    } = admit(&app, path, peer, &credentials, payload, false)?;
+    } = admit(&app, path, peer, &credentials, payload, false).await?;
     let update =
         decode_awareness(&body).map_err(|e| bad_request("BAD_AWARENESS", e.to_string()))?;
     let origin = Some(caller.origin());
@@ -297,7 +300,7 @@ pub async fn post_stateless(
 ) -> Result<Response, ApiError> {
     let Post {
         addr, caller, body, ..
-    } = admit(&app, path, peer, &credentials, payload, true)?;
+    } = admit(&app, path, peer, &credentials, payload, true).await?;
     if body.is_empty() {
         return Err(bad_request("BAD_BODY", "a stateless message is not empty"));
     }

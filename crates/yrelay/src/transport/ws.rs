@@ -19,7 +19,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::sync::{self, ClientMessage, FrameError};
 use yrelay_protocol::update::check_update;
 
-use crate::auth::{self, AuthError, Permit};
+use crate::auth::{Access, AuthError};
 use crate::edge::{Credentials, UpdateRate};
 use crate::http_error::ApiError;
 use crate::hub::{CloseReason, DocEvent, HubError, Session};
@@ -115,11 +115,12 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    let permit = app.auth.doc(credentials.token(), &addr);
+    let subprotocol = credentials.subprotocol.clone();
+    let access = Access::open(&app.auth, credentials.via(TRANSPORT), &addr).await;
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            if let Err(e) = permit {
+            if let Err(e) = access {
                 return ApiError::from(e).into_response();
             }
             return super::websocket_required("y-websocket", rejection);
@@ -129,8 +130,8 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    super::configure(ws, &app, credentials.subprotocol).on_upgrade(move |socket| async move {
-        connection(app, addr, permit, socket).await;
+    super::configure(ws, &app, subprotocol).on_upgrade(move |socket| async move {
+        connection(app, addr, access, socket).await;
         drop(slot);
     })
 }
@@ -138,29 +139,21 @@ pub async fn upgrade(
 async fn connection(
     app: AppState,
     addr: DocAddress,
-    permit: Result<Permit, AuthError>,
+    access: Result<Access, AuthError>,
     mut socket: WebSocket,
 ) {
     metrics::connection_opened(TRANSPORT);
-    let close = match permit {
+    let close = match access {
         Err(e) => {
             metrics::rejected("unauthorized");
-            Close::Policy(e.to_string())
+            refused(e)
         }
-        Ok(permit) => match app.hub.join(&addr).await {
+        Ok(mut access) => match app.hub.join(&addr).await {
             Ok(session) => {
-                let write = permit.can_write();
-                let expires = permit.expires();
                 let mut in_flight = InFlight::new();
-                let mut session = session.with_editor(permit.sub);
-                let close = serve(
-                    &app,
-                    &mut session,
-                    (write, expires),
-                    &mut socket,
-                    &mut in_flight,
-                )
-                .await;
+                let mut session = session.with_editor(access.permit().sub.clone());
+                let close =
+                    serve(&app, &mut session, &mut access, &mut socket, &mut in_flight).await;
                 // Received = processed (DESIGN invariant 8): the updates this
                 // connection delivered before it ended still become durable.
                 settle(&session, in_flight).await;
@@ -214,11 +207,24 @@ async fn settle(session: &Session, mut in_flight: InFlight) {
     }
 }
 
-/// Serves the connection until it ends; `expires`: when its token does.
+/// How a refused or lost access closes the connection: 1013 (try again
+/// later) when it cannot be checked now, 1008 with the reason otherwise.
+fn refused(e: AuthError) -> Close {
+    match e {
+        AuthError::Unavailable(_) => Close::TryAgain(e.to_string()),
+        AuthError::Expired => {
+            Close::Policy("the token has expired: refresh it and reconnect".into())
+        }
+        e => Close::Policy(e.to_string()),
+    }
+}
+
+/// Serves the connection until it ends, with what `access` allows (its
+/// token expiring or revoked ends it; a revoke may turn it read-only).
 async fn serve(
     app: &AppState,
     session: &mut Session,
-    (writable, expires): (bool, Option<tokio::time::Instant>),
+    access: &mut Access,
     socket: &mut WebSocket,
     in_flight: &mut InFlight,
 ) -> Close {
@@ -242,14 +248,19 @@ async fn serve(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
-    let expired = auth::until(expires);
-    tokio::pin!(expired);
+    let mut writable = access.permit().can_write();
     loop {
         tokio::select! {
-            _ = &mut expired => {
-                metrics::rejected("token_expired");
-                return Close::Policy("the token has expired: refresh it and reconnect".into());
-            }
+            changed = access.changed() => match changed {
+                Ok(permit) => {
+                    tracing::info!(doc = %session.addr(), writable = permit.can_write(), "access changed by a revoke");
+                    writable = permit.can_write();
+                }
+                Err(e) => {
+                    metrics::rejected(if e == AuthError::Expired { "token_expired" } else { "access_lost" });
+                    return refused(e);
+                }
+            },
             frame = socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,

@@ -7,14 +7,13 @@ use axum::extract::ws::Message as WsMessage;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use yrelay_protocol::DocAddress;
 use yrelay_protocol::hocuspocus::{self, Message};
 use yrelay_protocol::sync::{self, ClientMessage};
 use yrelay_protocol::update::check_update;
 
 use super::{End, TRANSPORT};
-use crate::auth;
+use crate::auth::{Access, AuthError};
 use crate::hub::{Ack, CloseReason, DocEvent, DocHub, HubError, Session};
 use crate::metrics;
 
@@ -28,12 +27,8 @@ type InFlight =
 /// What the connection hands a document task.
 pub(super) enum Input {
     Message(Message),
-    /// The provider's token was sent again: it grants this mode, and
-    /// expires then.
-    Access {
-        writable: bool,
-        expires: Option<Instant>,
-    },
+    /// The provider's token was sent again (and checked): what it grants.
+    Access(Access),
 }
 
 /// What a document task sends under its key.
@@ -92,7 +87,7 @@ pub(super) async fn open(
 /// before that still becomes durable.
 pub(super) async fn run(
     mut session: Session,
-    access: (bool, Option<Instant>),
+    access: Access,
     mut messages: mpsc::Receiver<Input>,
     outbox: Outbox,
 ) -> End {
@@ -107,11 +102,11 @@ pub(super) async fn run(
     end
 }
 
-/// Serves the document; `(writable, expires)`: what the provider's token
-/// grants and when it expires (a token sent again renews both).
+/// Serves the document with what the provider's token grants (a token sent
+/// again renews it; expiry and revokes end or downgrade it).
 async fn serve(
     session: &mut Session,
-    (mut writable, expires): (bool, Option<Instant>),
+    mut access: Access,
     messages: &mut mpsc::Receiver<Input>,
     outbox: &Outbox,
     in_flight: &mut InFlight,
@@ -122,21 +117,32 @@ async fn serve(
     {
         return end;
     }
-    let mut expires = expires;
+    let mut writable = access.permit().can_write();
     loop {
         tokio::select! {
-            _ = auth::until(expires) => {
-                metrics::rejected("token_expired");
-                let _ = outbox
-                    .send(&hocuspocus::permission_denied("the token has expired: send a fresh one"))
-                    .await;
-                return End::Detached;
-            }
+            changed = access.changed() => match changed {
+                Ok(permit) => {
+                    writable = permit.can_write();
+                    if let Err(end) = outbox.send(&hocuspocus::authenticated(!writable)).await {
+                        return end;
+                    }
+                }
+                Err(e) => {
+                    metrics::rejected(if e == AuthError::Expired { "token_expired" } else { "access_lost" });
+                    let reason = match e {
+                        AuthError::Expired => "the token has expired: send a fresh one".into(),
+                        e => e.to_string(),
+                    };
+                    let _ = outbox.send(&hocuspocus::permission_denied(&reason)).await;
+                    return End::Detached;
+                }
+            },
             message = messages.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let message = match message {
                     Some(Input::Message(message)) => message,
-                    Some(Input::Access { writable: mode, expires: until }) => {
-                        (writable, expires) = (mode, until);
+                    Some(Input::Access(renewed)) => {
+                        access = renewed;
+                        writable = access.permit().can_write();
                         continue;
                     }
                     None => return End::Detached,

@@ -30,6 +30,7 @@ use yrelay_protocol::DocAddress;
 use yrelay_protocol::hocuspocus::{self, Frame, HocuspocusError, Message};
 use yrelay_protocol::sync::ClientMessage;
 
+use crate::auth::Access;
 use crate::edge::{Credentials, UpdateRate};
 use crate::hub::{CloseReason, HubError};
 use crate::metrics;
@@ -102,7 +103,7 @@ pub async fn upgrade(
     };
     super::configure(ws, &app, credentials.subprotocol.clone()).on_upgrade(
         move |socket| async move {
-            connection(app, credentials.token, socket).await;
+            connection(app, credentials.via(TRANSPORT), socket).await;
             drop(slot);
         },
     )
@@ -128,8 +129,9 @@ impl Key {
 
 struct Conn {
     app: AppState,
-    /// The token of the upgrade request, if any.
-    token: Option<String>,
+    /// What the upgrade request presented (its token, if any, stands in
+    /// for an auth message that carries none).
+    who: Credentials,
     keys: HashMap<String, Key>,
     pending_frames: usize,
     pending_bytes: usize,
@@ -140,7 +142,7 @@ struct Conn {
     awareness: UpdateRate,
 }
 
-async fn connection(app: AppState, token: Option<String>, socket: WebSocket) {
+async fn connection(app: AppState, who: Credentials, socket: WebSocket) {
     metrics::connection_opened(TRANSPORT);
     let (mut sink, mut stream) = socket.split();
     let (out, mut outgoing) = mpsc::channel::<WsMessage>(OUTBOX);
@@ -156,7 +158,7 @@ async fn connection(app: AppState, token: Option<String>, socket: WebSocket) {
     });
     let limits = &app.limits;
     let mut conn = Conn {
-        token,
+        who,
         keys: HashMap::new(),
         pending_frames: 0,
         pending_bytes: 0,
@@ -322,32 +324,29 @@ impl Conn {
 
     /// Checks `token` for the document `key` and opens it (or says why not).
     async fn authorize(&mut self, key: &str, token: String) -> Result<(), End> {
-        let token = Some(token).filter(|t| !t.is_empty()).or(self.token.clone());
-        let permit = self.address(key).and_then(|addr| {
-            Ok((
-                self.app
-                    .auth
-                    .doc(token.as_deref(), &addr)
-                    .map_err(|e| e.to_string())?,
-                addr,
-            ))
-        });
-        let (permit, addr) = match permit {
+        let mut who = self.who.clone();
+        if !token.is_empty() {
+            who.token = Some(token);
+        }
+        let access = match self.address(key) {
+            Ok(addr) => Access::open(&self.app.auth, who, &addr)
+                .await
+                .map(|access| (access, addr))
+                .map_err(|e| e.to_string()),
+            Err(reason) => Err(reason),
+        };
+        let (access, addr) = match access {
             Ok(granted) => granted,
             Err(reason) => {
                 metrics::rejected("unauthorized");
                 return self.deny(key, &reason).await;
             }
         };
-        let writable = permit.can_write();
+        let writable = access.permit().can_write();
         if let Some(tx) = self.keys.get(key).and_then(Key::open) {
             // Already open: the refreshed token still grants it, maybe with
             // another mode.
-            let access = doc::Input::Access {
-                writable,
-                expires: permit.expires(),
-            };
-            let _ = tx.send(access).await;
+            let _ = tx.send(doc::Input::Access(access)).await;
             return self.send(key, &hocuspocus::authenticated(!writable)).await;
         }
         let open = self
@@ -375,11 +374,11 @@ impl Conn {
             out: self.out.clone(),
         };
         let (task_key, hub) = (key.to_owned(), self.app.hub.clone());
-        let expires = permit.expires();
         self.tasks.spawn(async move {
-            let opened = doc::open(&hub, &addr, permit.sub, writable, &outbox).await;
+            let editor = access.permit().sub.clone();
+            let opened = doc::open(&hub, &addr, editor, writable, &outbox).await;
             let end = match opened {
-                Ok(session) => doc::run(session, (writable, expires), rx, outbox).await,
+                Ok(session) => doc::run(session, access, rx, outbox).await,
                 Err(end) => end,
             };
             (task_key, end)

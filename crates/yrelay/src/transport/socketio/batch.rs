@@ -19,8 +19,6 @@ use super::wire::{
     Protocol, Reply, SpaceRef, awareness_room, bad_request, batch_version, error, parse,
     space_type, subscribers_room, too_old,
 };
-use crate::auth::AuthError;
-use crate::metrics;
 
 /// Entries one `space:join-batch` may list.
 const MAX_ENTRIES: usize = 100;
@@ -154,61 +152,12 @@ impl Gateway {
     }
 
     /// Ends one subscription of `socket`: its broadcasts and its presence.
-    fn unsubscribe(&self, socket: &SocketRef, space: &SpaceRef, addr: &DocAddress) {
+    pub(super) fn unsubscribe(&self, socket: &SocketRef, space: &SpaceRef, addr: &DocAddress) {
         socket.leave([subscribers_room(space, addr), awareness_room(space, addr)]);
         if let Some(conn) = self.state().conns.get_mut(&socket.id) {
             conn.subscriptions.remove(&(space.clone(), addr.clone()));
         }
         self.forget_presence(socket, addr);
-    }
-
-    /// Disconnects the sockets whose token has expired, each instance its
-    /// own: the client reconnects with a fresh token (a stale one is
-    /// refused at connect, "sign in required: the token has expired").
-    pub(super) fn end_expired_sockets(&self) {
-        let expired: Vec<Sid> = self
-            .state()
-            .conns
-            .iter()
-            .filter(|(_, conn)| {
-                matches!(
-                    self.app.auth.verify(conn.token.as_deref()),
-                    Err(AuthError::Expired)
-                )
-            })
-            .map(|(sid, _)| *sid)
-            .collect();
-        for sid in expired {
-            if let Some(socket) = self.io.get_socket(sid) {
-                metrics::rejected("token_expired");
-                tracing::info!(socket = %sid, "token expired: socket disconnected");
-                let _ = socket.disconnect();
-            }
-        }
-    }
-
-    /// Ends the subscriptions whose socket may no longer read the document
-    /// (its token expired): each instance for its own sockets.
-    pub(super) fn end_lost_subscriptions(&self) {
-        let lost: Vec<_> = self
-            .state()
-            .conns
-            .iter()
-            .flat_map(|(sid, conn)| {
-                conn.subscriptions
-                    .iter()
-                    .filter(|(_, addr)| self.app.auth.doc(conn.token.as_deref(), addr).is_err())
-                    .map(|(space, addr)| (*sid, space.clone(), addr.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (sid, space, addr) in lost {
-            if let Some(socket) = self.io.get_socket(sid) {
-                metrics::rejected("subscription_access_lost");
-                tracing::info!(socket = %sid, doc = %addr, "read access lost: subscription ended");
-                self.unsubscribe(&socket, &space, &addr);
-            }
-        }
     }
 
     /// Ends every subscription to `addr` here (the document was deleted).

@@ -231,18 +231,13 @@ impl Gateway {
             .map_err(internal)?;
         // Only the documents this socket may read (a member by the grant of
         // one document sees that one).
-        let claims = self
-            .app
-            .auth
-            .verify(self.token(&socket).as_deref())
-            .ok()
-            .flatten();
+        let claims = self.claims(&socket);
         let readable = |doc: &str| {
-            let Some(claims) = &claims else { return true };
+            let Ok(claims) = &claims else { return false };
             query
                 .space
                 .address(doc)
-                .is_ok_and(|addr| claims.doc_mode(&addr).is_some())
+                .is_ok_and(|addr| self.app.auth.doc_permit(claims.as_ref(), &addr).is_ok())
         };
         Ok(Value::Object(
             docs.into_iter()

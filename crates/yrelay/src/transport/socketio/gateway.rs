@@ -13,7 +13,7 @@ use socketioxide::{SocketIo, TransportType};
 use tokio::task::JoinHandle;
 use yrelay_protocol::DocAddress;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Claims, Credentials};
 use crate::edge::UpdateRate;
 use crate::hub::AwarenessClients;
 use crate::metrics;
@@ -29,7 +29,10 @@ pub(super) struct Conn {
     /// `socketio-websocket` or `socketio-polling`.
     pub(super) transport: &'static str,
     pub(super) opened: Instant,
-    pub(super) token: Option<String>,
+    /// What it presented at connect (asked about again after a revoke).
+    pub(super) who: Credentials,
+    /// Who it is and what it may open (`None`: auth is off).
+    pub(super) claims: Option<Claims>,
     pub(super) sub: Option<String>,
     pub(super) origin: Origin,
     pub(super) rate: UpdateRate,
@@ -75,21 +78,31 @@ pub(super) struct State {
     pub(super) seen: HashMap<String, Instant>,
 }
 
-/// The token of a connecting socket: `auth.token`, else `Authorization: Bearer`.
-pub(super) fn connect_token(socket: &SocketRef, auth: &Option<Value>) -> Option<String> {
-    auth.as_ref()
+/// What a connecting socket presents: `auth.token`, else `Authorization:
+/// Bearer`; its cookies.
+pub(super) fn connect_credentials(socket: &SocketRef, auth: &Option<Value>) -> Credentials {
+    let headers = &socket.req_parts().headers;
+    let token = auth
+        .as_ref()
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str)
         .map(str::to_owned)
         .or_else(|| {
-            socket
-                .req_parts()
-                .headers
+            headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(|t| t.trim().to_owned())
-        })
+        });
+    Credentials {
+        token,
+        cookie: headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        ..Credentials::default()
+    }
+    .via("socketio")
 }
 
 impl Gateway {
@@ -109,17 +122,10 @@ impl Gateway {
     pub(super) fn connected(
         self: Arc<Self>,
         socket: SocketRef,
-        auth: Option<Value>,
+        (who, claims): (Credentials, Option<Claims>),
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let token = connect_token(&socket, &auth);
-        let sub = self
-            .app
-            .auth
-            .verify(token.as_deref())
-            .ok()
-            .flatten()
-            .map(|c| c.sub);
+        let sub = claims.as_ref().map(|c| c.sub.clone());
         let transport = match socket.transport_type() {
             TransportType::Websocket => "socketio-websocket",
             TransportType::Polling => "socketio-polling",
@@ -135,7 +141,8 @@ impl Gateway {
             Conn {
                 transport,
                 opened: Instant::now(),
-                token,
+                who,
+                claims,
                 sub,
                 origin,
                 rate: UpdateRate::new(self.app.limits.max_updates_per_sec),
@@ -253,11 +260,13 @@ impl Gateway {
             })
     }
 
-    pub(super) fn token(&self, socket: &SocketRef) -> Option<String> {
+    /// The claims the socket connected with (`Ok(None)`: auth is off).
+    pub(super) fn claims(&self, socket: &SocketRef) -> Result<Option<Claims>, AuthError> {
         self.state()
             .conns
             .get(&socket.id)
-            .and_then(|c| c.token.clone())
+            .map(|c| c.claims.clone())
+            .ok_or(AuthError::Missing)
     }
 
     /// May this socket use `space` at all (userspace ownership, grants)?
@@ -277,9 +286,8 @@ impl Gateway {
         // `@{user}`, owned by that user, and grants count for it too; a
         // grant of one document makes its space joinable (each document is
         // then checked on its own).
-        self.app
-            .auth
-            .member(self.token(socket).as_deref(), &space.space())
+        self.claims(socket)
+            .and_then(|claims| self.app.auth.member_permit(claims.as_ref(), &space.space()))
             .map(|_| ())
             .map_err(|_| denied())
     }
@@ -291,9 +299,8 @@ impl Gateway {
         addr: &DocAddress,
         space: &SpaceRef,
     ) -> Result<(), SioError> {
-        self.app
-            .auth
-            .doc(self.token(socket).as_deref(), addr)
+        self.claims(socket)
+            .and_then(|claims| self.app.auth.doc_permit(claims.as_ref(), addr))
             .map(|_| ())
             .map_err(|_| {
                 metrics::rejected("unauthorized");
@@ -313,9 +320,12 @@ impl Gateway {
         addr: &DocAddress,
         space: &SpaceRef,
     ) -> Result<(), SioError> {
-        match self.app.auth.writer(self.token(socket).as_deref(), addr) {
-            Ok(_) => Ok(()),
-            Err(AuthError::ReadOnly(_) | AuthError::Denied(_)) => {
+        let permit = self
+            .claims(socket)
+            .and_then(|claims| self.app.auth.doc_permit(claims.as_ref(), addr));
+        match permit {
+            Ok(permit) if permit.can_write() => Ok(()),
+            Ok(_) | Err(AuthError::Denied(_)) => {
                 metrics::rejected("read_only");
                 Err(error(
                     403,

@@ -22,6 +22,7 @@
 //! Every failure is an ack `{error: {status, code, type, name, message,
 //! data}}`; the socket stays usable.
 
+mod access;
 mod awareness;
 mod batch;
 mod broadcast;
@@ -40,10 +41,11 @@ use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 
+use crate::auth::AuthError;
 use crate::metrics;
 use crate::state::AppState;
 
-use gateway::{Gateway, connect_token};
+use gateway::{Gateway, connect_credentials};
 
 const TRANSPORT: &str = "socketio";
 /// How long an engine.io session may wait for its Socket.IO connect (a
@@ -72,6 +74,10 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         .build_layer();
     let gateway = Arc::new(Gateway::new(app, io.clone()));
     tokio::spawn(housekeeping(Arc::downgrade(&gateway)));
+    tokio::spawn(access::follow_revokes(
+        Arc::downgrade(&gateway),
+        gateway.app.auth.revocations.watch(),
+    ));
     // Everything happens in the middleware, which socketioxide awaits before
     // it sends the connect packet: its connect handler runs in a task of its
     // own, after that packet, so event handlers registered there missed a
@@ -83,10 +89,15 @@ pub fn layer(app: AppState) -> SocketIoLayer {
             let gw = gw.clone();
             async move {
                 let auth = auth.ok();
-                let token = connect_token(&socket, &auth);
-                gw.app.auth.verify(token.as_deref()).map_err(|e| {
+                let who = connect_credentials(&socket, &auth);
+                let claims = gw.app.auth.claims(&who, None, None).await.map_err(|e| {
                     metrics::rejected("unauthorized");
-                    format!("sign in required: {e}")
+                    match e {
+                        AuthError::Unavailable(_) => {
+                            format!("AUTH_UNAVAILABLE: {e}; try again later")
+                        }
+                        e => format!("sign in required: {e}"),
+                    }
                 })?;
                 // Sockets count against --max-connections like WebSockets
                 // and event streams do.
@@ -95,7 +106,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
                     .limits
                     .connection_slot()
                     .map_err(|_| "TOO_MANY_CONNECTIONS: this instance holds as many connections as it may; try again later".to_string())?;
-                gw.connected(socket, auth, slot);
+                gw.connected(socket, (who, claims), slot);
                 Ok::<(), String>(())
             }
         }

@@ -6,18 +6,67 @@
 //! space whose id is `@{user}` is that user's private space (userspace): its
 //! owner may read and write it without a grant.
 //!
-//! With no key configured every request is allowed (development); the server
-//! says so loudly when it starts. Transports ask [`Auth::doc`] or
-//! [`Auth::space`] once per request or connection and map [`AuthError`] to
-//! their own protocol's error in one place.
+//! A token that is not one of ours, or a cookie, goes to the app's auth
+//! callback when one is configured ([`callback`]); its answer has the same
+//! shape. Revokes ([`revoke`]) refuse tokens issued before them.
+//!
+//! With no key and no callback configured every request is allowed
+//! (development); the server says so loudly when it starts. Transports ask
+//! [`Auth::doc`] or [`Auth::space`] once per request or connection (a
+//! long-lived connection keeps an [`Access`]) and map [`AuthError`] to their
+//! own protocol's error in one place.
+
+mod access;
+mod callback;
+mod keys;
+mod revoke;
 
 use std::path::Path;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use yrelay_protocol::DocAddress;
 
 use crate::clock::now_ms;
+
+pub use access::Access;
+pub use callback::Callback;
+use keys::read;
+pub use keys::{KeyError, SigningKey, mint};
+pub use revoke::{Revocation, Revocations, Revoked};
+
+/// What a request or connection presents: a token (`Authorization:
+/// Bearer`, `?token=`, the `yauth-<jwt>` WebSocket subprotocol, Socket.IO
+/// handshake auth, a Hocuspocus auth message), its cookies, and on which
+/// transport (told to the auth callback).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: Option<String>,
+    /// The `Cookie` header, as sent.
+    pub cookie: Option<String>,
+    /// The subprotocol entry the token came in, if it did.
+    pub subprotocol: Option<String>,
+    pub transport: &'static str,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self {
+            token: None,
+            cookie: None,
+            subprotocol: None,
+            transport: "rest",
+        }
+    }
+}
+
+impl Credentials {
+    /// The same credentials, told as coming over `transport`.
+    pub fn via(mut self, transport: &'static str) -> Self {
+        self.transport = transport;
+        self
+    }
+}
 
 /// What a grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -42,13 +91,22 @@ fn any() -> String {
     "*".into()
 }
 
-/// The claims yrelay reads from a token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The claims yrelay reads from a token (or the auth callback answers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    pub exp: u64,
+    /// Required in a token; optional in the callback's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// When the token was issued (a revoke refuses tokens issued before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     #[serde(default)]
     pub access: Vec<Grant>,
+    /// The app's callback answered these (a revoke asks it again instead
+    /// of refusing them).
+    #[serde(skip)]
+    pub from_app: bool,
 }
 
 impl Claims {
@@ -91,6 +149,12 @@ impl Claims {
             .max()
     }
 
+    /// Whether they have expired (with the leeway tokens are checked with).
+    pub fn expired(&self) -> bool {
+        self.exp
+            .is_some_and(|exp| (exp + LEEWAY_SECS) as i64 * 1000 < now_ms())
+    }
+
     fn owns(&self, space: &str) -> bool {
         userspace_owner(space) == Some(self.sub.as_str())
     }
@@ -118,6 +182,10 @@ pub enum AuthError {
     Denied(String),
     #[error("the token gives read-only access to {0}")]
     ReadOnly(String),
+    #[error("access to {0} was revoked: sign in again")]
+    Revoked(String),
+    #[error("access cannot be checked now (fail closed): {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -129,6 +197,8 @@ impl AuthError {
             AuthError::Invalid(_) => "INVALID_TOKEN",
             AuthError::Denied(_) => "ACCESS_DENIED",
             AuthError::ReadOnly(_) => "READ_ONLY",
+            AuthError::Revoked(_) => "ACCESS_REVOKED",
+            AuthError::Unavailable(_) => "AUTH_UNAVAILABLE",
         }
     }
 
@@ -136,7 +206,7 @@ impl AuthError {
     pub fn is_unauthenticated(&self) -> bool {
         matches!(
             self,
-            AuthError::Missing | AuthError::Expired | AuthError::Invalid(_)
+            AuthError::Missing | AuthError::Expired | AuthError::Invalid(_) | AuthError::Revoked(_)
         )
     }
 }
@@ -179,38 +249,38 @@ pub async fn until(expires: Option<tokio::time::Instant>) {
 /// Seconds of clock skew a token's `exp` and `nbf` are checked with.
 const LEEWAY_SECS: u64 = 5;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} holds no RSA, EC or Ed25519 key in PEM form")]
-    Unsupported(String),
-    #[error("cannot sign: {0}")]
-    Sign(String),
-}
-
-/// Verifies tokens (or allows everything when no key is configured).
+/// Checks credentials: our tokens locally, anything else with the app's
+/// callback (or allows everything when neither is configured).
 pub struct Auth {
     verifier: Option<(DecodingKey, Validation)>,
+    callback: Option<Callback>,
+    pub revocations: Revocations,
 }
+
+/// How long revokes are kept by default (a token living longer than this
+/// becomes valid again after it).
+const REVOKES_KEPT_SECS: u64 = 86_400;
 
 impl Auth {
     /// No key: every request is allowed.
     pub fn open() -> Self {
-        Self { verifier: None }
+        Self::verifying(None)
+    }
+
+    fn verifying(verifier: Option<(DecodingKey, Validation)>) -> Self {
+        Self {
+            verifier,
+            callback: None,
+            revocations: Revocations::new(REVOKES_KEPT_SECS),
+        }
     }
 
     /// HS256 tokens signed with `secret`.
     pub fn with_secret(secret: &str) -> Self {
-        Self {
-            verifier: Some((
-                DecodingKey::from_secret(secret.as_bytes()),
-                validation(&[Algorithm::HS256]),
-            )),
-        }
+        Self::verifying(Some((
+            DecodingKey::from_secret(secret.as_bytes()),
+            validation(&[Algorithm::HS256]),
+        )))
     }
 
     /// RS256/ES256/EdDSA (and their relatives) tokens, checked with a PEM
@@ -237,16 +307,26 @@ impl Auth {
             } else {
                 return Err(KeyError::Unsupported(path.display().to_string()));
             };
-        Ok(Self {
-            verifier: Some((key, validation(algorithms))),
-        })
+        Ok(Self::verifying(Some((key, validation(algorithms)))))
+    }
+
+    /// Asks `callback` about credentials that are not one of our tokens.
+    pub fn asking(mut self, callback: Callback) -> Self {
+        self.callback = Some(callback);
+        self
+    }
+
+    /// Keeps revokes for `secs` (default a day).
+    pub fn keeping_revokes(mut self, secs: u64) -> Self {
+        self.revocations = Revocations::new(secs);
+        self
     }
 
     pub fn is_open(&self) -> bool {
-        self.verifier.is_none()
+        self.verifier.is_none() && self.callback.is_none()
     }
 
-    /// The verified claims of `token` (`None` with auth off).
+    /// The verified claims of one of our tokens (`None` with no key).
     pub fn verify(&self, token: Option<&str>) -> Result<Option<Claims>, AuthError> {
         let Some((key, validation)) = &self.verifier else {
             return Ok(None);
@@ -267,50 +347,128 @@ impl Auth {
         }
     }
 
-    /// What `token` allows on one document (at least read).
-    pub fn doc(&self, token: Option<&str>, addr: &DocAddress) -> Result<Permit, AuthError> {
-        self.permit(token, |c| c.doc_mode(addr), || addr.to_string())
+    /// Who `who` is and what it may open (`None`: auth is off). Our tokens
+    /// are checked here; anything else goes to the callback, asked about
+    /// `space` (and `doc`) — none for a connection that opens many.
+    pub async fn claims(
+        &self,
+        who: &Credentials,
+        space: Option<&str>,
+        doc: Option<&str>,
+    ) -> Result<Option<Claims>, AuthError> {
+        let token = who.token.as_deref().filter(|t| !t.is_empty());
+        let local = match (&self.verifier, token) {
+            (None, _) if self.callback.is_none() => return Ok(None),
+            (Some(_), Some(_)) => Some(self.verify(token)),
+            _ => None,
+        };
+        match (local, &self.callback) {
+            (Some(Ok(claims)), _) => Ok(claims),
+            // Signed by our key: it is ours, and it has expired.
+            (Some(Err(AuthError::Expired)), _) => Err(AuthError::Expired),
+            (Some(Err(e)), None) => Err(e),
+            (None, None) => Err(AuthError::Missing),
+            (_, Some(_)) if token.is_none() && who.cookie.is_none() => Err(AuthError::Missing),
+            (_, Some(callback)) => callback.ask(who, space, doc).await.map(Some),
+        }
     }
 
-    /// What `token` allows on one document, which must include writing
+    /// What `who` may do on one document (at least read).
+    pub async fn doc(&self, who: &Credentials, addr: &DocAddress) -> Result<Permit, AuthError> {
+        let claims = self
+            .claims(who, Some(addr.space()), Some(addr.doc()))
+            .await?;
+        self.doc_permit(claims.as_ref(), addr)
+    }
+
+    /// What `who` may do on one document, which must include writing
     /// (`ReadOnly` otherwise).
-    pub fn writer(&self, token: Option<&str>, addr: &DocAddress) -> Result<Permit, AuthError> {
-        let permit = self.doc(token, addr)?;
+    pub async fn writer(&self, who: &Credentials, addr: &DocAddress) -> Result<Permit, AuthError> {
+        let permit = self.doc(who, addr).await?;
         if !permit.can_write() {
             return Err(AuthError::ReadOnly(addr.to_string()));
         }
         Ok(permit)
     }
 
-    /// What `token` allows on a whole space (at least read).
-    pub fn space(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
-        self.permit(token, |c| c.space_mode(space), || format!("space {space}"))
+    /// What `who` may do on a whole space (at least read).
+    pub async fn space(&self, who: &Credentials, space: &str) -> Result<Permit, AuthError> {
+        let claims = self.claims(who, Some(space), None).await?;
+        self.permit(
+            claims.as_ref(),
+            |c| c.space_mode(space),
+            (space, None),
+            || format!("space {space}"),
+        )
     }
 
-    /// Whether `token` may be a member of `space` (any access in it): the
+    /// Whether `who` may be a member of `space` (any access in it): the
     /// one decision for joining a space, on every transport.
-    pub fn member(&self, token: Option<&str>, space: &str) -> Result<Permit, AuthError> {
-        self.permit(token, |c| c.member_mode(space), || format!("space {space}"))
+    pub async fn member(&self, who: &Credentials, space: &str) -> Result<Permit, AuthError> {
+        let claims = self.claims(who, Some(space), None).await?;
+        self.member_permit(claims.as_ref(), space)
+    }
+
+    /// What claims already checked give on one document (a connection that
+    /// opens many holds its claims).
+    pub fn doc_permit(
+        &self,
+        claims: Option<&Claims>,
+        addr: &DocAddress,
+    ) -> Result<Permit, AuthError> {
+        self.permit(
+            claims,
+            |c| c.doc_mode(addr),
+            (addr.space(), Some(addr.doc())),
+            || addr.to_string(),
+        )
+    }
+
+    /// Whether claims already checked make a member of `space`.
+    pub fn member_permit(&self, claims: Option<&Claims>, space: &str) -> Result<Permit, AuthError> {
+        self.permit(
+            claims,
+            |c| c.member_mode(space),
+            (space, None),
+            || format!("space {space}"),
+        )
+    }
+
+    /// Adds revokes (made here or read from the store): our tokens they
+    /// cover are refused from now on, the callback's answers they cover
+    /// are asked for again. Returns the ones not known before.
+    pub fn revoke(&self, revoked: Vec<Revoked>) -> Vec<Revoked> {
+        let new = self.revocations.add(revoked);
+        if let Some(callback) = &self.callback {
+            for r in &new {
+                callback.forget(&r.what);
+            }
+        }
+        new
     }
 
     fn permit(
         &self,
-        token: Option<&str>,
+        claims: Option<&Claims>,
         mode: impl FnOnce(&Claims) -> Option<Mode>,
+        (space, doc): (&str, Option<&str>),
         what: impl FnOnce() -> String,
     ) -> Result<Permit, AuthError> {
-        let Some(claims) = self.verify(token)? else {
+        let Some(claims) = claims else {
             return Ok(Permit {
                 sub: None,
                 mode: Mode::Rw,
                 exp: None,
             });
         };
-        let mode = mode(&claims).ok_or_else(|| AuthError::Denied(what()))?;
+        if !claims.from_app && self.revocations.refuses(claims, space, doc) {
+            return Err(AuthError::Revoked(what()));
+        }
+        let mode = mode(claims).ok_or_else(|| AuthError::Denied(what()))?;
         Ok(Permit {
-            sub: Some(claims.sub),
+            sub: Some(claims.sub.clone()),
             mode,
-            exp: Some(claims.exp),
+            exp: claims.exp,
         })
     }
 }
@@ -326,133 +484,5 @@ fn validation(algorithms: &[Algorithm]) -> Validation {
     validation
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// What `yrelay token` signs with.
-pub enum SigningKey {
-    Secret(String),
-    /// A PEM private key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
-    PrivateKey(std::path::PathBuf),
-}
-
-/// Mints a token (development and tests): `sub`, `exp` = now + `ttl_secs`
-/// (negative for an expired token), and `access`.
-pub fn mint(
-    key: &SigningKey,
-    sub: &str,
-    access: Vec<Grant>,
-    ttl_secs: i64,
-) -> Result<String, KeyError> {
-    let claims = Claims {
-        sub: sub.to_owned(),
-        exp: (now_ms() / 1000 + ttl_secs).max(0) as u64,
-        access,
-    };
-    let (header, key) = match key {
-        SigningKey::Secret(secret) => (
-            Header::new(Algorithm::HS256),
-            EncodingKey::from_secret(secret.as_bytes()),
-        ),
-        SigningKey::PrivateKey(path) => {
-            let pem = read(path)?;
-            if let Ok(key) = EncodingKey::from_rsa_pem(&pem) {
-                (Header::new(Algorithm::RS256), key)
-            } else if let Ok(key) = EncodingKey::from_ec_pem(&pem) {
-                (Header::new(Algorithm::ES256), key)
-            } else if let Ok(key) = EncodingKey::from_ed_pem(&pem) {
-                (Header::new(Algorithm::EdDSA), key)
-            } else {
-                return Err(KeyError::Unsupported(path.display().to_string()));
-            }
-        }
-    };
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| KeyError::Sign(e.to_string()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(space: &str, doc: &str) -> DocAddress {
-        DocAddress::parse(space, doc).unwrap()
-    }
-
-    fn grant(space: &str, doc: &str, mode: Mode) -> Grant {
-        Grant {
-            space: space.into(),
-            doc: doc.into(),
-            mode,
-        }
-    }
-
-    #[test]
-    fn grants_match_space_doc_and_wildcards_and_the_best_mode_wins() {
-        let claims = Claims {
-            sub: "ann".into(),
-            exp: 0,
-            access: vec![
-                grant("team", "*", Mode::Ro),
-                grant("team", "plan", Mode::Rw),
-            ],
-        };
-        assert_eq!(claims.doc_mode(&addr("team", "plan")), Some(Mode::Rw));
-        assert_eq!(claims.doc_mode(&addr("team", "notes")), Some(Mode::Ro));
-        assert_eq!(claims.doc_mode(&addr("other", "plan")), None);
-        assert_eq!(claims.doc_mode(&addr("@ann", "x")), Some(Mode::Rw));
-        assert_eq!(claims.doc_mode(&addr("@bob", "x")), None);
-        assert_eq!(claims.space_mode("team"), Some(Mode::Ro));
-        assert_eq!(claims.space_mode("@ann"), Some(Mode::Rw));
-    }
-
-    #[test]
-    fn tokens_verify_and_fail_with_a_clear_reason() {
-        let key = SigningKey::Secret("s3cret".into());
-        let auth = Auth::with_secret("s3cret");
-        let token = mint(&key, "ann", vec![grant("team", "*", Mode::Ro)], 60).unwrap();
-        let permit = auth.doc(Some(&token), &addr("team", "d")).unwrap();
-        assert_eq!(permit.mode, Mode::Ro);
-        assert_eq!(permit.sub.as_deref(), Some("ann"));
-        assert_eq!(
-            auth.doc(Some(&token), &addr("x", "d")),
-            Err(AuthError::Denied("x/d".into()))
-        );
-        assert_eq!(auth.doc(None, &addr("team", "d")), Err(AuthError::Missing));
-        let forged = mint(&SigningKey::Secret("other".into()), "ann", vec![], 60).unwrap();
-        assert!(matches!(
-            auth.doc(Some(&forged), &addr("@ann", "d")),
-            Err(AuthError::Invalid(_))
-        ));
-        // Not valid yet (nbf an hour ahead), and an empty subject.
-        let claims = |sub: &str, nbf: i64| serde_json::json!({ "sub": sub, "exp": now_ms() / 1000 + 7200, "nbf": nbf, "access": [] });
-        let signed = |c: serde_json::Value| {
-            jsonwebtoken::encode(&Header::default(), &c, &EncodingKey::from_secret(b"s3cret"))
-                .unwrap()
-        };
-        let later = signed(claims("ann", now_ms() / 1000 + 3600));
-        assert!(matches!(
-            auth.doc(Some(&later), &addr("@ann", "d")),
-            Err(AuthError::Invalid(m)) if m.contains("nbf")
-        ));
-        let now = signed(claims("ann", now_ms() / 1000));
-        assert!(auth.doc(Some(&now), &addr("@ann", "d")).is_ok());
-        let nobody = signed(claims("", now_ms() / 1000));
-        assert!(matches!(
-            auth.doc(Some(&nobody), &addr("x", "d")),
-            Err(AuthError::Invalid(m)) if m.contains("sub")
-        ));
-        let expired = mint(&key, "ann", vec![], -60).unwrap();
-        assert_eq!(
-            auth.doc(Some(&expired), &addr("@ann", "d")),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            Auth::open().doc(None, &addr("x", "d")).unwrap().mode,
-            Mode::Rw
-        );
-    }
-}
+mod tests;
