@@ -17,6 +17,9 @@ pub struct Access {
     permit: Permit,
     /// Revokes up to this id have been looked at.
     seen: i64,
+    /// One of them covers this connection: it is checked again (kept
+    /// until that check ends, should its caller stop waiting meanwhile).
+    recheck: bool,
     revokes: watch::Receiver<i64>,
 }
 
@@ -37,6 +40,7 @@ impl Access {
             addr: addr.clone(),
             permit,
             seen,
+            recheck: false,
             revokes,
         })
     }
@@ -45,19 +49,22 @@ impl Access {
         &self.permit
     }
 
-    /// Presents other credentials (a token sent again): checked at once.
-    pub async fn renew(&mut self, who: Credentials) -> Result<&Permit, AuthError> {
-        self.permit = self.auth.doc(&who, &self.addr).await?;
-        self.who = who;
-        Ok(&self.permit)
-    }
-
     /// Waits until what the connection may do changes: `Err` when it may
     /// no longer read (its token expired, a revoke, the app said no, or
     /// cannot be asked: fail closed), `Ok` with the new permit when only
-    /// its mode changed (read-write ↔ read-only).
+    /// its mode changed (read-write ↔ read-only). Cancel-safe: a check
+    /// under way when the caller stops waiting is made again next time.
     pub async fn changed(&mut self) -> Result<Permit, AuthError> {
         loop {
+            if self.recheck {
+                let permit = self.auth.doc(&self.who, &self.addr).await?;
+                self.recheck = false;
+                let mode_changed = permit.mode != self.permit.mode;
+                self.permit = permit;
+                if mode_changed {
+                    return Ok(self.permit.clone());
+                }
+            }
             tokio::select! {
                 _ = until(self.permit.expires()) => return Err(AuthError::Expired),
                 changed = self.revokes.changed() => {
@@ -69,15 +76,9 @@ impl Access {
                     let covering = self.auth.revocations.since(self.seen);
                     self.seen = covering.iter().map(|r| r.id).max().unwrap_or(self.seen);
                     let sub = self.permit.sub.as_deref();
-                    if !covering.iter().any(|r| r.what.covers(sub, self.addr.space(), Some(self.addr.doc()))) {
-                        continue;
-                    }
-                    let permit = self.auth.doc(&self.who, &self.addr).await?;
-                    let mode_changed = permit.mode != self.permit.mode;
-                    self.permit = permit;
-                    if mode_changed {
-                        return Ok(self.permit.clone());
-                    }
+                    self.recheck = covering
+                        .iter()
+                        .any(|r| r.what.covers(sub, self.addr.space(), Some(self.addr.doc())));
                 }
             }
         }

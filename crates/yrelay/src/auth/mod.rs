@@ -438,13 +438,14 @@ impl Auth {
     /// cover are refused from now on, the callback's answers they cover
     /// are asked for again. Returns the ones not known before.
     pub fn revoke(&self, revoked: Vec<Revoked>) -> Vec<Revoked> {
-        let new = self.revocations.add(revoked);
+        // Forgotten before the connections hear of them, so that they ask
+        // the app, not the cache.
         if let Some(callback) = &self.callback {
-            for r in &new {
+            for r in revoked.iter().filter(|r| !self.revocations.knows(r.id)) {
                 callback.forget(&r.what);
             }
         }
-        new
+        self.revocations.add(revoked)
     }
 
     fn permit(

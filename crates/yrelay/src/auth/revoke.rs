@@ -110,6 +110,11 @@ impl Revocations {
         new
     }
 
+    /// Whether the revoke `id` is known here.
+    pub fn knows(&self, id: i64) -> bool {
+        self.list().iter().any(|r| r.id == id)
+    }
+
     /// The highest id known (where to read the store on from).
     pub fn last_id(&self) -> i64 {
         *self.added.borrow()

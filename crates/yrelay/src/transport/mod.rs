@@ -6,8 +6,8 @@ pub mod socketio;
 pub mod sse;
 pub mod ws;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -18,6 +18,25 @@ use crate::state::AppState;
 /// default, 128 KiB, is zeroed on every poll of the socket, which with one
 /// poll per relayed message was a third of the server's CPU at 50 readers.
 const READ_BUFFER: usize = 4096;
+
+/// A close frame; the reason cut to the 123 bytes a close frame can carry
+/// (a longer one makes the frame invalid: the peer would see no code).
+pub(crate) fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    const MAX: usize = 123;
+    let mut reason = reason.to_owned();
+    if reason.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
 
 /// `426 WEBSOCKET_REQUIRED` for a plain request to a WebSocket endpoint.
 pub(crate) fn websocket_required(protocol: &str, rejection: WebSocketUpgradeRejection) -> Response {
@@ -41,4 +60,16 @@ pub(crate) fn configure(
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let frame = super::close_frame(1008, &long);
+        assert!(frame.reason.len() <= 123, "{}", frame.reason.len());
+        assert!(frame.reason.ends_with('…'));
+        assert_eq!(super::close_frame(1000, "bye").reason.as_str(), "bye");
+    }
 }

@@ -66,10 +66,7 @@ impl Close {
             Close::Deleted => (DELETED, "document deleted".into()),
             Close::GoingAway => (1001, "server shutting down".into()),
         };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
+        Some(super::close_frame(code, &reason))
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -184,10 +184,7 @@ async fn connection(app: AppState, who: Credentials, socket: WebSocket) {
                 if code != 1001 {
                     tracing::info!(code, %reason, "closing hocuspocus socket");
                 }
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
+                let frame = super::close_frame(code, &reason);
                 let _ = sink.send(WsMessage::Close(Some(frame))).await;
             }
             let _ = sink.close().await;
