@@ -382,3 +382,34 @@ test('a token that expires ends its document, unless a fresh one was sent in tim
   const saved = await answer(updateFrame('acme/renewed', (d) => d.getMap('m').set('still', 1)), 8, 'acme/renewed')
   assert.equal(decoding.readVarUint(saved.rest), 1, 'the renewed document still saves')
 })
+
+test('a revoke denies the documents a provider opened with the revoked token', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
+  t.after(() => server.dispose())
+  const ws = await rawSocket(server)
+  t.after(() => ws.terminate())
+  const next = async (type, name) => {
+    const seen = ws.got.length
+    const match = (f) => f.type === type && f.name === name
+    await waitFor(`a message of type ${type} for ${name}`, () => ws.got.slice(seen).some(match), [[ws, 'frame']])
+    return ws.got.slice(seen).find(match)
+  }
+  const answer = async (send, type, name) => { const got = next(type, name); ws.send(send); return got }
+  const access = [{ space: 'acme', doc: '*', mode: 'rw' }]
+  for (const [name, sub] of [['acme/ann', 'ann'], ['acme/bob', 'bob']]) {
+    const reply = await answer(auth(name, token(sub, access)), 2, name)
+    assert.equal(decoding.readVarUint(reply.rest), 2, 'authenticated')
+  }
+  const denied = next(2, 'acme/ann')
+  const revoked = await fetch(`${server.httpUrl}/v1/access/revoke`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token('admin', [{ space: '*', doc: '*', mode: 'rw' }])}` },
+    body: JSON.stringify({ sub: 'ann' })
+  })
+  assert.equal(revoked.status, 200)
+  const message = await denied
+  assert.equal(decoding.readVarUint(message.rest), 1, 'permission denied')
+  assert.match(decoding.readVarString(message.rest), /revoked/)
+  const saved = await answer(updateFrame('acme/bob', (d) => d.getMap('m').set('still', 1)), 8, 'acme/bob')
+  assert.equal(decoding.readVarUint(saved.rest), 1, "bob's document still saves")
+})

@@ -462,3 +462,37 @@ test('a socket whose token expires is disconnected, and its stale token refused 
   const pushed = await call(stays, 'space:push-doc-update', { ...ws, docId: 'd', update: b64(update((d) => d.getMap('m').set('k', 1))) })
   assert.equal(pushed.data.accepted, true)
 })
+
+test('a revoke disconnects the sockets of its subject, and one of a document refuses only that document', async (t) => {
+  const secret = 'sio-secret'
+  const server = await new YrelayProcess(['--jwt-secret', secret]).start()
+  t.after(() => server.dispose())
+  const mint = (...args) => execFileSync(yrelayBin, ['token', ...args, '--jwt-secret', secret]).toString().trim()
+  const admin = mint('--sub', 'admin', '--space', '*')
+  const revoke = (body) => fetch(`${server.httpUrl}/v1/access/revoke`, {
+    method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: JSON.stringify(body)
+  })
+  const annToken = mint('--sub', 'ann', '--space', 'ws1')
+  const ann = await connect(server, { auth: { token: annToken } })
+  const bob = await connect(server, { auth: { token: mint('--sub', 'bob', '--space', 'ws1') } })
+  t.after(() => { ann.close(); bob.close() })
+  for (const s of [ann, bob]) assert.equal((await call(s, 'space:join', { ...ws, clientVersion: '0.26.0' })).data.success, true)
+  const push = (s, docId) => call(s, 'space:push-doc-update', { ...ws, docId, update: b64(update((d) => d.getMap('m').set(docId, 1))) })
+
+  // One document: bob's writes to it are refused, the rest still work.
+  assert.equal((await revoke({ sub: 'bob', space: 'ws1', doc: 'secret' })).status, 200)
+  const refused = await push(bob, 'secret')
+  assert.equal(refused.error?.name, 'DOC_ACTION_DENIED', JSON.stringify(refused))
+  assert.equal((await push(bob, 'open')).data.accepted, true)
+  assert.ok(bob.connected)
+
+  // The subject everywhere: disconnected, and its token cannot join again.
+  const gone = new Promise((resolve) => ann.once('disconnect', resolve))
+  assert.equal((await revoke({ sub: 'ann' })).status, 200)
+  assert.equal(await gone, 'io server disconnect')
+  const again = await connect(server, { auth: { token: annToken } })
+  t.after(() => again.close())
+  const joined = await call(again, 'space:join', { ...ws, clientVersion: '0.26.0' })
+  assert.notEqual(joined.data?.success, true, JSON.stringify(joined))
+  assert.ok(bob.connected)
+})

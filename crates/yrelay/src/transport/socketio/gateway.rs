@@ -325,7 +325,7 @@ impl Gateway {
             .and_then(|claims| self.app.auth.doc_permit(claims.as_ref(), addr));
         match permit {
             Ok(permit) if permit.can_write() => Ok(()),
-            Ok(_) | Err(AuthError::Denied(_)) => {
+            Ok(_) | Err(AuthError::Denied(_) | AuthError::Revoked(_)) => {
                 metrics::rejected("read_only");
                 Err(error(
                     403,
