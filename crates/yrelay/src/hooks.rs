@@ -10,18 +10,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
+use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::watch;
 use yrelay_protocol::DocAddress;
 
 use crate::clock::now_ms;
 use crate::metrics;
-use crate::store::{Attempted, Delivery, NewDelivery, Store};
+use crate::store::{Attempted, Delivery, NewDelivery, SpaceHook, Store};
 
 /// Where and how events are delivered.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct HookConfig {
     pub targets: Vec<String>,
     /// Their HMAC-SHA256 key of `Yrelay-Signature` (unsigned without one).
     pub secret: Option<String>,
+    /// Their bodies carry the document's JSON.
+    pub include_json: bool,
     pub debounce: Duration,
     pub max_wait: Duration,
     /// A delivery failing for longer than this is given up.
@@ -53,6 +56,15 @@ const MAX_UNWRITTEN: usize = 100_000;
 const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The largest document JSON a body carries (larger: `"json": null` and
+/// `"jsonOmitted"`).
+const MAX_JSON: usize = 1024 * 1024;
+
+/// Reads a document's JSON (the hub's, set once the hub exists).
+pub type JsonReader = Box<
+    dyn Fn(DocAddress) -> futures_util::future::BoxFuture<'static, Option<Value>> + Send + Sync,
+>;
 
 /// `doc.updated` waiting for its document to be quiet.
 struct Pending {
@@ -102,6 +114,7 @@ pub struct Hooks {
     client: reqwest::Client,
     waiting: Mutex<Waiting>,
     next_id: AtomicU64,
+    json: OnceLock<JsonReader>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -125,7 +138,32 @@ impl Hooks {
             client,
             waiting: Mutex::new(Waiting::default()),
             next_id: AtomicU64::new(0),
+            json: OnceLock::new(),
         })
+    }
+
+    /// How the document JSON that webhooks may ask for is read.
+    pub fn read_json_with(&self, reader: JsonReader) {
+        let _ = self.json.set(reader);
+    }
+
+    /// The document's JSON for a body, or why it is left out.
+    async fn json_of(&self, addr: &DocAddress) -> (Value, Option<String>) {
+        let Some(read) = self.json.get() else {
+            return (Value::Null, Some("not available".into()));
+        };
+        match read(addr.clone()).await {
+            Some(json) if json.to_string().len() <= MAX_JSON => (json, None),
+            Some(_) => (
+                Value::Null,
+                Some(format!(
+                    "larger than {MAX_JSON} bytes: GET /v1/docs/{}/{}/json",
+                    addr.space(),
+                    addr.doc()
+                )),
+            ),
+            None => (Value::Null, Some("the document cannot be read".into())),
+        }
     }
 
     /// An event of a document (`doc.created`, `doc.renamed`, `doc.deleted`,
@@ -273,23 +311,40 @@ impl Hooks {
             "timestamp": timestamp_ms,
             "editors": editors,
             "cursor": cursor,
-        })
-        .to_string();
-        let global = self
-            .config
-            .targets
-            .iter()
-            .map(|url| (url.clone(), self.config.secret.clone()));
-        let own = self.store.space_webhooks(addr.space()).await?;
-        let deliveries: Vec<NewDelivery> = global
-            .chain(own)
-            .map(|(target, secret)| NewDelivery {
-                target,
-                secret,
+        });
+        let global = self.config.targets.iter().map(|url| SpaceHook {
+            url: url.clone(),
+            secret: self.config.secret.clone(),
+            include_json: self.config.include_json,
+        });
+        let targets: Vec<SpaceHook> = global
+            .chain(self.store.space_webhooks(addr.space()).await?)
+            .collect();
+        // The document as it is when the event is written (none once deleted).
+        let with_json = if targets.iter().any(|t| t.include_json) && *event != "doc.deleted" {
+            let (json, omitted) = self.json_of(addr).await;
+            let mut body = body.clone();
+            body["json"] = json;
+            if let Some(why) = omitted {
+                body["jsonOmitted"] = Value::from(why);
+            }
+            Some(body.to_string())
+        } else {
+            None
+        };
+        let body = body.to_string();
+        let deliveries: Vec<NewDelivery> = targets
+            .into_iter()
+            .map(|t| NewDelivery {
+                body: match (&with_json, t.include_json) {
+                    (Some(with_json), true) => with_json.clone(),
+                    _ => body.clone(),
+                },
+                target: t.url,
+                secret: t.secret,
                 space: addr.space().to_owned(),
                 doc: addr.doc().to_owned(),
                 event: (*event).to_owned(),
-                body: body.clone(),
                 created_at: now_ms(),
             })
             .collect();

@@ -80,6 +80,7 @@ impl Server {
             HookConfig {
                 targets: config.webhook.clone(),
                 secret: config.webhook_secret.clone(),
+                include_json: config.webhook_include_json,
                 debounce: Duration::from_millis(config.webhook_debounce_ms),
                 max_wait: Duration::from_millis(config.webhook_max_wait_ms),
                 retry_for: Duration::from_secs(config.webhook_retry_hours.saturating_mul(3600)),
@@ -103,6 +104,11 @@ impl Server {
                 hooks: Some(hooks.clone()),
             },
         );
+        let reader = hub.clone();
+        hooks.read_json_with(Box::new(move |addr| {
+            let hub = reader.clone();
+            Box::pin(async move { hub.export_json(&addr).await.ok().flatten() })
+        }));
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -81,6 +81,9 @@ pub struct Settings {
     /// the HMAC-SHA256 key of each webhook's `Yrelay-Signature` header
     #[arg(long, env = "YRELAY_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
+    /// `--webhook` bodies carry the document's JSON (as `"json"`, up to 1 MiB)
+    #[arg(long, env = "YRELAY_WEBHOOK_INCLUDE_JSON")]
+    pub webhook_include_json: bool,
     /// `doc.updated` is sent once a document has been quiet this long (ms)
     #[arg(long, env = "YRELAY_WEBHOOK_DEBOUNCE_MS", default_value = "2000")]
     pub webhook_debounce_ms: u64,

@@ -113,3 +113,13 @@ mod tests {
         assert_eq!(ids.len(), 1000);
     }
 }
+
+/// A webhook a space registered for its own documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceHook {
+    pub url: String,
+    /// The key its deliveries are signed with.
+    pub secret: Option<String>,
+    /// Its bodies carry the document's JSON.
+    pub include_json: bool,
+}

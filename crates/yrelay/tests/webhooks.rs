@@ -408,3 +408,77 @@ async fn events_while_the_store_is_away_are_delivered_once_it_returns() {
     let events = receiver.wait_for(1).await;
     assert!(events.contains(&"doc.updated".to_owned()), "{events:?}");
 }
+
+/// A webhook registered with `"include": ["json"]` gets the document's
+/// JSON in each body (as it is when the event is written; none once it is
+/// deleted); the space's other webhook does not.
+#[tokio::test]
+async fn a_webhook_that_asks_for_the_json_gets_the_document() {
+    let (receiver, at) = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--webhook-debounce-ms", "100"]).await;
+    let body = format!(
+        r#"{{"webhooks": [{{"url": "http://{at}/hook?plain"}}, {{"url": "http://{at}/hook?json", "include": ["json"]}}]}}"#
+    );
+    let (status, set) = http_request(
+        server.addr,
+        "PUT",
+        "/v1/spaces/tenant/webhooks",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    assert!(set.contains(r#""include":["json"]"#), "{set}");
+    let (status, _) = http_request(
+        server.addr,
+        "PUT",
+        "/v1/spaces/tenant/webhooks",
+        br#"{"webhooks": [{"url": "http://a/b", "include": ["yaml"]}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = http_request(
+        server.addr,
+        "PUT",
+        "/v1/spaces/tenant/webhooks",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    assert_eq!(
+        call(&server, "POST", "/v1/docs/tenant/a/import", br#"{"n": 1}"#).await,
+        201
+    );
+    let client = WsClient::connect(&server.ws_url("tenant/a"), Doc::new())
+        .await
+        .unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client.edit(|txn| {
+        txn.get_or_insert_map("root").insert(txn, "k", "edited");
+    });
+    receiver.wait_for(4).await;
+    assert_eq!(call(&server, "DELETE", "/v1/docs/tenant/a", b"").await, 204);
+    let bodies = {
+        receiver.wait_for(6).await;
+        receiver.bodies()
+    };
+    let of =
+        |event: &str| -> Vec<&Value> { bodies.iter().filter(|b| b["event"] == event).collect() };
+    let created = of("doc.created");
+    assert_eq!(created.len(), 2, "{bodies:?}");
+    assert_eq!(
+        created.iter().filter(|b| b.get("json").is_some()).count(),
+        1,
+        "{created:?}"
+    );
+    let with_json = created.iter().find(|b| b.get("json").is_some()).unwrap();
+    assert_eq!(with_json["json"]["root"]["n"], 1.0, "{with_json}");
+    let updated = of("doc.updated");
+    let with_json = updated
+        .iter()
+        .find(|b| b.get("json").is_some())
+        .expect("doc.updated with the JSON");
+    assert_eq!(with_json["json"]["root"]["k"], "edited", "{with_json}");
+    assert!(of("doc.deleted").iter().all(|b| b.get("json").is_none()));
+}

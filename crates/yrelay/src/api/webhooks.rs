@@ -11,6 +11,7 @@ use crate::auth::AuthError;
 use crate::edge::{Credentials, bad_request, json_object, query, space};
 use crate::http_error::ApiError;
 use crate::state::AppState;
+use crate::vocab::SpaceHook;
 
 #[derive(Deserialize)]
 pub struct DeliveriesQuery {
@@ -63,6 +64,15 @@ pub async fn deliveries(
 struct Webhook {
     url: String,
     secret: Option<String>,
+    /// `["json"]`: each body carries the document's JSON.
+    #[serde(default)]
+    include: Vec<Include>,
+}
+
+#[derive(Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Include {
+    Json,
 }
 
 #[derive(Deserialize)]
@@ -74,10 +84,13 @@ struct SpaceWebhooks {
 /// How many webhooks a space may register.
 const MAX_SPACE_WEBHOOKS: usize = 10;
 
-fn listed(hooks: &[(String, Option<String>)]) -> serde_json::Value {
+fn listed(hooks: &[SpaceHook]) -> serde_json::Value {
     let hooks: Vec<_> = hooks
         .iter()
-        .map(|(url, secret)| serde_json::json!({ "url": url, "signed": secret.is_some() }))
+        .map(|h| {
+            let include: &[&str] = if h.include_json { &["json"] } else { &[] };
+            serde_json::json!({ "url": h.url, "signed": h.secret.is_some(), "include": include })
+        })
         .collect();
     serde_json::json!({ "webhooks": hooks })
 }
@@ -117,7 +130,7 @@ pub async fn space_set(
     space_writer(&app, &credentials, &space_id).await?;
     let set: SpaceWebhooks = json_object(
         payload,
-        "{\"webhooks\": [{\"url\": \"https://...\", \"secret\"?: string}]}",
+        "{\"webhooks\": [{\"url\": \"https://...\", \"secret\"?: string, \"include\"?: [\"json\"]}]}",
     )?;
     if set.webhooks.len() > MAX_SPACE_WEBHOOKS {
         return Err(bad_request(
@@ -134,10 +147,14 @@ pub async fn space_set(
             .ok_or_else(|| {
                 bad_request("BAD_JSON", format!("{:?} is not an http(s) URL", hook.url))
             })?;
-        if hooks.iter().any(|(u, _): &(String, _)| u == url.as_str()) {
+        if hooks.iter().any(|h: &SpaceHook| h.url == url.as_str()) {
             return Err(bad_request("BAD_JSON", format!("{url} is listed twice")));
         }
-        hooks.push((url.to_string(), hook.secret.filter(|s| !s.is_empty())));
+        hooks.push(SpaceHook {
+            url: url.to_string(),
+            secret: hook.secret.filter(|s| !s.is_empty()),
+            include_json: hook.include.contains(&Include::Json),
+        });
     }
     app.hub.set_space_webhooks(&space_id, &hooks).await?;
     Ok(Json(listed(&hooks)))

@@ -15,7 +15,7 @@ use crate::auth::{Revocation, Revoked};
 use crate::clock::now_ms;
 use crate::log::{EntryKind, LogError, Subscription};
 use crate::metrics;
-use crate::store::DocMeta;
+use crate::store::{DocMeta, SpaceHook};
 use crate::vocab::DeliveryInfo;
 use crate::vocab::Origin;
 
@@ -222,10 +222,7 @@ impl DocHub {
     }
 
     /// The webhooks `space` registered: `(url, secret)`.
-    pub async fn space_webhooks(
-        &self,
-        space: &str,
-    ) -> Result<Vec<(String, Option<String>)>, HubError> {
+    pub async fn space_webhooks(&self, space: &str) -> Result<Vec<SpaceHook>, HubError> {
         Ok(self.inner.store.space_webhooks(space).await?)
     }
 
@@ -233,7 +230,7 @@ impl DocHub {
     pub async fn set_space_webhooks(
         &self,
         space: &str,
-        hooks: &[(String, Option<String>)],
+        hooks: &[SpaceHook],
     ) -> Result<(), HubError> {
         self.inner.store.set_space_webhooks(space, hooks).await?;
         tracing::info!(space, webhooks = hooks.len(), "space webhooks set");

@@ -32,7 +32,7 @@ use crate::vocab::LogCursor;
 pub use access::Revokes;
 pub use group_commit::GroupCommit;
 pub use history::{History, NewVersion, Pruned};
-pub use outbox::{Attempted, Delivery, NewDelivery, Outbox};
+pub use outbox::{Attempted, Delivery, NewDelivery, Outbox, SpaceHook};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -8,6 +8,7 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::StoreError;
 use super::sql::{Dialect, SqlStore};
+pub use crate::vocab::SpaceHook;
 
 /// A delivery to write.
 #[derive(Debug, Clone)]
@@ -69,18 +70,11 @@ pub trait Outbox {
     /// Deliveries in `status` (`pending`, `sent`, `failed`), newest first.
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError>;
 
-    /// The webhooks `space` registered: `(url, secret)`.
-    async fn space_webhooks(
-        &self,
-        space: &str,
-    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
+    /// The webhooks `space` registered.
+    async fn space_webhooks(&self, space: &str) -> Result<Vec<SpaceHook>, StoreError>;
 
     /// Replaces the webhooks of `space`.
-    async fn set_space_webhooks(
-        &self,
-        space: &str,
-        hooks: &[(String, Option<String>)],
-    ) -> Result<(), StoreError>;
+    async fn set_space_webhooks(&self, space: &str, hooks: &[SpaceHook]) -> Result<(), StoreError>;
 }
 
 const COLUMNS: &str =
@@ -100,7 +94,8 @@ where
     for<'t> Option<i64>: Encode<'t, D::Db> + Type<D::Db>,
     for<'t> Option<&'t str>: Encode<'t, D::Db> + Type<D::Db>,
     for<'r> Delivery: FromRow<'r, <D::Db as Database>::Row>,
-    for<'r> (String, Option<String>): FromRow<'r, <D::Db as Database>::Row>,
+    for<'t> bool: Encode<'t, D::Db> + Type<D::Db>,
+    for<'r> (String, Option<String>, bool): FromRow<'r, <D::Db as Database>::Row>,
 {
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), StoreError> {
         super::transaction(&self.pool, async |conn| {
@@ -192,22 +187,25 @@ where
             .map_err(unavailable)
     }
 
-    async fn space_webhooks(
-        &self,
-        space: &str,
-    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
-        sqlx::query_as("SELECT url, secret FROM space_webhooks WHERE space = $1 ORDER BY url")
-            .bind(space)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)
+    async fn space_webhooks(&self, space: &str) -> Result<Vec<SpaceHook>, StoreError> {
+        let rows: Vec<(String, Option<String>, bool)> = sqlx::query_as(
+            "SELECT url, secret, include_json FROM space_webhooks WHERE space = $1 ORDER BY url",
+        )
+        .bind(space)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(url, secret, include_json)| SpaceHook {
+                url,
+                secret,
+                include_json,
+            })
+            .collect())
     }
 
-    async fn set_space_webhooks(
-        &self,
-        space: &str,
-        hooks: &[(String, Option<String>)],
-    ) -> Result<(), StoreError> {
+    async fn set_space_webhooks(&self, space: &str, hooks: &[SpaceHook]) -> Result<(), StoreError> {
         super::transaction(&self.pool, async |conn| {
             use sqlx::Connection;
             let mut tx = conn.begin().await.map_err(unavailable)?;
@@ -216,11 +214,14 @@ where
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            for (url, secret) in hooks {
-                sqlx::query("INSERT INTO space_webhooks (space, url, secret) VALUES ($1, $2, $3)")
-                    .bind(space)
-                    .bind(url.as_str())
-                    .bind(secret.as_deref())
+            for hook in hooks {
+                sqlx::query(
+                    "INSERT INTO space_webhooks (space, url, secret, include_json) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(space)
+                .bind(hook.url.as_str())
+                .bind(hook.secret.as_deref())
+                .bind(hook.include_json)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
