@@ -22,6 +22,7 @@ mod readers;
 mod relay;
 mod sio;
 mod sse;
+mod webhooks;
 mod writer;
 
 use idle::idle;
@@ -54,6 +55,9 @@ enum Scenario {
     /// Acknowledged updates/s and ack latency through yrelay's POST endpoint
     /// (durable acks; use with --durability store to measure the store).
     Acks(acks::AcksArgs),
+    /// Webhook deliveries per second one instance makes, and their delay
+    /// (the bench is the receiver).
+    Webhooks(webhooks::WebhooksArgs),
     /// Connect-to-synced time of new clients on a document with many stored
     /// updates (cold with --settle and a short --idle-unload-secs).
     Join(join::JoinArgs),
@@ -201,6 +205,7 @@ async fn main() {
         Scenario::Idle(args) => idle(args).await,
         Scenario::Acks(args) => acks::run(args).await,
         Scenario::Join(args) => join::run(args).await,
+        Scenario::Webhooks(args) => webhooks::run(args).await,
         Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Readers(args) => readers_process(args).await,
         Scenario::Relay { listen } => relay::serve(&listen).await,
