@@ -355,9 +355,9 @@ test('a token sent again is checked again: a read-only one makes the document re
   assert.deepEqual(stored, { m: { rw: 1 } })
 })
 
-test('a token that expires ends its document, unless a fresh one was sent in time', async (t) => {
-  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
-  t.after(() => server.dispose())
+/** A raw socket, and how to wait for its next message of a type for a
+ * document (`next`), or send a frame and wait for that (`answer`). */
+async function conversation (t, server) {
   const ws = await rawSocket(server)
   t.after(() => ws.terminate())
   const next = async (type, name) => {
@@ -367,6 +367,13 @@ test('a token that expires ends its document, unless a fresh one was sent in tim
     return ws.got.slice(seen).find(match)
   }
   const answer = async (send, type, name) => { const got = next(type, name); ws.send(send); return got }
+  return { ws, next, answer }
+}
+
+test('a token that expires ends its document, unless a fresh one was sent in time', async (t) => {
+  const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
+  t.after(() => server.dispose())
+  const { next, answer } = await conversation(t, server)
   const access = [{ space: 'acme', doc: '*', mode: 'rw' }]
   const short = token('ann', access, 1)
   for (const name of ['acme/expires', 'acme/renewed']) {
@@ -386,15 +393,7 @@ test('a token that expires ends its document, unless a fresh one was sent in tim
 test('a revoke denies the documents a provider opened with the revoked token', async (t) => {
   const server = await new YrelayProcess(['--jwt-secret', SECRET]).start()
   t.after(() => server.dispose())
-  const ws = await rawSocket(server)
-  t.after(() => ws.terminate())
-  const next = async (type, name) => {
-    const seen = ws.got.length
-    const match = (f) => f.type === type && f.name === name
-    await waitFor(`a message of type ${type} for ${name}`, () => ws.got.slice(seen).some(match), [[ws, 'frame']])
-    return ws.got.slice(seen).find(match)
-  }
-  const answer = async (send, type, name) => { const got = next(type, name); ws.send(send); return got }
+  const { next, answer } = await conversation(t, server)
   const access = [{ space: 'acme', doc: '*', mode: 'rw' }]
   for (const [name, sub] of [['acme/ann', 'ann'], ['acme/bob', 'bob']]) {
     const reply = await answer(auth(name, token(sub, access)), 2, name)

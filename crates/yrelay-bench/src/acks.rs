@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use yrs::{Array, Doc, Transact};
 
@@ -101,7 +101,7 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
             .await
             .map_err(|e| e.to_string())?;
         socket.write_all(&update).await.map_err(|e| e.to_string())?;
-        let status = read_response(&mut stream).await?;
+        let (status, _) = super::http::read_message(&mut stream).await?;
         if status == 429 {
             return Err(format!(
                 "POST {path}: HTTP 429 (start yrelay with a high --max-posts-per-sec: every worker posts from one address)"
@@ -115,40 +115,4 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
             .map_err(|e| e.to_string())?;
     }
     Ok(latencies)
-}
-
-/// Reads one response (status line, headers, Content-Length body).
-async fn read_response(stream: &mut BufReader<TcpStream>) -> Result<u16, String> {
-    let mut line = String::new();
-    stream
-        .read_line(&mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {line:?}"))?;
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        stream
-            .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
 }

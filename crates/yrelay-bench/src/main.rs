@@ -16,6 +16,7 @@
 mod acks;
 mod chaos;
 mod hocuspocus;
+mod http;
 mod idle;
 mod join;
 mod readers;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
@@ -160,54 +160,13 @@ async fn request(
         .await
         .map_err(|e| e.to_string())?;
     socket.write_all(body).await.map_err(|e| e.to_string())?;
-    let (status, _) = read_message(stream).await?;
+    let (status, _) = super::http::read_message(stream).await?;
     if status != expect {
         return Err(format!(
             "{method} {path}: HTTP {status} (start yrelay with a high --max-posts-per-sec)"
         ));
     }
     Ok(())
-}
-
-/// Reads one HTTP/1.1 message: the second word of its first line (a
-/// response's status) and its Content-Length body.
-async fn read_message(stream: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String> {
-    let mut line = String::new();
-    if stream
-        .read_line(&mut line)
-        .await
-        .map_err(|e| e.to_string())?
-        == 0
-    {
-        return Err("connection closed".into());
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        stream
-            .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((status, body))
 }
 
 /// The receiver: answers every request 204, counting it and its delay
@@ -217,7 +176,7 @@ async fn receive(listener: TcpListener, received: Arc<Received>) {
         let received = received.clone();
         tokio::spawn(async move {
             let mut stream = BufReader::new(stream);
-            while let Ok((_, body)) = read_message(&mut stream).await {
+            while let Ok((_, body)) = super::http::read_message(&mut stream).await {
                 let now = Instant::now();
                 let event_ms = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()

@@ -122,6 +122,16 @@ async fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> (u16,
     http_call(server.addr, "GET", path, headers, b"").await
 }
 
+/// `GET /v1/docs/team/plan/json` with this `Authorization` header.
+async fn read_plan(server: &TestServer, authorization: &str) -> (u16, String) {
+    get(
+        server,
+        "/v1/docs/team/plan/json",
+        &[("Authorization", authorization)],
+    )
+    .await
+}
+
 /// Tokens that are not ours go to the app: it grants read-write or
 /// read-only, refuses with its reason, or answers badly (refused with 503 /
 /// 1013: fail closed, never open); cookies work without a token; our JWTs
@@ -181,12 +191,7 @@ async fn the_auth_callback_decides_for_credentials_that_are_not_our_tokens() {
     // Read-only: reads, its writes refused.
     let bearer = |token: &str| format!("Bearer {token}");
     let reader = bearer("reader-session");
-    let (status, _) = get(
-        &server,
-        "/v1/docs/team/plan/json",
-        &[("Authorization", &reader)],
-    )
-    .await;
+    let (status, _) = read_plan(&server, &reader).await;
     assert_eq!(status, 200);
     let (status, body) = http_call(
         server.addr,
@@ -204,12 +209,7 @@ async fn the_auth_callback_decides_for_credentials_that_are_not_our_tokens() {
         ("nobody-session", "not on this team"),
         ("elsewhere-session", "team/plan"),
     ] {
-        let (status, body) = get(
-            &server,
-            "/v1/docs/team/plan/json",
-            &[("Authorization", &bearer(session))],
-        )
-        .await;
+        let (status, body) = read_plan(&server, &bearer(session)).await;
         assert_eq!(status, 403, "{session}: {body}");
         assert!(body.contains(reason), "{session}: {body}");
         let info = WsClient::connect(&ws(session), Doc::new())
@@ -220,22 +220,12 @@ async fn the_auth_callback_decides_for_credentials_that_are_not_our_tokens() {
             .unwrap();
         assert_eq!(info.code, Some(1008), "{info:?}");
     }
-    let (status, _) = get(
-        &server,
-        "/v1/docs/team/plan/json",
-        &[("Authorization", "Bearer unknown")],
-    )
-    .await;
+    let (status, _) = read_plan(&server, "Bearer unknown").await;
     assert_eq!(status, 401);
 
     // A callback that answers badly: fail closed (503, WebSocket 1013).
     for session in ["broken-session", "failing-session"] {
-        let (status, body) = get(
-            &server,
-            "/v1/docs/team/plan/json",
-            &[("Authorization", &bearer(session))],
-        )
-        .await;
+        let (status, body) = read_plan(&server, &bearer(session)).await;
         assert_eq!(status, 503, "{session}: {body}");
         assert!(body.contains("AUTH_UNAVAILABLE"), "{body}");
         let info = WsClient::connect(&ws(session), Doc::new())
@@ -251,22 +241,12 @@ async fn the_auth_callback_decides_for_credentials_that_are_not_our_tokens() {
 
     // Our own tokens never reach the app; answers are cached.
     let bob = jwt("bob", "team", Mode::Rw);
-    let (status, _) = get(
-        &server,
-        "/v1/docs/team/plan/json",
-        &[("Authorization", &bearer(&bob))],
-    )
-    .await;
+    let (status, _) = read_plan(&server, &bearer(&bob)).await;
     assert_eq!(status, 200);
     assert!(app.asked_about(&bob).is_empty());
     let before = app.asked_about("reader-session").len();
     for _ in 0..3 {
-        let (status, _) = get(
-            &server,
-            "/v1/docs/team/plan/json",
-            &[("Authorization", &reader)],
-        )
-        .await;
+        let (status, _) = read_plan(&server, &reader).await;
         assert_eq!(status, 200);
     }
     assert_eq!(app.asked_about("reader-session").len(), before, "cached");
