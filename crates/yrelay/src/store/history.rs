@@ -183,7 +183,7 @@ where
         version: NewVersion<'_>,
     ) -> Result<Option<VersionMeta>, StoreError> {
         transaction(&self.pool, async |conn| {
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             let (newest,): (Option<i64>,) = sqlx::query_as(
                 "SELECT max(created_at) FROM doc_versions WHERE space = $1 AND doc = $2",
             )

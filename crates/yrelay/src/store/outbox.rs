@@ -100,7 +100,7 @@ where
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), StoreError> {
         super::transaction(&self.pool, async |conn| {
             use sqlx::Connection;
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             for d in deliveries {
                 sqlx::query(
                     "INSERT INTO webhook_deliveries (target, space, doc, event, body, created_at, next_at, secret)
@@ -208,7 +208,7 @@ where
     async fn set_space_webhooks(&self, space: &str, hooks: &[SpaceHook]) -> Result<(), StoreError> {
         super::transaction(&self.pool, async |conn| {
             use sqlx::Connection;
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             sqlx::query("DELETE FROM space_webhooks WHERE space = $1")
                 .bind(space)
                 .execute(&mut *tx)

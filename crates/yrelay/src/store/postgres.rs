@@ -24,6 +24,8 @@ impl Dialect for Postgres {
     /// updates it merged.
     const LOAD_SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    /// Row locks and READ COMMITTED: a plain transaction writes.
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
     /// One statement per table for the whole batch (arrays + UNNEST): round
     /// trips, not rows, are what a commit costs.

@@ -22,6 +22,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// Run first in a load's transaction, so that its three reads see one
     /// snapshot of the database (DESIGN invariant 11).
     const LOAD_SNAPSHOT: Option<&'static str>;
+    /// Begins a transaction that writes: it takes the write lock at once
+    /// (SQLite: a transaction begun as a reader cannot become a writer once
+    /// another has committed since its read — "database is locked" at once,
+    /// whatever the busy timeout — while one begun IMMEDIATE waits its turn).
+    const BEGIN_WRITE: &'static str;
 
     /// Inserts the batch's updates and adds `deltas` to their documents'
     /// metadata (statement: [`UPSERT_DOC`]).
@@ -188,7 +193,7 @@ where
     async fn append(&self, batch: &[NewUpdate]) -> Result<(), StoreError> {
         let deltas = doc_deltas(batch);
         transaction(&self.pool, async |conn| {
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             D::append(&mut tx, batch, &deltas)
                 .await
                 .map_err(unavailable)?;
@@ -204,7 +209,7 @@ where
         merged: &[i64],
     ) -> Result<(), StoreError> {
         transaction(&self.pool, async |conn| {
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             D::move_merged(&mut tx, addr, merged)
                 .await
                 .map_err(unavailable)?;
@@ -301,7 +306,7 @@ where
         timestamp_ms: i64,
     ) -> Result<bool, StoreError> {
         transaction(&self.pool, async |conn| {
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             let created: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO docs (space, doc, created_at, updated_at, size) VALUES ($1, $2, $3, $3, $4)
                  ON CONFLICT (space, doc) DO NOTHING RETURNING size",
@@ -364,7 +369,7 @@ where
 
     async fn delete(&self, addr: &DocAddress, timestamp_ms: i64) -> Result<bool, StoreError> {
         transaction(&self.pool, async |conn| {
-            let mut tx = conn.begin().await.map_err(unavailable)?;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
             for table in [
                 "doc_updates",
                 "doc_snapshots",

@@ -24,6 +24,7 @@ impl Dialect for Sqlite {
     const NAME: &'static str = "sqlite";
     /// A SQLite transaction reads one snapshot already.
     const LOAD_SNAPSHOT: Option<&'static str> = None;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     /// Row by row: SQLite statements cost no round trip.
     async fn append(
