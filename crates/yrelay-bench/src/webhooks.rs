@@ -69,6 +69,7 @@ pub async fn run(args: WebhooksArgs) -> Result<(), String> {
                 let stream = TcpStream::connect(&addr)
                     .await
                     .map_err(|e| format!("connect {addr}: {e}"))?;
+                let _ = stream.set_nodelay(true);
                 let mut stream = BufReader::new(stream);
                 for d in (s..docs).step_by(SOURCES) {
                     let path = format!("/v1/docs/bench/wh-{run}-{d}");
@@ -174,6 +175,7 @@ async fn request(
 async fn receive(listener: TcpListener, received: Arc<Received>) {
     while let Ok((stream, _)) = listener.accept().await {
         let received = received.clone();
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let mut stream = BufReader::new(stream);
             while let Ok((_, body)) = super::http::read_message(&mut stream).await {

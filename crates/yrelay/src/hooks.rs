@@ -49,7 +49,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often due work is looked for.
 const TICK: Duration = Duration::from_millis(100);
 /// Deliveries attempted at once per instance.
-const BATCH: i64 = 16;
+const BATCH: i64 = 64;
 /// Events kept in memory while the store is away, at most.
 const MAX_UNWRITTEN: usize = 100_000;
 /// How often a failure that repeats every tick is logged, at most.
@@ -362,6 +362,7 @@ impl Hooks {
             .claim(now, LEASE.as_millis() as i64, BATCH)
             .await?;
         let attempts = due.iter().map(|d| self.attempt(d));
+        let mut settled = Vec::with_capacity(due.len());
         for (delivery, attempted) in due.iter().zip(join_all(attempts).await) {
             match &attempted {
                 Attempted::Sent => metrics::webhook("sent"),
@@ -374,8 +375,11 @@ impl Hooks {
                     tracing::warn!(target = %delivery.target, id = delivery.id, %error, "webhook delivery given up");
                 }
             }
-            self.store.settle(delivery.id, attempted).await?;
+            settled.push((delivery.id, attempted));
         }
+        // One commit for the batch (a lease the store cannot settle now
+        // lapses: the deliveries are attempted again, at least once).
+        self.store.settle(&settled).await?;
         Ok(due.len())
     }
 

@@ -64,8 +64,9 @@ pub trait Outbox {
     async fn claim(&self, now: i64, lease_ms: i64, limit: i64)
     -> Result<Vec<Delivery>, StoreError>;
 
-    /// Records how an attempt of delivery `id` ended.
-    async fn settle(&self, id: i64, attempted: Attempted) -> Result<(), StoreError>;
+    /// Records how the attempts of deliveries ended (`(id, how)`), in one
+    /// transaction.
+    async fn settle(&self, attempts: &[(i64, Attempted)]) -> Result<(), StoreError>;
 
     /// Deliveries in `status` (`pending`, `sent`, `failed`), newest first.
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError>;
@@ -154,25 +155,32 @@ where
         Ok(claimed)
     }
 
-    async fn settle(&self, id: i64, attempted: Attempted) -> Result<(), StoreError> {
-        let (status, next_at, error) = match attempted {
-            Attempted::Sent => ("sent", None, None),
-            Attempted::Retry { next_at, error } => ("pending", Some(next_at), Some(error)),
-            Attempted::GivenUp { error } => ("failed", None, Some(error)),
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1,
-               next_at = coalesce($3, next_at), last_error = $4, lease_until = NULL
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(next_at)
-        .bind(error.as_deref())
-        .execute(&self.pool)
+    async fn settle(&self, attempts: &[(i64, Attempted)]) -> Result<(), StoreError> {
+        super::transaction(&self.pool, async |conn| {
+            use sqlx::Connection;
+            let mut tx = conn.begin_with(D::BEGIN_WRITE).await.map_err(unavailable)?;
+            for (id, attempted) in attempts {
+                let (status, next_at, error) = match attempted {
+                    Attempted::Sent => ("sent", None, None),
+                    Attempted::Retry { next_at, error } => ("pending", Some(*next_at), Some(error)),
+                    Attempted::GivenUp { error } => ("failed", None, Some(error)),
+                };
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1,
+                       next_at = coalesce($3, next_at), last_error = $4, lease_until = NULL
+                     WHERE id = $1",
+                )
+                .bind(*id)
+                .bind(status)
+                .bind(next_at)
+                .bind(error.map(String::as_str))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
         .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError> {
