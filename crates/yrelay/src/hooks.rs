@@ -54,6 +54,8 @@ const BATCH: i64 = 64;
 const MAX_UNWRITTEN: usize = 100_000;
 /// How often a failure that repeats every tick is logged, at most.
 const WARN_EVERY: Duration = Duration::from_secs(30);
+/// How often the pending deliveries are counted (a gauge).
+const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -205,12 +207,19 @@ impl Hooks {
     /// once).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
+        let mut counted = Instant::now() - COUNT_EVERY;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => {
                     self.write_waiting(true).await;
                     return;
+                }
+            }
+            if counted.elapsed() >= COUNT_EVERY {
+                counted = Instant::now();
+                if let Ok(n) = self.store.pending().await {
+                    metrics::webhooks_pending(n);
                 }
             }
             self.write_waiting(false).await;

@@ -64,6 +64,12 @@ pub fn webhook(outcome: &'static str) {
     counter!("yrelay_webhook_deliveries_total", "outcome" => outcome).increment(1);
 }
 
+/// Webhook deliveries waiting in the outbox (due or backing off), on every
+/// instance alike.
+pub fn webhooks_pending(n: i64) {
+    gauge!("yrelay_webhook_deliveries_pending").set(n as f64);
+}
+
 /// An accepted update (stored before nesting was bounded) applied although
 /// it nests types deeper than the limit.
 pub fn too_deep_doc() {

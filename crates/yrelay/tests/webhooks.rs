@@ -255,6 +255,9 @@ async fn a_receiver_that_is_down_gets_every_event_once_it_answers() {
     })
     .await
     .expect("four pending deliveries, tried");
+    server
+        .wait_for_metric("yrelay_webhook_deliveries_pending", |n| n == 4.0)
+        .await;
     server.kill().await;
 
     let receiver = Receiver::default();
@@ -279,6 +282,9 @@ async fn a_receiver_that_is_down_gets_every_event_once_it_answers() {
     }
     let (_, failed) = server.get("/v1/webhooks/deliveries?status=failed").await;
     assert_eq!(failed, "[]");
+    server
+        .wait_for_metric("yrelay_webhook_deliveries_pending", |n| n == 0.0)
+        .await;
 }
 
 /// Two instances share the outbox: every event of edits made through both

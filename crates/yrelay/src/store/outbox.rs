@@ -68,6 +68,9 @@ pub trait Outbox {
     /// transaction.
     async fn settle(&self, attempts: &[(i64, Attempted)]) -> Result<(), StoreError>;
 
+    /// How many deliveries are pending (due or backing off).
+    async fn pending(&self) -> Result<i64, StoreError>;
+
     /// Deliveries in `status` (`pending`, `sent`, `failed`), newest first.
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError>;
 
@@ -95,6 +98,7 @@ where
     for<'t> Option<i64>: Encode<'t, D::Db> + Type<D::Db>,
     for<'t> Option<&'t str>: Encode<'t, D::Db> + Type<D::Db>,
     for<'r> Delivery: FromRow<'r, <D::Db as Database>::Row>,
+    for<'r> (i64,): FromRow<'r, <D::Db as Database>::Row>,
     for<'t> bool: Encode<'t, D::Db> + Type<D::Db>,
     for<'r> (String, Option<String>, bool): FromRow<'r, <D::Db as Database>::Row>,
 {
@@ -181,6 +185,15 @@ where
             tx.commit().await.map_err(unavailable)
         })
         .await
+    }
+
+    async fn pending(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(n)
     }
 
     async fn deliveries(&self, status: &str, limit: i64) -> Result<Vec<Delivery>, StoreError> {
