@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use yrelay_client::WsClient;
+use yrs::updates::encoder::Encode;
 use yrs::{Array, Doc, ReadTxn, Transact};
 
 #[derive(clap::Args)]
@@ -28,6 +29,12 @@ pub struct JoinArgs {
     /// Seconds between one client leaving and the next joining.
     #[arg(long, default_value_t = 0.0)]
     settle: f64,
+    /// All clients join at once (a join storm) instead of one after another.
+    #[arg(long)]
+    at_once: bool,
+    /// The server's pid: its peak RSS (VmHWM) is reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long)]
     json: bool,
 }
@@ -79,45 +86,129 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
     check.close().await;
     writer.close().await;
     let mut histogram = super::histogram()?;
-    for j in 0..args.joins {
+    if args.at_once {
+        eprintln!("join: {} clients at once", args.joins);
+        let joins: Vec<_> = (0..args.joins)
+            .map(|j| {
+                let url = url.clone();
+                tokio::spawn(async move { raw_join(&url, j, doc_bytes).await })
+            })
+            .collect();
+        for j in joins {
+            let took = j.await.map_err(|e| e.to_string())??;
+            histogram
+                .record(took.as_micros().max(1) as u64)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for j in (0..args.joins).filter(|_| !args.at_once) {
         if args.settle > 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         }
-        let started = Instant::now();
-        let client = WsClient::connect(&url, Doc::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        client.wait_synced(WAIT).await.map_err(|e| e.to_string())?;
-        let took = started.elapsed();
-        let items = client.doc().get_or_insert_array("items");
-        let len = items.len(&client.doc().transact()) as usize;
-        if len != args.updates {
-            return Err(format!("join {j}: {len} items, expected {}", args.updates));
-        }
+        let took = join(&url, j, args.updates).await?;
         histogram
             .record(took.as_micros().max(1) as u64)
             .map_err(|e| e.to_string())?;
-        client.close().await;
     }
+    let peak_rss_mb = match args.server_pid {
+        Some(pid) => Some(peak_rss_kb(pid)? as f64 / 1024.0),
+        None => None,
+    };
     let result = serde_json::json!({
         "scenario": "join",
         "updates": args.updates,
         "doc_bytes": doc_bytes,
         "joins": args.joins,
         "settle_seconds": args.settle,
+        "at_once": args.at_once,
         "join_ms": super::latency_json(&histogram),
+        "server_peak_rss_mb": peak_rss_mb,
     });
     if args.json {
         println!("{result}");
     } else {
         println!(
-            "join: {} stored updates ({:.1} MB), {} joins (settle {:.1} s): connect to synced {}",
+            "join: {} stored updates ({:.1} MB), {} joins ({}): connect to synced {}{}",
             args.updates,
             doc_bytes as f64 / 1e6,
             args.joins,
-            args.settle,
-            super::latency_text(&histogram).replace("latency ms", "ms")
+            if args.at_once {
+                "at once".to_string()
+            } else {
+                format!("settle {:.1} s", args.settle)
+            },
+            super::latency_text(&histogram).replace("latency ms", "ms"),
+            peak_rss_mb
+                .map(|mb| format!("; server peak RSS {mb:.0} MB"))
+                .unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// One client joining: connect to synced, checked to hold every update.
+async fn join(url: &str, j: usize, updates: usize) -> Result<Duration, String> {
+    let started = Instant::now();
+    let client = WsClient::connect(url, Doc::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.wait_synced(WAIT).await.map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let items = client.doc().get_or_insert_array("items");
+    let len = items.len(&client.doc().transact()) as usize;
+    client.close().await;
+    if len != updates {
+        return Err(format!("join {j}: {len} items, expected {updates}"));
+    }
+    Ok(took)
+}
+
+/// One raw client of a join storm: asks for everything (a sync step 1 with
+/// an empty state vector) and waits until the whole answer has arrived,
+/// without applying it (150 clients applying 20 MB each would measure this
+/// machine's generator, not the server).
+async fn raw_join(url: &str, j: usize, doc_bytes: usize) -> Result<Duration, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let started = Instant::now();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(yrelay_client::config()), true)
+            .await
+            .map_err(|e| format!("join {j}: {e}"))?;
+    let ask = yrelay_protocol::sync::encode_sync_step1(&yrs::StateVector::default().encode_v1());
+    ws.send(Message::Binary(ask.into()))
+        .await
+        .map_err(|e| format!("join {j}: {e}"))?;
+    let answer = tokio::time::timeout(WAIT, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Binary(b)) if b.starts_with(&[0, 1]) => return Ok(b.len()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("closed before the sync".to_string())
+    })
+    .await
+    .map_err(|_| format!("join {j}: no sync within {WAIT:?}"))??;
+    let took = started.elapsed();
+    if answer < doc_bytes {
+        return Err(format!(
+            "join {j}: a sync of {answer} bytes, the document has {doc_bytes}"
+        ));
+    }
+    let _ = ws.close(None).await;
+    Ok(took)
+}
+
+/// The peak resident memory of a process (VmHWM), from /proc.
+fn peak_rss_kb(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no VmHWM".to_string())
 }

@@ -51,6 +51,27 @@ async fn late_joiner_gets_everything() {
     assert!(text(&late).starts_with("0,1,2,"));
 }
 
+/// New clients share one encode of the document (per change of it): a
+/// change that only deletes (the state vector stays the same) still
+/// reaches the next new client.
+#[tokio::test]
+async fn a_new_client_after_a_deletion_gets_the_document_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]).await;
+    let a = connect(&server, "s/deleted").await;
+    let t = a.doc().get_or_insert_text("text");
+    a.edit(|txn| t.push(txn, "abc"));
+    let first = connect(&server, "s/deleted").await;
+    converged(&a, &first).await;
+    a.edit(|txn| t.remove_range(txn, 1, 1));
+    first
+        .wait_for("the deletion", WAIT, |c| text(c) == "ac")
+        .await
+        .unwrap();
+    let next = connect(&server, "s/deleted").await;
+    assert_eq!(text(&next), "ac");
+}
+
 #[tokio::test]
 async fn offline_edits_on_both_sides_converge_after_reconnect() {
     let dir = tempfile::tempdir().unwrap();

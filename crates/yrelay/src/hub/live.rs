@@ -126,6 +126,12 @@ pub(super) struct DocState {
     /// Which connection introduced each awareness client id (`None`: one
     /// without a connection, an SSE POST); only it may change or remove it.
     pub awareness_owners: HashMap<u64, Option<Origin>>,
+    /// Counts the updates applied to the replica.
+    pub version: u64,
+    /// The whole replica encoded (what a new client misses) at `version`:
+    /// clients joining at once share one encode instead of each making
+    /// their own under this lock.
+    pub full_state: Option<(u64, Arc<[u8]>)>,
 }
 
 pub struct LiveDoc {
@@ -162,6 +168,8 @@ impl LiveDoc {
                 deleted: false,
                 trashed: false,
                 awareness_owners: HashMap::new(),
+                version: 0,
+                full_state: None,
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -358,6 +366,24 @@ impl DocState {
         if let Err(e) = apply_update(self.awareness.doc(), update) {
             tracing::error!(doc = %addr, error = %e, "{what} update does not apply; skipped");
         }
+        self.version += 1;
+    }
+
+    /// The whole replica as one v1 update, encoded once per version.
+    pub(super) fn full_state(&mut self) -> Arc<[u8]> {
+        if let Some((version, encoded)) = &self.full_state
+            && *version == self.version
+        {
+            return encoded.clone();
+        }
+        let encoded: Arc<[u8]> = self
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+            .into();
+        self.full_state = Some((self.version, encoded.clone()));
+        encoded
     }
 
     /// Applies an entry to the replica; false when it was already applied

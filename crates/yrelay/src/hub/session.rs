@@ -82,10 +82,14 @@ impl Session {
         sv.encode_v1()
     }
 
-    /// What a peer with state vector `sv` misses (v1 update).
-    pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
-        let state = self.doc.lock();
-        state.awareness.doc().transact().encode_diff_v1(sv)
+    /// What a peer with state vector `sv` misses (v1 update); for a new
+    /// peer (empty `sv`) the replica's shared encode.
+    pub fn diff(&self, sv: &StateVector) -> Arc<[u8]> {
+        let mut state = self.doc.lock();
+        if sv.is_empty() {
+            return state.full_state();
+        }
+        state.awareness.doc().transact().encode_diff_v1(sv).into()
     }
 
     /// The current awareness states (an encoded awareness update), if any.

@@ -19,6 +19,24 @@ use crate::state::AppState;
 /// poll per relayed message was a third of the server's CPU at 50 readers.
 const READ_BUFFER: usize = 4096;
 
+/// A sync at least this large is written only a few at a time per
+/// instance ([`large_send`]).
+const LARGE_SYNC: usize = 1 << 20;
+/// How many large syncs are written at once per instance: each holds its
+/// frame and the socket's copy of it until the peer has read it.
+static LARGE_SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// A turn to write a sync of `len` bytes: at once below [`LARGE_SYNC`],
+/// else one of a few (so that 150 clients joining a 20 MB document at once
+/// do not hold 150 copies; each write has its deadline, so a peer that
+/// stops reading gives its turn up within it).
+pub(crate) async fn large_send(len: usize) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    if len < LARGE_SYNC {
+        return None;
+    }
+    LARGE_SENDS.acquire().await.ok()
+}
+
 /// A close frame; the reason cut to the 123 bytes a close frame can carry
 /// (a longer one makes the frame invalid: the peer would see no code).
 pub(crate) fn close_frame(code: u16, reason: &str) -> CloseFrame {

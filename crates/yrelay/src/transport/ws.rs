@@ -387,7 +387,9 @@ async fn handle(
 ) -> Result<(), Close> {
     match message {
         ClientMessage::SyncStep1(sv) => {
-            send(socket, sync::encode_sync_step2(&session.diff(&sv))).await
+            let diff = session.diff(&sv);
+            let _turn = super::large_send(diff.len()).await;
+            send(socket, sync::encode_sync_step2(&diff)).await
         }
         ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
             // Permission before decoding: a reader's update is never looked
