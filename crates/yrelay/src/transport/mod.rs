@@ -24,7 +24,7 @@ const READ_BUFFER: usize = 4096;
 const LARGE_SYNC: usize = 1 << 20;
 /// How many large syncs are written at once per instance: each holds its
 /// frame and the socket's copy of it until the peer has read it.
-static LARGE_SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+static LARGE_SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// A turn to write a sync of `len` bytes: at once below [`LARGE_SYNC`],
 /// else one of a few (so that 150 clients joining a 20 MB document at once
