@@ -462,6 +462,11 @@ impl Auth {
                 exp: None,
             });
         };
+        // Claims held by a connection are checked again: they may have
+        // expired since.
+        if claims.expired() {
+            return Err(AuthError::Expired);
+        }
         if !claims.from_app && self.revocations.refuses(claims, space, doc) {
             return Err(AuthError::Revoked(what()));
         }
