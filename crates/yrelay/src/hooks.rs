@@ -85,8 +85,11 @@ struct Waiting {
     updates: HashMap<DocAddress, Pending>,
     /// Not written yet: the store was away (written first, in order).
     unwritten: Vec<Write>,
-    /// When a failure was last logged (at most every [`WARN_EVERY`]).
-    warned: Option<Instant>,
+    /// When a failure to claim deliveries was last logged (at most every
+    /// [`WARN_EVERY`]) ...
+    warned_claim: Option<Instant>,
+    /// ... and when a write to the outbox failed (apart: one must not hide the other).
+    warned_write: Option<Instant>,
 }
 
 /// One event to write to the outbox.
@@ -230,8 +233,11 @@ impl Hooks {
             }
             if let Err(e) = delivered {
                 let mut waiting = self.lock();
-                if waiting.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                    waiting.warned = Some(Instant::now());
+                if waiting
+                    .warned_claim
+                    .is_none_or(|at| at.elapsed() >= WARN_EVERY)
+                {
+                    waiting.warned_claim = Some(Instant::now());
                     tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
                 }
             }
@@ -292,8 +298,11 @@ impl Hooks {
                         "webhook events dropped: the store is away and too many wait"
                     );
                 }
-                if waiting.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                    waiting.warned = Some(Instant::now());
+                if waiting
+                    .warned_write
+                    .is_none_or(|at| at.elapsed() >= WARN_EVERY)
+                {
+                    waiting.warned_write = Some(Instant::now());
                     tracing::warn!(error = %e, waiting = waiting.unwritten.len(), "webhook events not written to the outbox yet; retrying");
                 }
                 return;
