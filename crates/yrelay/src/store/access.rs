@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::StoreError;
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore, unavailable};
 use crate::auth::{Revocation, Revoked};
 
 #[async_trait]
@@ -26,10 +26,6 @@ struct Row {
     space: Option<String>,
     doc: Option<String>,
     at_ms: i64,
-}
-
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }
 
 #[async_trait]

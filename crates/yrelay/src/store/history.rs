@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::{Connection, Database, Encode, Executor, FromRow, IntoArguments, Type};
 use yrelay_protocol::DocAddress;
 
-use super::sql::{Dialect, DocRow, META, SqlStore};
+use super::sql::{Dialect, DocRow, META, SqlStore, unavailable};
 use super::{StoreError, transaction};
 use crate::vocab::{Change, DocMeta, VersionMeta};
 
@@ -151,10 +151,6 @@ const EXACT: &str =
     "(SELECT created_at, editor, data FROM doc_history WHERE space = $1 AND doc = $2
      UNION ALL
      SELECT created_at, editor, data FROM doc_updates WHERE space = $1 AND doc = $2) h";
-
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
 
 #[async_trait]
 impl<D: Dialect> History for SqlStore<D>

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::StoreError;
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore, unavailable};
 pub use crate::vocab::SpaceHook;
 
 /// A delivery to write.
@@ -83,10 +83,6 @@ pub trait Outbox {
 
 const COLUMNS: &str =
     "id, target, secret, space, doc, event, body, created_at, attempts, status, last_error";
-
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
 
 #[async_trait]
 impl<D: Dialect> Outbox for SqlStore<D>

@@ -105,7 +105,7 @@ fn cursor(text: Option<String>) -> Result<Option<LogCursor>, StoreError> {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
+pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
