@@ -66,8 +66,8 @@ pub(crate) async fn idle(args: IdleArgs) -> Result<(), String> {
 }
 
 pub(crate) struct ProcStats {
-    rss_kb: u64,
-    cpu_seconds: f64,
+    pub rss_kb: u64,
+    pub cpu_seconds: f64,
 }
 
 /// Resident memory and CPU time used so far, from /proc/PID.

@@ -19,6 +19,8 @@ mod hocuspocus;
 mod http;
 mod idle;
 mod join;
+mod memory;
+mod presence;
 mod readers;
 mod relay;
 mod sio;
@@ -69,6 +71,11 @@ enum Scenario {
     /// C idle connections over D documents: the server's RSS and idle CPU
     /// (read from /proc of --server-pid).
     Idle(IdleArgs),
+    /// C clients on one document changing their awareness state: delivery
+    /// latency of presence and the server's CPU.
+    Presence(presence::PresenceArgs),
+    /// What one loaded document costs the server (RSS per encoded byte).
+    Memory(memory::MemoryArgs),
     /// A share of a fan-out's readers, run by `fanout --processes` in a
     /// process of its own (prints `synced`, then its result as JSON).
     #[command(hide = true)]
@@ -206,6 +213,8 @@ async fn main() {
         Scenario::Idle(args) => idle(args).await,
         Scenario::Acks(args) => acks::run(args).await,
         Scenario::Join(args) => join::run(args).await,
+        Scenario::Memory(args) => memory::run(args).await,
+        Scenario::Presence(args) => presence::run(args).await,
         Scenario::Webhooks(args) => webhooks::run(args).await,
         Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Readers(args) => readers_process(args).await,

@@ -13,6 +13,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, Transact};
 
 use super::HubError;
+use super::awareness::PresenceTick;
 use super::history::History;
 use crate::log::{EntryKind, Log, LogCursor, LogEntry, Origin, Subscription};
 use crate::metrics;
@@ -132,6 +133,8 @@ pub(super) struct DocState {
     /// clients joining at once share one encode instead of each making
     /// their own under this lock.
     pub full_state: Option<(u64, Arc<[u8]>)>,
+    /// Presence changed since it was last sent (sent once per tick).
+    pub presence: PresenceTick,
 }
 
 pub struct LiveDoc {
@@ -170,6 +173,7 @@ impl LiveDoc {
                 awareness_owners: HashMap::new(),
                 version: 0,
                 full_state: None,
+                presence: PresenceTick::default(),
             }),
         });
         history.apply_to(&mut live.lock(), addr);
@@ -237,19 +241,34 @@ impl LiveDoc {
                 entry.origin.filter(|o| o.instance == self.instance),
                 "update",
             ),
-            // Awareness goes back to its sender too: y-websocket clients count
-            // it as the sign of a live connection.
-            EntryKind::Awareness => (
-                DocEvent::Awareness {
-                    payload: entry.payload.clone(),
-                    origin: entry.origin,
-                },
-                None,
-                "awareness",
-            ),
+            // Presence may wait for the end of the tick (the tail task sends
+            // it then).
+            EntryKind::Awareness => {
+                drop(state);
+                return self.send_presence();
+            }
             EntryKind::Notice => return,
         };
         self.send_to_subscribers(&mut state, event, skip, mode);
+    }
+
+    /// Sends the presence changes that are due, merged. Awareness goes back
+    /// to its sender too: y-websocket clients count it as the sign of a live
+    /// connection.
+    pub(super) fn send_presence(&self) {
+        let mut state = self.lock();
+        if let Some((payload, origin)) = state.take_presence() {
+            let event = DocEvent::Awareness {
+                payload: payload.into(),
+                origin,
+            };
+            self.send_to_subscribers(&mut state, event, None, "awareness");
+        }
+    }
+
+    /// When the tail task must send the pending presence changes.
+    pub(super) fn presence_due_at(&self) -> Option<Instant> {
+        self.lock().presence.due_at()
     }
 
     /// Sends a stateless message to every subscriber but its sender's.
@@ -403,6 +422,8 @@ impl DocState {
             }
             EntryKind::Awareness => {
                 if let Ok(update) = AwarenessUpdate::decode_v1(&entry.payload) {
+                    self.presence
+                        .record(update.clients.keys().map(|c| c.get()), entry.origin);
                     for (client, state) in &update.clients {
                         if &*state.json == "null" {
                             self.awareness_owners.remove(&client.get());

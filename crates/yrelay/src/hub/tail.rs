@@ -17,7 +17,9 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
         (hub.inner.config.idle_unload / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut idle_check = tokio::time::interval(period);
     loop {
+        let presence_due = doc.presence_due_at();
         tokio::select! {
+            _ = until(presence_due) => doc.send_presence(),
             entry = feed.recv() => match entry {
                 Some(entry) if entry.kind == EntryKind::Notice => {
                     match serde_json::from_slice::<DocNotice>(&entry.payload) {
@@ -58,6 +60,14 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
                 }
             }
         }
+    }
+}
+
+/// Waits until `at`; forever when there is nothing to wait for.
+async fn until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

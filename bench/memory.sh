@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What a loaded document costs the server: for each shape and size, one
+# server stores the document and stops; a fresh server on the same SQLite
+# file is asked for it by one client, and its RSS is read before and after.
+#
+#   bash bench/memory.sh                    # text and map, 1 20 100 MB
+#   SIZES="1 20" SHAPES=text bash bench/memory.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes=${SIZES:-1 20 100}
+shapes=${SHAPES:-text map}
+port=${PORT:-4971}
+bin=target/release
+cargo build --release --locked -p yrelay -p yrelay-bench >&2
+data=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $port" >&2; return 1
+}
+serve() {
+  "$bin/yrelay" serve --listen "127.0.0.1:$port" --store "sqlite://$data/y.db" \
+    --max-updates-per-sec 100000 2>>"$data/server.log" & pid=$!
+  wait_port
+}
+stop() { kill "$pid"; wait "$pid" || true; pid=; }
+for shape in $shapes; do
+  for mb in $sizes; do
+    room="memory-$shape-$mb-$RANDOM"
+    url="ws://127.0.0.1:$port/v1/ws/bench/$room"
+    echo "== $shape, $mb MB" >&2
+    serve; "$bin/yrelay-bench" memory write --url "$url" --mb "$mb" --shape "$shape" >&2; stop
+    serve; echo -n "$shape $mb MB: "; "$bin/yrelay-bench" memory load --url "$url" --server-pid "$pid"; stop
+  done
+done
