@@ -78,30 +78,34 @@ async fn write(url: &str, mb: f64, shape: Shape) -> Result<(), String> {
     let mut written = 0usize;
     let mut round = 0usize;
     while written < target {
-        writer.edit(|txn| match shape {
-            Shape::Text => {
-                let text = format!("{round:08}").repeat(256 * 1024 / 8);
-                list.push_back(txn, text);
-            }
-            // 2,000 records of 100 bytes per update.
-            Shape::Map => {
-                for i in 0..2000 {
-                    let key = format!("record-{round:06}-{i:04}");
-                    map.insert(txn, key, format!("{round:08}{i:08}").repeat(100 / 16 + 1)[..100].to_string());
+        writer.edit(|txn| {
+            match shape {
+                Shape::Text => {
+                    let text = format!("{round:08}").repeat(256 * 1024 / 8);
+                    list.push_back(txn, text);
+                }
+                // 2,000 records of 100 bytes per update.
+                Shape::Map => {
+                    for i in 0..2000 {
+                        let key = format!("record-{round:06}-{i:04}");
+                        let value = format!("{round:08}{i:08}").repeat(7)[..100].to_string();
+                        map.insert(txn, key, value);
+                    }
                 }
             }
+            written += txn.encode_update_v1().len();
         });
         round += 1;
-        written = writer
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default())
-            .len();
         if round % 20 == 0 {
             eprintln!("  {:.1}/{mb} MB", written as f64 / 1e6);
         }
     }
     let target_sv = writer.doc().transact().state_vector();
+    let encoded = writer
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default())
+        .len();
     // Stored: a fresh client sees all of it.
     let check = WsClient::connect(url, Doc::new())
         .await
@@ -117,7 +121,7 @@ async fn write(url: &str, mb: f64, shape: Shape) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     check.close().await;
     writer.close().await;
-    println!("memory write: {written} bytes encoded in {round} updates");
+    println!("memory write: {encoded} bytes encoded in {round} updates");
     Ok(())
 }
 

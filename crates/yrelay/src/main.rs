@@ -13,7 +13,21 @@ use yrelay::server::{Server, shutdown_signal};
 /// address space, not memory, until used.
 const THREAD_STACK: usize = 64 << 20;
 
+/// Allocations of 1 MiB or more get a mapping of their own, returned to
+/// the system when freed. glibc otherwise raises this threshold (up to
+/// 32 MiB) after the first such free, and the transient copies made while a
+/// large document loads or joiners sync (the snapshot read, its decode, an
+/// encode) then stay in the heap: a loaded 20 MB document held 4× its size
+/// in RSS instead of 2× (docs/benchmarks.md, "Memory").
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK)

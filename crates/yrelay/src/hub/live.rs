@@ -44,28 +44,36 @@ impl SpaceEvent {
     }
 }
 
-/// An event for a subscriber.
+/// An event for a subscriber: one pointer wide, shared by every
+/// subscriber (each connection's queue holds its events inline).
 #[derive(Debug, Clone)]
 pub enum DocEvent {
-    /// A document update (v1), with its log cursor.
-    Update {
-        payload: Arc<[u8]>,
-        cursor: Option<LogCursor>,
-        timestamp_ms: i64,
-        /// The connection that wrote it (`None`: unknown, or a catch-up).
-        origin: Option<Origin>,
-        /// The signed-in user who wrote it, if known.
-        editor: Option<Arc<str>>,
-    },
-    /// An awareness update, relayed as received.
-    Awareness {
-        payload: Arc<[u8]>,
-        /// The connection that sent it (`None`: unknown).
-        origin: Option<Origin>,
-    },
+    Update(Arc<UpdateEvent>),
+    Awareness(Arc<AwarenessEvent>),
     /// A stateless message (Hocuspocus): an app's string, relayed to every
     /// other connection of the document and never stored.
     Stateless { payload: Arc<str> },
+}
+
+/// A document update (v1), with its log cursor.
+#[derive(Debug)]
+pub struct UpdateEvent {
+    pub payload: Arc<[u8]>,
+    pub cursor: Option<LogCursor>,
+    pub timestamp_ms: i64,
+    /// The connection that wrote it (`None`: unknown, or a catch-up).
+    pub origin: Option<Origin>,
+    /// The signed-in user who wrote it, if known.
+    pub editor: Option<Arc<str>>,
+}
+
+/// An awareness update.
+#[derive(Debug)]
+pub struct AwarenessEvent {
+    pub payload: Arc<[u8]>,
+    /// The connection every state in it came from (`None`: several, or
+    /// unknown).
+    pub origin: Option<Origin>,
 }
 
 /// Why the hub ended a subscription.
@@ -127,12 +135,11 @@ pub(super) struct DocState {
     /// Which connection introduced each awareness client id (`None`: one
     /// without a connection, an SSE POST); only it may change or remove it.
     pub awareness_owners: HashMap<u64, Option<Origin>>,
-    /// Counts the updates applied to the replica.
-    pub version: u64,
-    /// The whole replica encoded (what a new client misses) at `version`:
+    /// The whole replica encoded (what a new client misses):
     /// clients joining at once share one encode instead of each making
-    /// their own under this lock.
-    pub full_state: Option<(u64, Arc<[u8]>)>,
+    /// their own under this lock. Dropped when the document changes, and by
+    /// the tail's sweep once no sync holds it.
+    pub full_state: Option<Arc<[u8]>>,
     /// Presence changed since it was last sent (sent once per tick).
     pub presence: PresenceTick,
 }
@@ -171,7 +178,6 @@ impl LiveDoc {
                 deleted: false,
                 trashed: false,
                 awareness_owners: HashMap::new(),
-                version: 0,
                 full_state: None,
                 presence: PresenceTick::default(),
             }),
@@ -231,13 +237,13 @@ impl LiveDoc {
         let mut state = self.lock();
         let (event, skip, mode) = match entry.kind {
             EntryKind::Update => (
-                DocEvent::Update {
+                DocEvent::Update(Arc::new(UpdateEvent {
                     payload: entry.payload.clone(),
                     cursor: entry.cursor,
                     timestamp_ms: entry.timestamp_ms,
                     origin: entry.origin,
                     editor: entry.editor.clone(),
-                },
+                })),
                 entry.origin.filter(|o| o.instance == self.instance),
                 "update",
             ),
@@ -258,10 +264,10 @@ impl LiveDoc {
     pub(super) fn send_presence(&self) {
         let mut state = self.lock();
         if let Some((payload, origin)) = state.take_presence() {
-            let event = DocEvent::Awareness {
+            let event = DocEvent::Awareness(Arc::new(AwarenessEvent {
                 payload: payload.into(),
                 origin,
-            };
+            }));
             self.send_to_subscribers(&mut state, event, None, "awareness");
         }
     }
@@ -385,24 +391,31 @@ impl DocState {
         if let Err(e) = apply_update(self.awareness.doc(), update) {
             tracing::error!(doc = %addr, error = %e, "{what} update does not apply; skipped");
         }
-        self.version += 1;
+        self.full_state = None;
     }
 
-    /// The whole replica as one v1 update, encoded once per version.
-    pub(super) fn full_state(&mut self) -> Arc<[u8]> {
-        if let Some((version, encoded)) = &self.full_state
-            && *version == self.version
+    /// Drops the shared full state once no sync holds it any more (a
+    /// document's encoded copy is kept only while joiners share it).
+    pub(super) fn release_full_state(&mut self) {
+        if self
+            .full_state
+            .as_ref()
+            .is_some_and(|encoded| Arc::strong_count(encoded) == 1)
         {
-            return encoded.clone();
+            self.full_state = None;
         }
-        let encoded: Arc<[u8]> = self
-            .awareness
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default())
-            .into();
-        self.full_state = Some((self.version, encoded.clone()));
-        encoded
+    }
+
+    /// The whole replica as one v1 update, encoded once per change.
+    pub(super) fn full_state(&mut self) -> Arc<[u8]> {
+        let doc = self.awareness.doc();
+        self.full_state
+            .get_or_insert_with(|| {
+                doc.transact()
+                    .encode_state_as_update_v1(&yrs::StateVector::default())
+                    .into()
+            })
+            .clone()
     }
 
     /// Applies an entry to the replica; false when it was already applied

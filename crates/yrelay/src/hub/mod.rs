@@ -41,7 +41,7 @@ use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 pub use awareness::{AwarenessBounds, AwarenessClients, AwarenessRefusal};
 use live::LiveDoc;
-pub use live::{CloseReason, DocEvent, DocNotice, SpaceEvent};
+pub use live::{AwarenessEvent, CloseReason, DocEvent, DocNotice, SpaceEvent, UpdateEvent};
 pub use manage::{SpaceFeed, SpaceNotice};
 pub use session::Session;
 pub use versions::{PastState, RestoreTarget, Restored};

@@ -159,7 +159,7 @@ async fn an_update_appended_while_resuming_from_the_store_is_not_missed() {
     let delivered = async {
         loop {
             match session.next_event().await {
-                Ok(DocEvent::Update { payload, .. }) if *payload == *late_update => return,
+                Ok(DocEvent::Update(update)) if *update.payload == *late_update => return,
                 Ok(_) => {}
                 Err(reason) => panic!("session ended: {reason:?}"),
             }

@@ -54,7 +54,11 @@ pub(super) async fn tail(hub: DocHub, doc: Arc<LiveDoc>, mut feed: Subscription)
                 },
             },
             _ = idle_check.tick() => {
-                doc.lock().sweep_awareness();
+                {
+                    let mut state = doc.lock();
+                    state.sweep_awareness();
+                    state.release_full_state();
+                }
                 if hub.unload_if_idle(&doc) {
                     return;
                 }

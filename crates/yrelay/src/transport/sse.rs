@@ -159,19 +159,18 @@ fn live_events(
                 }
             };
             match event {
-                Ok(DocEvent::Update {
-                    payload, cursor, ..
-                }) => {
+                Ok(DocEvent::Update(update)) => {
+                    let cursor = update.cursor;
                     if cursor.is_some() && cursor <= last {
                         continue;
                     }
-                    let event = update_event(&payload, cursor);
+                    let event = update_event(&update.payload, cursor);
                     return Some((Ok(event), (Some(open), cursor.or(last))));
                 }
-                Ok(DocEvent::Awareness { payload, .. }) => {
+                Ok(DocEvent::Awareness(awareness)) => {
                     let event = Event::default()
                         .event("awareness")
-                        .data(STANDARD.encode(&*payload));
+                        .data(STANDARD.encode(&*awareness.payload));
                     return Some((Ok(event), (Some(open), last)));
                 }
                 Ok(DocEvent::Stateless { .. }) => continue, // Hocuspocus's only

@@ -333,8 +333,8 @@ async fn serve(
             },
             event = session.next_event() => {
                 let frame = match event {
-                    Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
-                    Ok(DocEvent::Awareness { payload, .. }) => sync::encode_awareness(&payload),
+                    Ok(DocEvent::Update(update)) => sync::encode_update(&update.payload),
+                    Ok(DocEvent::Awareness(awareness)) => sync::encode_awareness(&awareness.payload),
                     Ok(DocEvent::Stateless { .. }) => continue, // not y-websocket's
                     Err(reason) => return reason.into(),
                 };

@@ -173,8 +173,8 @@ async fn serve(
             }
             event = session.next_event() => {
                 let body = match event {
-                    Ok(DocEvent::Update { payload, .. }) => sync::encode_update(&payload),
-                    Ok(DocEvent::Awareness { payload, .. }) => sync::encode_awareness(&payload),
+                    Ok(DocEvent::Update(update)) => sync::encode_update(&update.payload),
+                    Ok(DocEvent::Awareness(awareness)) => sync::encode_awareness(&awareness.payload),
                     Ok(DocEvent::Stateless { payload }) => hocuspocus::stateless(&payload),
                     Err(CloseReason::Deleted) => return outbox.close("document deleted").await,
                     Err(reason) => return End::from(reason),

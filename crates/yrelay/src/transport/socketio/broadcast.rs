@@ -41,34 +41,26 @@ pub(super) async fn relay(
         while let Some(event) = pending.take() {
             let Some(gw) = gateway.upgrade() else { return };
             match event {
-                DocEvent::Awareness { payload, origin } => {
+                DocEvent::Awareness(update) => {
                     let mut event = head.clone();
-                    event["awarenessUpdate"] = STANDARD.encode(payload).into();
+                    event["awarenessUpdate"] = STANDARD.encode(&update.payload).into();
                     let name = "space:broadcast-awareness-update";
-                    emit_to_room(&gw, awareness.clone(), gw.writer(origin), name, &event);
+                    let sender = gw.writer(update.origin);
+                    emit_to_room(&gw, awareness.clone(), sender, name, &event);
                 }
-                DocEvent::Update {
-                    payload,
-                    timestamp_ms,
-                    origin,
-                    editor,
-                    ..
-                } => {
+                DocEvent::Update(first) => {
+                    let (origin, editor) = (first.origin, first.editor.clone());
                     // Everything already waiting from the same writer (and
                     // user) goes in one batch.
-                    let mut batch = vec![payload];
-                    let mut timestamp = timestamp_ms;
+                    let mut batch = vec![first.payload.clone()];
+                    let mut timestamp = first.timestamp_ms;
                     while let Some(event) = session.try_next_event() {
                         match event {
-                            DocEvent::Update {
-                                payload,
-                                timestamp_ms,
-                                origin: o,
-                                editor: e,
-                                ..
-                            } if o == origin && e == editor => {
-                                batch.push(payload);
-                                timestamp = timestamp.max(timestamp_ms);
+                            DocEvent::Update(next)
+                                if next.origin == origin && next.editor == editor =>
+                            {
+                                batch.push(next.payload.clone());
+                                timestamp = timestamp.max(next.timestamp_ms);
                             }
                             other => {
                                 pending = Some(other);
