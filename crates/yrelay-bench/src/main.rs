@@ -265,6 +265,7 @@ async fn run_room(
     rate: u64,
     processes: usize,
     progress: bool,
+    start: Option<Start>,
 ) -> Result<RoomOutcome, String> {
     let room = format!("bench-{}-{}", std::process::id(), nanos());
     let urls = room_urls(template, &room);
@@ -284,7 +285,12 @@ async fn run_room(
     }
     let local = Readers::connect(&urls, over, 0, share(0), updates).await?;
     let mut writer = Writer::connect(&urls[0], writer_over).await?;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    if let Some(start) = start {
+        start.barrier.wait().await;
+        tokio::time::sleep(period.mul_f64(start.phase)).await;
+    }
+    let mut tick = tokio::time::interval(period);
     for i in 0..updates {
         tick.tick().await;
         writer.push(wall_us()).await?;
@@ -307,6 +313,13 @@ async fn run_room(
         latencies,
         diverged: states.iter().filter(|s| **s != expected).count(),
     })
+}
+
+/// Rooms that start writing together, once every one is connected, each
+/// `phase` (0..1) of a period after the others.
+struct Start {
+    barrier: std::sync::Arc<tokio::sync::Barrier>,
+    phase: f64,
 }
 
 fn histogram() -> Result<Histogram<u64>, String> {
@@ -349,6 +362,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         args.rate,
         args.processes,
         true,
+        None,
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -402,11 +416,17 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
         args.docs, args.clients, args.updates, args.rate
     );
     let started = Instant::now();
+    // Every room connects first; then they write, spread over the period.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(args.docs + 1));
     let rooms: Vec<_> = (0..args.docs)
-        .map(|_| {
+        .map(|i| {
             let url = args.url.clone();
             let (readers, updates, rate) =
                 (args.clients.saturating_sub(1), args.updates, args.rate);
+            let start = Start {
+                barrier: barrier.clone(),
+                phase: i as f64 / args.docs as f64,
+            };
             tokio::spawn(async move {
                 run_room(
                     &url,
@@ -417,11 +437,19 @@ async fn many_docs(args: ManyDocsArgs) -> Result<(), String> {
                     rate,
                     1,
                     false,
+                    Some(start),
                 )
                 .await
             })
         })
         .collect();
+    barrier.wait().await;
+    eprintln!(
+        "  {} docs connected in {:.1} s; writing",
+        args.docs,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
     let mut latencies = histogram()?;
     let mut diverged = 0;
     for (i, room) in rooms.into_iter().enumerate() {

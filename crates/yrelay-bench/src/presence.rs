@@ -152,9 +152,8 @@ pub async fn run(args: PresenceArgs) -> Result<(), String> {
     Ok(())
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn client(
     ws: Socket,

@@ -63,10 +63,7 @@ impl PresenceTick {
     /// Whether a frame to each of `subscribers` fits in this tick (the
     /// first of a tick always does); a new tick starts when it is over.
     fn may_send(&mut self, subscribers: usize, now: Instant) -> bool {
-        if self
-            .tick_started
-            .is_none_or(|at| now >= at + PRESENCE_TICK)
-        {
+        if self.tick_started.is_none_or(|at| now >= at + PRESENCE_TICK) {
             self.tick_started = Some(now);
             self.frames = 0;
         }
@@ -269,7 +266,10 @@ mod tests {
         }
         let mut many = PresenceTick::default();
         many.record([1], None);
-        assert!(many.may_send(1500, start), "the first of a tick always goes");
+        assert!(
+            many.may_send(1500, start),
+            "the first of a tick always goes"
+        );
         many.frames += 1500;
         many.changed.clear();
         assert_eq!(many.due_at(), None);
@@ -284,8 +284,14 @@ mod tests {
 
     #[test]
     fn merged_presence_keeps_the_origin_only_when_every_change_shares_it() {
-        let a = Origin { instance: 1, connection: 1 };
-        let b = Origin { instance: 1, connection: 2 };
+        let a = Origin {
+            instance: 1,
+            connection: 1,
+        };
+        let b = Origin {
+            instance: 1,
+            connection: 2,
+        };
         let mut tick = PresenceTick::default();
         tick.record([1], Some(a));
         tick.record([1], Some(a));

@@ -52,7 +52,9 @@ pub enum DocEvent {
     Awareness(Arc<AwarenessEvent>),
     /// A stateless message (Hocuspocus): an app's string, relayed to every
     /// other connection of the document and never stored.
-    Stateless { payload: Arc<str> },
+    Stateless {
+        payload: Arc<str>,
+    },
 }
 
 /// A document update (v1), with its log cursor.
