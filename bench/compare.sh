@@ -28,6 +28,7 @@ servers=${SERVERS:-yrelay yrelay-tmpfs floor y-websocket y-sweet yrelay-hocuspoc
 # want NAME: whether that row is asked for.
 want() { [[ " yrelay $servers " == *" $1 "* ]]; }
 mkdir -p "$cache"
+. bench/common.sh
 
 echo "== building yrelay and yrelay-bench (release)" >&2
 cargo build --release --locked -p yrelay -p yrelay-bench >&2
@@ -55,14 +56,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$results"; }
 trap cleanup EXIT
 
-# wait_port PORT: until something listens there.
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2; return 1
-}
 
 # run NAME URL [ARGS...]: the fan-out for every reader count against one server.
 run() {

@@ -9,6 +9,7 @@
 #   YRELAY=/tmp/old/yrelay bash bench/memory.sh   # another build of the server
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 sizes=${SIZES:-1 20 100}
 shapes=${SHAPES:-text map}
 port=${PORT:-4971}
@@ -19,17 +20,10 @@ data=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $port" >&2; return 1
-}
 serve() {
   "$server" serve --listen "127.0.0.1:$port" --store "sqlite://$data/y.db" \
     --max-updates-per-sec 100000 --compact-idle-secs 1 "$@" 2>"$data/server.log" & pid=$!
-  wait_port
+  wait_port "$port"
 }
 # compacted: until the writing server has compacted the document.
 compacted() {

@@ -70,20 +70,7 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
         .transact()
         .encode_state_as_update_v1(&yrs::StateVector::default())
         .len();
-    // Stored: a fresh client sees all of it.
-    let check = WsClient::connect(&url, Doc::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    check
-        .wait_for("every update stored", WAIT, |c| {
-            let sv = c.doc().transact().state_vector();
-            target
-                .iter()
-                .all(|(client, clock)| sv.get(client) >= *clock)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    check.close().await;
+    wait_stored(&url, &target, WAIT).await?;
     writer.close().await;
     let mut histogram = super::histogram()?;
     if args.at_once {
@@ -163,23 +150,45 @@ async fn join(url: &str, j: usize, updates: usize) -> Result<Duration, String> {
     Ok(took)
 }
 
-/// One raw client of a join storm: asks for everything (a sync step 1 with
-/// an empty state vector) and waits until the whole answer has arrived,
-/// without applying it (150 clients applying 20 MB each would measure this
-/// machine's generator, not the server).
+/// One raw client of a join storm: asks for everything and waits until the
+/// whole answer has arrived, without applying it (150 clients applying
+/// 20 MB each would measure this machine's generator, not the server).
 async fn raw_join(url: &str, j: usize, doc_bytes: usize) -> Result<Duration, String> {
+    let started = Instant::now();
+    let (mut ws, answer) = ask_everything(url, WAIT)
+        .await
+        .map_err(|e| format!("join {j}: {e}"))?;
+    let took = started.elapsed();
+    if answer < doc_bytes {
+        return Err(format!(
+            "join {j}: a sync of {answer} bytes, the document has {doc_bytes}"
+        ));
+    }
+    let _ = ws.close(None).await;
+    Ok(took)
+}
+
+pub(crate) type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw client that connects, sends a sync step 1 with an empty state
+/// vector and waits for the whole answer (not applied): its socket, and
+/// the answer's size.
+pub(crate) async fn ask_everything(
+    url: &str,
+    wait: Duration,
+) -> Result<(RawSocket, usize), String> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let started = Instant::now();
     let (mut ws, _) =
         tokio_tungstenite::connect_async_with_config(url, Some(yrelay_client::config()), true)
             .await
-            .map_err(|e| format!("join {j}: {e}"))?;
+            .map_err(|e| e.to_string())?;
     let ask = yrelay_protocol::sync::encode_sync_step1(&yrs::StateVector::default().encode_v1());
     ws.send(Message::Binary(ask.into()))
         .await
-        .map_err(|e| format!("join {j}: {e}"))?;
-    let answer = tokio::time::timeout(WAIT, async {
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(wait, async {
         while let Some(message) = ws.next().await {
             match message {
                 Ok(Message::Binary(b)) if b.starts_with(&[0, 1]) => return Ok(b.len()),
@@ -190,15 +199,30 @@ async fn raw_join(url: &str, j: usize, doc_bytes: usize) -> Result<Duration, Str
         Err("closed before the sync".to_string())
     })
     .await
-    .map_err(|_| format!("join {j}: no sync within {WAIT:?}"))??;
-    let took = started.elapsed();
-    if answer < doc_bytes {
-        return Err(format!(
-            "join {j}: a sync of {answer} bytes, the document has {doc_bytes}"
-        ));
-    }
-    let _ = ws.close(None).await;
-    Ok(took)
+    .map_err(|_| format!("no sync within {wait:?}"))??;
+    Ok((ws, answer))
+}
+
+/// Waits until a fresh client sees everything up to `target`: stored.
+pub(crate) async fn wait_stored(
+    url: &str,
+    target: &yrs::StateVector,
+    wait: Duration,
+) -> Result<(), String> {
+    let check = WsClient::connect(url, Doc::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    check
+        .wait_for("every update stored", wait, |c| {
+            let sv = c.doc().transact().state_vector();
+            target
+                .iter()
+                .all(|(client, clock)| sv.get(client) >= *clock)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    check.close().await;
+    Ok(())
 }
 
 /// The peak resident memory of a process (VmHWM), from /proc.

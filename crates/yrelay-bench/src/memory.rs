@@ -12,6 +12,7 @@ use yrelay_client::WsClient;
 use yrs::{Array, Doc, Map, ReadTxn, Transact};
 
 use crate::idle::proc_stats;
+use crate::join::{ask_everything, wait_stored};
 
 #[derive(clap::Args)]
 pub struct MemoryArgs {
@@ -96,7 +97,7 @@ async fn write(url: &str, mb: f64, shape: Shape) -> Result<(), String> {
             written += txn.encode_update_v1().len();
         });
         round += 1;
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             eprintln!("  {:.1}/{mb} MB", written as f64 / 1e6);
         }
     }
@@ -106,52 +107,18 @@ async fn write(url: &str, mb: f64, shape: Shape) -> Result<(), String> {
         .transact()
         .encode_state_as_update_v1(&yrs::StateVector::default())
         .len();
-    // Stored: a fresh client sees all of it.
-    let check = WsClient::connect(url, Doc::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    check
-        .wait_for("every update stored", WAIT, |c| {
-            let sv = c.doc().transact().state_vector();
-            target_sv
-                .iter()
-                .all(|(client, clock)| sv.get(client) >= *clock)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    check.close().await;
+    wait_stored(url, &target_sv, WAIT).await?;
     writer.close().await;
     println!("memory write: {encoded} bytes encoded in {round} updates");
     Ok(())
 }
 
 async fn load(url: &str, pid: u32, settle: f64, json: bool) -> Result<(), String> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    use yrs::updates::encoder::Encode;
+    use futures_util::StreamExt;
     let pause = Duration::from_secs_f64(settle);
     tokio::time::sleep(pause).await;
     let before = proc_stats(pid)?.rss_kb;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(yrelay_client::config()), true)
-            .await
-            .map_err(|e| e.to_string())?;
-    let ask = yrelay_protocol::sync::encode_sync_step1(&yrs::StateVector::default().encode_v1());
-    ws.send(Message::Binary(ask.into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let encoded = tokio::time::timeout(WAIT, async {
-        while let Some(message) = ws.next().await {
-            match message {
-                Ok(Message::Binary(b)) if b.starts_with(&[0, 1]) => return Ok(b.len()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("closed before the sync".to_string())
-    })
-    .await
-    .map_err(|_| "no sync".to_string())??;
+    let (mut ws, encoded) = ask_everything(url, WAIT).await?;
     // Keep reading (awareness, pings) while the server settles.
     let hold = tokio::spawn(async move { while ws.next().await.is_some() {} });
     tokio::time::sleep(pause).await;

@@ -152,11 +152,8 @@ pub async fn run(args: PresenceArgs) -> Result<(), String> {
     Ok(())
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn client(
-    ws: Socket,
+    ws: crate::join::RawSocket,
     id: u64,
     observer: bool,
     phase: Duration,
