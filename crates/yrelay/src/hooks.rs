@@ -92,6 +92,16 @@ struct Waiting {
     warned_write: Option<Instant>,
 }
 
+/// Whether a warning last logged at `last` may be logged again (at most
+/// every [`WARN_EVERY`]); if so, now is noted as its last time.
+fn warn_due(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 /// One event to write to the outbox.
 struct Write {
     addr: DocAddress,
@@ -233,11 +243,7 @@ impl Hooks {
             }
             if let Err(e) = delivered {
                 let mut waiting = self.lock();
-                if waiting
-                    .warned_claim
-                    .is_none_or(|at| at.elapsed() >= WARN_EVERY)
-                {
-                    waiting.warned_claim = Some(Instant::now());
+                if warn_due(&mut waiting.warned_claim) {
                     tracing::warn!(error = %e, "webhook deliveries not claimed; retrying");
                 }
             }
@@ -298,11 +304,7 @@ impl Hooks {
                         "webhook events dropped: the store is away and too many wait"
                     );
                 }
-                if waiting
-                    .warned_write
-                    .is_none_or(|at| at.elapsed() >= WARN_EVERY)
-                {
-                    waiting.warned_write = Some(Instant::now());
+                if warn_due(&mut waiting.warned_write) {
                     tracing::warn!(error = %e, waiting = waiting.unwritten.len(), "webhook events not written to the outbox yet; retrying");
                 }
                 return;

@@ -19,6 +19,7 @@ const THREAD_STACK: usize = 64 << 20;
 /// large document loads or joiners sync (the snapshot read, its decode, an
 /// encode) then stay in the heap: a loaded 20 MB document held 4× its size
 /// in RSS instead of 2× (docs/benchmarks.md, "Memory").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
 fn main() -> ExitCode {

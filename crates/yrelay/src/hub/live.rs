@@ -234,30 +234,23 @@ impl LiveDoc {
         }
     }
 
-    /// Sends an (applied) entry to the subscribers.
+    /// Sends an (applied) entry to the subscribers; presence may wait for
+    /// the end of its tick (the tail task sends it then).
     fn fan_out(&self, entry: &LogEntry) {
-        let mut state = self.lock();
-        let (event, skip, mode) = match entry.kind {
-            EntryKind::Update => (
-                DocEvent::Update(Arc::new(UpdateEvent {
-                    payload: entry.payload.clone(),
-                    cursor: entry.cursor,
-                    timestamp_ms: entry.timestamp_ms,
-                    origin: entry.origin,
-                    editor: entry.editor.clone(),
-                })),
-                entry.origin.filter(|o| o.instance == self.instance),
-                "update",
-            ),
-            // Presence may wait for the end of the tick (the tail task sends
-            // it then).
-            EntryKind::Awareness => {
-                drop(state);
-                return self.send_presence();
-            }
+        match entry.kind {
+            EntryKind::Update => {}
+            EntryKind::Awareness => return self.send_presence(),
             EntryKind::Notice => return,
-        };
-        self.send_to_subscribers(&mut state, event, skip, mode);
+        }
+        let event = DocEvent::Update(Arc::new(UpdateEvent {
+            payload: entry.payload.clone(),
+            cursor: entry.cursor,
+            timestamp_ms: entry.timestamp_ms,
+            origin: entry.origin,
+            editor: entry.editor.clone(),
+        }));
+        let skip = entry.origin.filter(|o| o.instance == self.instance);
+        self.send_to_subscribers(&mut self.lock(), event, skip, "update");
     }
 
     /// Sends the presence changes that are due, merged. Awareness goes back
