@@ -17,6 +17,7 @@
 #   READERS="10 50 1000" UPDATES=500 RATE=100 bash bench/compare.sh
 #   PROCESSES=2 ...                       # readers spread over 2 generator processes
 #   SERVERS="yrelay floor hocuspocus" ... # only these rows (yrelay is always run: the ratios need it)
+#   SVG_DIR=docs/img ...                  # also draw each reader count's latency CDFs (fanout-N.svg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${BENCH_CACHE:-target/bench-cache}
@@ -106,6 +107,20 @@ if want hocuspocus; then
   wait_port 4966; run hocuspocus 'ws://127.0.0.1:4966/{room}' --readers-over hocuspocus --writer-over hocuspocus; kill "${pids[-1]}"
 fi
 rm -rf "$data"
+
+# One picture per reader count: every server's latency CDF, side by side.
+if [ -n "${SVG_DIR:-}" ]; then
+  mkdir -p "$SVG_DIR"
+  for n in $readers; do
+    runs=()
+    for s in yrelay $servers; do
+      [ -s "$results/$s-$n.json" ] && [[ " ${runs[*]} " != *" $s="* ]] && runs+=("$s=$results/$s-$n.json")
+    done
+    target/release/yrelay-bench cdf --svg "$SVG_DIR/fanout-$n.svg" \
+      --title "fan-out: $n readers, $updates updates at $rate/s" "${runs[@]}"
+    echo "== drew $SVG_DIR/fanout-$n.svg" >&2
+  done
+fi
 
 python3 - "$results" "$readers" "$servers" <<'PY'
 import json, sys, os

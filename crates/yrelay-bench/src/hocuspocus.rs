@@ -60,7 +60,7 @@ impl Writer {
     /// SyncStep2 (what there is); what comes later is read and dropped.
     pub async fn connect(url: &str) -> Result<Self, String> {
         let (sink, mut stream, name) = open(url).await?;
-        let doc = yrs::Doc::new();
+        let doc = crate::writer::yjs_doc();
         loop {
             let Message::Binary(data) = message(stream.next().await)? else {
                 continue;

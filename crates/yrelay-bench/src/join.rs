@@ -45,7 +45,7 @@ pub async fn run(args: JoinArgs) -> Result<(), String> {
     let url = args
         .url
         .replace("{room}", &format!("join-{}", super::nanos()));
-    let writer = WsClient::connect(&url, Doc::new())
+    let writer = WsClient::connect(&url, crate::writer::yjs_doc())
         .await
         .map_err(|e| e.to_string())?;
     writer.wait_synced(WAIT).await.map_err(|e| e.to_string())?;

@@ -11,9 +11,11 @@
 //! process can measure it), so one process's CPU is never the limit.
 //! `many-docs` runs that on D documents at once; `idle` holds C connections
 //! and reads the server's memory and CPU from /proc; `relay` serves the
-//! floor (a bare frame-forwarding relay) to compare against.
+//! floor (a bare frame-forwarding relay) to compare against; `cdf` draws the
+//! latency distributions of several runs (`--json`) side by side in an SVG.
 
 mod acks;
+mod cdf;
 mod chaos;
 mod hocuspocus;
 mod http;
@@ -76,6 +78,8 @@ enum Scenario {
     Presence(presence::PresenceArgs),
     /// What one loaded document costs the server (RSS per encoded byte).
     Memory(memory::MemoryArgs),
+    /// Draws the latency CDFs of several runs (their `--json`) in one SVG.
+    Cdf(cdf::CdfArgs),
     /// A share of a fan-out's readers, run by `fanout --processes` in a
     /// process of its own (prints `synced`, then its result as JSON).
     #[command(hide = true)]
@@ -116,6 +120,9 @@ struct FanoutArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the latency distribution (CDF, log scale) into this SVG.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -214,6 +221,7 @@ async fn main() {
         Scenario::Acks(args) => acks::run(args).await,
         Scenario::Join(args) => join::run(args).await,
         Scenario::Memory(args) => memory::run(args).await,
+        Scenario::Cdf(args) => cdf::run(args),
         Scenario::Presence(args) => presence::run(args).await,
         Scenario::Webhooks(args) => webhooks::run(args).await,
         Scenario::Chaos(args) => chaos::run(args).await,
@@ -328,7 +336,10 @@ fn histogram() -> Result<Histogram<u64>, String> {
 
 fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    serde_json::json!({ "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0 })
+    serde_json::json!({
+        "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0,
+        "cdf": cdf::points(h),
+    })
 }
 
 fn latency_text(h: &Histogram<u64>) -> String {
@@ -385,6 +396,10 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         "latency_ms": latency_json(h),
         "converged": outcome.diverged == 0,
     });
+    if let Some(svg) = &args.svg {
+        let title = format!("fan-out: {} readers, {} updates/s", args.readers, args.rate);
+        cdf::draw(svg, &title, &[("this run".into(), cdf::points(h))])?;
+    }
     if args.json {
         println!("{result}");
     } else {

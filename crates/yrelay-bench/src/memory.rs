@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use yrelay_client::WsClient;
-use yrs::{Array, Doc, Map, ReadTxn, Transact};
+use yrs::{Array, Map, ReadTxn, Transact};
 
 use crate::idle::proc_stats;
 use crate::join::{ask_everything, wait_stored};
@@ -69,7 +69,7 @@ pub async fn run(args: MemoryArgs) -> Result<(), String> {
 }
 
 async fn write(url: &str, mb: f64, shape: Shape) -> Result<(), String> {
-    let writer = WsClient::connect(url, Doc::new())
+    let writer = WsClient::connect(url, crate::writer::yjs_doc())
         .await
         .map_err(|e| e.to_string())?;
     writer.wait_synced(WAIT).await.map_err(|e| e.to_string())?;
