@@ -4,6 +4,8 @@
 //! store). W workers, each on its own keep-alive HTTP/1.1 connection, post
 //! small updates to D documents as fast as the acks come back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -36,18 +38,22 @@ pub async fn run(args: AcksArgs) -> Result<(), String> {
         "acks: {} workers posting to {} docs for {:.0} s",
         args.workers, args.docs, args.seconds
     );
+    let acked = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.workers)
         .map(|i| {
             let addr = args.addr.clone();
             let path = format!("/v1/docs/bench/acks-{run}-{}/updates", i % args.docs.max(1));
-            tokio::spawn(async move { worker(&addr, &path, deadline).await })
+            let acked = acked.clone();
+            tokio::spawn(async move { worker(&addr, &path, deadline, &acked).await })
         })
         .collect();
+    let progress = tokio::spawn(progress(acked));
     let mut latencies = super::histogram()?;
     for w in workers {
         let h = w.await.map_err(|e| e.to_string())??;
         latencies.add(&h).map_err(|e| e.to_string())?;
     }
+    progress.abort();
     let acked = latencies.len();
     let per_second = acked as f64 / args.seconds;
     let result = serde_json::json!({
@@ -72,8 +78,26 @@ pub async fn run(args: AcksArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A line every 2 s: the acknowledgements so far and their rate.
+async fn progress(acked: Arc<AtomicU64>) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let n = acked.load(Ordering::Relaxed);
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        eprintln!("  {n} acknowledged ({rate:.0}/s)");
+    }
+}
+
 /// Posts updates on one keep-alive connection until `deadline`.
-async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u64>, String> {
+async fn worker(
+    addr: &str,
+    path: &str,
+    deadline: Instant,
+    acked: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -113,6 +137,7 @@ async fn worker(addr: &str, path: &str, deadline: Instant) -> Result<Histogram<u
         latencies
             .record(started.elapsed().as_micros().max(1) as u64)
             .map_err(|e| e.to_string())?;
+        acked.fetch_add(1, Ordering::Relaxed);
     }
     Ok(latencies)
 }
