@@ -100,5 +100,15 @@ kill $smoke_pid; wait $smoke_pid 2>/dev/null || true
 step "Node interop tests (yjs, y-websocket, socket.io-client, @hocuspocus/provider 3 and 4, @y-sweet/client and sdk; TLS and tokens)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix tests/interop
 
-step "TypeScript SseProvider and the demos (tsc + esbuild; tests against the binary; chromium pages on the map demo and the Tiptap/Hocuspocus editor)"
+step "TypeScript SseProvider, the demos and the inspector (tsc + esbuild; tests against the binary; chromium pages on the map demo, the Tiptap/Hocuspocus editor and the inspector)"
 YRELAY_BIN="$PWD/target/debug/yrelay" npm test --prefix clients/js
+
+step "the inspector's bundle: the committed files are what the build made"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git diff --exit-code --stat -- crates/yrelay/inspect || {
+    echo "crates/yrelay/inspect differs from a fresh build: run npm run build --prefix clients/js and commit it"
+    exit 1
+  }
+else
+  echo "not a git checkout: skipped"
+fi

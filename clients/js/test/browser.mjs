@@ -8,18 +8,21 @@ import { chromium } from 'playwright-core'
 import { YrelayProcess } from '../../../tests/interop/server.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium'
+/** The chromium to drive, if there is one. */
+export function executablePath () {
+  const path = process.env.CHROMIUM ?? '/usr/bin/chromium'
+  return existsSync(path) ? path : null
+}
+
+export const browserArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 /** yrelay serving the demo at /app/, and a headless chromium; both end with the test. */
 export async function demoAndBrowser (t) {
-  assert.ok(existsSync(executablePath), `a browser at ${executablePath} (apt-get install chromium, or set CHROMIUM)`)
+  assert.ok(executablePath(), 'a chromium to drive (apt-get install chromium, or set CHROMIUM)')
   const server = await new YrelayProcess(['--static-dir', join(here, '..', 'demo')]).start()
   t.after(() => server.dispose())
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
+  const browser = await chromium.launch({ executablePath: executablePath(), args: browserArgs })
   t.after(() => browser.close())
   return { server, browser }
 }

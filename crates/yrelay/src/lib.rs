@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod http_error;
 pub mod http_serve;
 pub mod hub;
+pub mod inspect;
 pub mod log;
 pub mod metrics;
 pub mod revokes;

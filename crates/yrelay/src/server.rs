@@ -255,7 +255,19 @@ impl Server {
             BACKLOG_EVERY,
             app.shutdown.clone(),
         ));
+        let inspector = match (config.inspect, app.auth.is_open()) {
+            (_, false) => Some("an admin token: every space, read-write"),
+            (true, true) => Some("no token needed: open mode"),
+            (false, true) => None,
+        };
         let mut router = router(app, &config.cors_origins, config.http_timeout_secs);
+        match inspector {
+            Some(access) => {
+                tracing::info!("inspector at /inspect/ ({access})");
+                router = router.merge(crate::inspect::routes());
+            }
+            None => tracing::info!("inspector off (open mode: --inspect serves it)"),
+        }
         if let Some(dir) = &config.static_dir {
             tracing::info!("serving {} at /app/", dir.display());
             router = router.nest_service("/app", ServeDir::new(dir));
@@ -382,6 +394,7 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/v1/openapi.json", get(api::openapi))
+        .route("/v1/spaces", get(api::inspect::spaces))
         .route("/v1/spaces/{space}/docs", get(api::docs::list))
         .route("/v1/spaces/{space}/events", get(api::docs::space_events))
         .route(
@@ -395,6 +408,10 @@ fn router(app: AppState, cors_origins: &[String], body_timeout: Duration) -> Rou
             get(api::docs::export_update),
         )
         .route("/v1/docs/{space}/{doc}/json", get(api::docs::export_json))
+        .route(
+            "/v1/docs/{space}/{doc}/connections",
+            get(api::inspect::connections),
+        )
         .route("/v1/docs/{space}/{doc}/import", post(api::docs::import))
         .route(
             "/v1/docs/{space}/{doc}/versions",

@@ -93,6 +93,10 @@ pub struct Settings {
     /// a webhook delivery that keeps failing is retried (exponential backoff, at most hourly) this long, then given up
     #[arg(long, env = "YRELAY_WEBHOOK_RETRY_HOURS", default_value = "24")]
     pub webhook_retry_hours: u64,
+    /// serve the inspector at `/inspect/` without tokens (development); with a JWT key it is always served, and shows nothing without an admin token
+    #[arg(long, env = "YRELAY_INSPECT", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub inspect: bool,
     /// serve this directory's files at `/app/` (a demo or your own front end)
     #[arg(long, env = "YRELAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

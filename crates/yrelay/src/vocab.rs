@@ -67,6 +67,15 @@ pub struct DocMeta {
     pub trashed_at: Option<i64>,
 }
 
+/// A space as listed: how many documents it has (not in the trash) and
+/// when the last of them changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceMeta {
+    pub space: String,
+    pub docs: i64,
+    pub updated_at: i64,
+}
+
 /// A version of a document as listed: its full state is kept in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMeta {

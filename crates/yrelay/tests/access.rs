@@ -432,3 +432,83 @@ async fn a_token_that_expires_ends_the_connections_it_opened() {
         .await
         .unwrap();
 }
+
+/// The inspector's reads: only an admin (every space, read-write) may list
+/// spaces and see who is connected; it sees each connection's transport,
+/// user and presence.
+#[tokio::test]
+async fn an_admin_sees_spaces_and_who_is_connected_with_what_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--jwt-secret", SECRET]).await;
+    let admin = token("root", &[("*", "*", Mode::Rw)]);
+    let ann = token("ann", &[("acme", "*", Mode::Rw)]);
+    let get = |path: &'static str, token: Option<String>| {
+        let addr = server.addr;
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            let (status, text) = http_call(addr, "GET", path, &headers, b"").await;
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+            )
+        }
+    };
+    for path in ["/v1/spaces", "/v1/docs/acme/plan/connections"] {
+        assert_eq!(get(path, None).await.0, 401, "{path}");
+        assert_eq!(get(path, Some(ann.clone())).await.0, 403, "{path}");
+    }
+
+    let url = format!("{}?token={ann}", server.ws_url("acme/plan"));
+    let client = WsClient::connect(&url, Doc::new()).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    hello(&client, "hi");
+    let mut stream = EventStream::open(
+        server.addr,
+        &format!("/v1/docs/acme/plan/events?token={ann}"),
+        None,
+    )
+    .await;
+    client.set_awareness(&serde_json::json!({ "user": { "name": "ann" } }));
+    // Relayed to the stream once the document holds it.
+    while stream.next().await.event != "awareness" {}
+
+    let (status, spaces) = get("/v1/spaces?q=AC", Some(admin.clone())).await;
+    assert_eq!(status, 200, "{spaces}");
+    assert_eq!(spaces["spaces"][0]["space"], "acme", "{spaces}");
+    assert_eq!(spaces["spaces"][0]["docs"], 1, "{spaces}");
+    let (_, docs) = get("/v1/spaces/acme/docs?limit=10&q=PL", Some(admin.clone())).await;
+    assert_eq!(docs[0]["doc"], "plan", "{docs}");
+    assert_eq!(docs[0]["connections"], 2, "{docs}");
+
+    let (status, view) = get("/v1/docs/acme/plan/connections", Some(admin.clone())).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["live"], true, "{view}");
+    let mut transports: Vec<_> = view["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["transport"].as_str().unwrap(),
+                c["user"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    transports.sort();
+    assert_eq!(transports, [("sse", "ann"), ("websocket", "ann")], "{view}");
+    let presence = &view["presence"][0];
+    assert_eq!(presence["state"]["user"]["name"], "ann", "{view}");
+    let ws = view["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["transport"] == "websocket")
+        .unwrap();
+    assert_eq!(
+        ws["clients"][0], presence["clientId"],
+        "the presence is the WebSocket's"
+    );
+    assert_eq!(presence["connection"], ws["id"], "{view}");
+}

@@ -64,6 +64,44 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(later[0].doc, "a", "{name}");
     assert!(store.list("elsewhere", None).await.unwrap().is_empty());
 
+    // Pages: by id, searched (any case, in ids and titles; LIKE's own
+    // characters are plain), from the last one shown.
+    let page = |search: &'static str, from: &'static str, limit| {
+        let store = store.clone();
+        async move {
+            let docs = store.page("space", search, from, limit).await.unwrap();
+            docs.into_iter().map(|m| m.doc).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("", "", 1).await, ["a"], "{name}");
+    assert_eq!(page("", "a", 10).await, ["b"], "{name}");
+    assert_eq!(page("B", "", 10).await, ["b"], "{name}");
+    assert_eq!(page("%", "", 10).await, Vec::<String>::new(), "{name}");
+    store
+        .update_meta(&addr("a"), Some("Harbour Map"), None)
+        .await
+        .unwrap();
+    assert_eq!(page("harbour", "", 10).await, ["a"], "{name}: titles too");
+    let spaces = store.spaces("SPA", "", 10).await.unwrap();
+    assert_eq!(spaces.len(), 1, "{name}");
+    assert_eq!(
+        (
+            spaces[0].space.as_str(),
+            spaces[0].docs,
+            spaces[0].updated_at
+        ),
+        ("space", 2, 2_000),
+        "{name}"
+    );
+    assert!(
+        store.spaces("", "space", 10).await.unwrap().is_empty(),
+        "{name}: after the last"
+    );
+    assert!(
+        store.spaces("_", "", 10).await.unwrap().is_empty(),
+        "{name}: `_` is plain"
+    );
+
     // Compaction candidates, then a compaction that removes only what it
     // merged: an update appended meanwhile stays.
     let busy = store.compaction_candidates(2, 0, 10).await.unwrap();

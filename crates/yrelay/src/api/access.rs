@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 
-use crate::auth::{AuthError, Revocation};
+use crate::auth::Revocation;
 use crate::edge::{Credentials, bad_request, json_object};
 use crate::http_error::ApiError;
 use crate::state::AppState;
@@ -22,9 +22,7 @@ pub async fn revoke(
     credentials: Credentials,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !app.auth.space(&credentials, "*").await?.can_write() {
-        return Err(AuthError::ReadOnly("every space".into()).into());
-    }
+    super::inspect::admin(&app, &credentials).await?;
     let what: Revocation = json_object(
         payload,
         "{\"sub\"?: string, \"space\"?: string, \"doc\"?: string}",

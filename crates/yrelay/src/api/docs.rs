@@ -19,6 +19,7 @@ use yrelay_protocol::json::{doc_from_update, json_to_update};
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::history::{self, millis};
+use super::inspect::PageQuery;
 use crate::edge::{
     Credentials, ack_json, address, bad_request, body, json_object, query, space, state_vector,
 };
@@ -45,22 +46,35 @@ pub(super) fn not_found(addr: &DocAddress) -> ApiError {
     )
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    after: Option<String>,
-}
-
-/// `GET /v1/spaces/{space}/docs[?after=ms]`
+/// `GET /v1/spaces/{space}/docs[?after=ms]`: every document, in change
+/// order; with `?q=`, `?from=` or `?limit=`, a page in id order (documents
+/// whose id or title contains `q`, after `from`, at most `limit`, default
+/// 50; the next page starts from the last id), each with `connections`,
+/// its connections on this instance now.
 pub async fn list(
     State(app): State<AppState>,
     Path(space_id): Path<String>,
-    query_string: Result<Query<ListQuery>, QueryRejection>,
+    query_string: Result<Query<PageQuery>, QueryRejection>,
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     space(&space_id)?;
     app.auth.space(&credentials, &space_id).await?;
+    let page = query(query_string)?;
+    if !page.q.is_empty() || !page.from.is_empty() || page.limit.is_some() {
+        let docs = app
+            .hub
+            .page(&space_id, &page.q, &page.from, page.limit()?)
+            .await?;
+        let live = app.hub.live_counts(&space_id);
+        let entry = |meta: &DocMeta| {
+            let mut entry = meta_json(meta);
+            entry["connections"] = live.get(&meta.doc).copied().unwrap_or(0).into();
+            entry
+        };
+        return Ok(Json(docs.iter().map(entry).collect()));
+    }
     let after =
-        match query(query_string)?.after.as_deref() {
+        match page.after.as_deref() {
             Some(text) => Some(text.parse::<i64>().map_err(|_| {
                 bad_request("BAD_QUERY", "after must be milliseconds since the epoch")
             })?),

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod docs;
 pub mod history;
+pub mod inspect;
 pub mod webhooks;
 pub mod ysweet;
 

@@ -111,6 +111,20 @@ pub enum DocNotice {
 pub(super) struct Subscriber {
     pub tx: mpsc::Sender<DocEvent>,
     pub closed: Arc<OnceLock<CloseReason>>,
+    /// What the inspector shows of the connection.
+    pub seen: Seen,
+}
+
+/// A connection as the inspector lists it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Its transport (`ws`, `sse`, `socketio`, `hocuspocus`; `rest` for a
+    /// request that reads the replica).
+    pub transport: &'static str,
+    /// The signed-in user, if any.
+    pub user: Option<Arc<str>>,
+    /// When it joined the document (ms since the epoch).
+    pub since_ms: i64,
 }
 
 pub(super) struct DocState {

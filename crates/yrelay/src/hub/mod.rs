@@ -15,6 +15,7 @@
 
 mod awareness;
 mod history;
+mod inspect;
 mod live;
 mod manage;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use crate::log::{EntryKind, Log, LogCursor, LogEntry, LogError, Origin};
 use crate::metrics;
 use crate::store::{GroupCommit, NewUpdate, Store, StoreError};
 pub use awareness::{AwarenessBounds, AwarenessClients, AwarenessRefusal};
+pub use inspect::{LiveView, Presence};
 use live::LiveDoc;
 pub use live::{AwarenessEvent, CloseReason, DocEvent, DocNotice, SpaceEvent, UpdateEvent};
 pub use manage::{SpaceFeed, SpaceNotice};

@@ -14,7 +14,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::awareness::{AwarenessClients, fresh_awareness};
-use super::live::{LiveDoc, Subscriber};
+use super::live::{LiveDoc, Seen, Subscriber};
 use super::{Ack, CloseReason, DocEvent, DocHub, HubError, Writer};
 use crate::log::Origin;
 
@@ -45,6 +45,11 @@ impl Session {
                 Subscriber {
                     tx,
                     closed: closed.clone(),
+                    seen: Seen {
+                        transport: "rest",
+                        user: None,
+                        since_ms: crate::clock::now_ms(),
+                    },
                 },
             );
             state.idle_since = None;
@@ -63,7 +68,21 @@ impl Session {
     /// Names the signed-in user its updates are written by.
     pub fn with_editor(mut self, editor: Option<String>) -> Self {
         self.editor = editor.map(Arc::from);
+        let editor = self.editor.clone();
+        self.seen(|seen| seen.user = editor);
         self
+    }
+
+    /// Names the transport the inspector lists the connection under.
+    pub fn via(self, transport: &'static str) -> Self {
+        self.seen(|seen| seen.transport = transport);
+        self
+    }
+
+    fn seen(&self, change: impl FnOnce(&mut Seen)) {
+        if let Some(subscriber) = self.doc.lock().subscribers.get_mut(&self.origin.connection) {
+            change(&mut subscriber.seen);
+        }
     }
 
     pub fn addr(&self) -> &DocAddress {

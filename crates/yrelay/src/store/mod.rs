@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use yrelay_protocol::DocAddress;
 
-pub use crate::vocab::DocMeta;
 use crate::vocab::LogCursor;
+pub use crate::vocab::{DocMeta, SpaceMeta};
 pub use access::Revokes;
 pub use group_commit::GroupCommit;
 pub use history::{History, NewVersion, Pruned};
@@ -139,6 +139,25 @@ pub trait Store: History + Outbox + Revokes + Send + Sync + 'static {
 
     /// Documents of a space, optionally only those changed after `after` (ms).
     async fn list(&self, space: &str, after: Option<i64>) -> Result<Vec<DocMeta>, StoreError>;
+
+    /// A page of a space's documents in id order: those after `from` whose
+    /// id or title contains `search` (any case), at most `limit`.
+    async fn page(
+        &self,
+        space: &str,
+        search: &str,
+        from: &str,
+        limit: i64,
+    ) -> Result<Vec<DocMeta>, StoreError>;
+
+    /// A page of spaces in name order (those with a document not in the
+    /// trash): after `from`, whose name contains `search`, at most `limit`.
+    async fn spaces(
+        &self,
+        search: &str,
+        from: &str,
+        limit: i64,
+    ) -> Result<Vec<SpaceMeta>, StoreError>;
 
     /// Documents worth compacting: at least `min_pending` appended updates,
     /// or any appended update and no change since `idle_before` (ms).

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use sqlx::{Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 use yrelay_protocol::DocAddress;
 
-use super::{DocDelta, DocMeta, NewUpdate, Store, StoreError, StoredDoc, doc_deltas, transaction};
+use super::{
+    DocDelta, DocMeta, NewUpdate, SpaceMeta, Store, StoreError, StoredDoc, doc_deltas, transaction,
+};
 use crate::vocab::LogCursor;
 
 /// Where SQLite and PostgreSQL must differ.
@@ -99,6 +101,19 @@ impl DocRow {
     }
 }
 
+/// A `LIKE` pattern (escape `\\`) for "contains `search`", lower case.
+fn contains(search: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in search.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 fn cursor(text: Option<String>) -> Result<Option<LogCursor>, StoreError> {
     text.map(|c| LogCursor::from_str(&c))
         .transpose()
@@ -137,6 +152,7 @@ where
     for<'r> DocRow: FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (i64, Vec<u8>): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (String, String): FromRow<'r, <D::Db as Database>::Row>,
+    for<'r> (String, i64, i64): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (Vec<u8>,): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <D::Db as Database>::Row>,
     for<'r> (Option<String>,): FromRow<'r, <D::Db as Database>::Row>,
@@ -275,6 +291,55 @@ where
         .await
         .map_err(unavailable)?;
         Ok(rows.into_iter().map(DocRow::meta).collect())
+    }
+
+    async fn page(
+        &self,
+        space: &str,
+        search: &str,
+        from: &str,
+        limit: i64,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        let pattern = contains(search);
+        let rows = sqlx::query_as::<_, DocRow>(sqlx::AssertSqlSafe(format!(
+            "{META} WHERE space = $1 AND doc > $2 AND trashed_at IS NULL
+               AND (LOWER(doc) LIKE $3 ESCAPE '\\' OR LOWER(COALESCE(title, '')) LIKE $3 ESCAPE '\\')
+             ORDER BY doc LIMIT $4"
+        )))
+        .bind(space)
+        .bind(from)
+        .bind(pattern.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(DocRow::meta).collect())
+    }
+
+    async fn spaces(
+        &self,
+        search: &str,
+        from: &str,
+        limit: i64,
+    ) -> Result<Vec<SpaceMeta>, StoreError> {
+        let pattern = contains(search);
+        let rows = sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT space, COUNT(*), MAX(updated_at) FROM docs
+             WHERE space > $1 AND trashed_at IS NULL AND LOWER(space) LIKE $2 ESCAPE '\\'
+             GROUP BY space ORDER BY space LIMIT $3",
+        )
+        .bind(from)
+        .bind(pattern.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let space = |(space, docs, updated_at)| SpaceMeta {
+            space,
+            docs,
+            updated_at,
+        };
+        Ok(rows.into_iter().map(space).collect())
     }
 
     async fn compaction_candidates(

@@ -63,7 +63,12 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| LogCursor::from_str(v.trim()).ok());
-    let session = app.hub.join(&addr).await?;
+    let session = app
+        .hub
+        .join(&addr)
+        .await?
+        .via(TRANSPORT)
+        .with_editor(access.permit().sub.clone());
     metrics::connection_opened(TRANSPORT);
 
     // Resuming: exactly what the log holds after the cursor, if it still

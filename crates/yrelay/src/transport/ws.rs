@@ -148,7 +148,9 @@ async fn connection(
         Ok(mut access) => match app.hub.join(&addr).await {
             Ok(session) => {
                 let mut in_flight = InFlight::new();
-                let mut session = session.with_editor(access.permit().sub.clone());
+                let mut session = session
+                    .via(TRANSPORT)
+                    .with_editor(access.permit().sub.clone());
                 let close =
                     serve(&app, &mut session, &mut access, &mut socket, &mut in_flight).await;
                 // Received = processed (DESIGN invariant 8): the updates this

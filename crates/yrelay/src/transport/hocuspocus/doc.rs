@@ -67,7 +67,7 @@ pub(super) async fn open(
     match hub.join(addr).await {
         Ok(session) => {
             outbox.send(&hocuspocus::authenticated(!writable)).await?;
-            Ok(session.with_editor(editor))
+            Ok(session.via(TRANSPORT).with_editor(editor))
         }
         Err(HubError::Deleted) => {
             let _ = outbox

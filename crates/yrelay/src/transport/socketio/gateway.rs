@@ -359,6 +359,7 @@ impl Gateway {
         let Ok(session) = self.app.hub.join(addr).await else {
             return; // the load itself reports the outage
         };
+        let session = session.via(super::TRANSPORT);
         let mut state = self.state();
         let watchers = &mut state.watchers;
         if watchers.get(&key).is_some_and(|task| !task.is_finished()) {
