@@ -17,6 +17,8 @@ use crate::state::AppState;
 const PAGE: i64 = 50;
 /// The most a request may ask for.
 const MAX_PAGE: i64 = 500;
+/// The longest `q` and `from`, in characters (ids are at most 255 bytes).
+const MAX_TEXT: usize = 255;
 
 /// Refuses anyone but an admin (401 without a valid token, 403 with a
 /// token that does not cover every space read-write).
@@ -40,7 +42,15 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    /// The page size, once `q` and `from` are known to fit.
     pub fn limit(&self) -> Result<i64, ApiError> {
+        let long = |s: &str| s.chars().count() > MAX_TEXT;
+        if long(&self.q) || long(&self.from) {
+            return Err(bad_request(
+                "BAD_QUERY",
+                format!("q and from are at most {MAX_TEXT} characters"),
+            ));
+        }
         match self.limit.unwrap_or(PAGE) {
             n @ 1..=MAX_PAGE => Ok(n),
             _ => Err(bad_request(
