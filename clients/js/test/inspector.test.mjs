@@ -60,6 +60,11 @@ test('an admin inspects a live document, its people and its history, and acts on
   await client(t, server, 'bob', '#33d')
   ann.settings.set('zoom', 12)
   ann.settings.set('title', 'Harbour map')
+  ann.doc.getText('notes').insert(0, 'low tide at six')
+  const paragraph = new Y.XmlElement('paragraph')
+  paragraph.setAttribute('align', 'left')
+  paragraph.insert(0, [new Y.XmlText('Ahoy')])
+  ann.doc.getXmlFragment('body').insert(0, [paragraph])
 
   // Without an admin token: nothing.
   for (const [tok, status] of [[null, 401], [member('bob'), 403]]) {
@@ -90,6 +95,10 @@ test('an admin inspects a live document, its people and its history, and acts on
   // The document, live: content, both clients and their presence.
   await page.click('a:text-is("notes")')
   await page.waitForSelector('.tree li[data-path-key="zoom"]:has-text("12")')
+  const withZoom12 = Date.now()
+  // Each type as what it is: text, and XML with its element and attributes.
+  await page.waitForSelector('.tree li[data-path-key="notes"]:has-text("low tide at six"):has-text("text · 15")')
+  await page.waitForSelector('.tree li[data-path-key="body"]:has-text("xml fragment · 1"):has-text(\'<paragraph align="left">\'):has-text("Ahoy")')
   await page.waitForSelector('[aria-label=Connections] tbody tr >> nth=1')
   const people = await page.locator('[aria-label=Connections] tbody').innerText()
   for (const expected of ['websocket', 'ann', 'bob', '"colour": "#d33"', '"colour": "#33d"']) {
@@ -119,6 +128,12 @@ test('an admin inspects a live document, its people and its history, and acts on
   await page.reload()
   await page.click('tr:has-text("before the storm") button:text-is("Restore")')
   await page.waitForSelector('.tree li[data-path-key="zoom"]:has-text("13")')
+  // Two moments side by side: when the zoom was 12, and now (13 again).
+  await page.fill('input[aria-label="First moment"]', await page.evaluate(
+    ms => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 23), withZoom12))
+  await page.click('button:text-is("Compare")')
+  await page.waitForSelector('.side > div:nth-child(2) .tree li.changed[data-path-key="zoom"]:has-text("13")')
+  assert.match(await page.locator('.side > div >> nth=0').innerText(), /zoom: 12/)
   await page.screenshot({ path: artifact('inspector-history.png'), fullPage: true })
 
   // The instance: both clients' connections, among its metrics.

@@ -4,7 +4,8 @@
 import { type Connections, type DocMeta, ApiError, docPath, enc, events, get, getBytes, send } from './api.js'
 import { bytes, clear, h, sparkline, when } from './dom.js'
 import { type Dispose, failed } from './main.js'
-import { tree } from './tree.js'
+import * as Y from 'yjs'
+import { applyDiff, docTree } from './ytree.js'
 
 interface Version { id: number, timestamp: number, label: string | null, editors: string[], size: number }
 interface Change { timestamp: number, editor: string | null, bytes: number }
@@ -45,16 +46,20 @@ export async function documentView (main: HTMLElement, space: string, doc: strin
       h('div', {}, h('h2', {}, 'Connections and presence'), people, h('h2', {}, 'Updates, last 10 minutes'), rate)),
     h('h2', {}, 'History'), history)
 
-  let shown: Record<string, unknown> | null = null
+  // The server's state, kept here as a Y.Doc: each look asks only for what
+  // it misses since its state vector.
+  const ydoc = new Y.Doc()
+  let first = true
   async function refresh (): Promise<void> {
     try {
-      const [m, json] = await Promise.all([get<DocMeta>(path), get<Record<string, unknown>>(`${path}/json`)])
+      const sv = base64url(Y.encodeStateVector(ydoc))
+      const [m, diff] = await Promise.all([get<DocMeta>(path), getBytes(`${path}/update?sv=${sv}`)])
       drawHeader(header, space, m)
-      const next = tree(json, shown)
-      clear(content, next)
-      shown = json
+      const changed = applyDiff(ydoc, new Uint8Array(await diff.arrayBuffer()))
+      clear(content, docTree(ydoc, first ? undefined : changed))
+      first = false
     } catch (error) {
-      if (error instanceof ApiError && error.status === 404) { location.reload(); return }
+      if (error instanceof ApiError && (error.status === 404 || error.status === 410)) { location.reload(); return }
       failed(error)
     }
   }
@@ -87,6 +92,10 @@ export async function documentView (main: HTMLElement, space: string, doc: strin
   for (const name of ['doc.updated', 'doc.created', 'doc.renamed', 'doc.deleted']) feed.addEventListener(name, onEvent)
   const poll = setInterval(() => { void refreshPeople() }, 2000)
   return () => { feed.close(); clearTimeout(trailing); clearInterval(poll) }
+}
+
+function base64url (bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
 }
 
 async function act (action: () => Promise<unknown>): Promise<void> {
@@ -184,17 +193,38 @@ async function drawHistory (section: HTMLElement, path: string, refresh: () => P
     const rows = versions.map(v => h('tr', {},
       h('td', {}, when(v.timestamp)), h('td', {}, v.label ?? ''), h('td', { class: 'wide' }, v.editors.join(', ')),
       h('td', {}, bytes(v.size)), h('td', {}, h('button', { onclick: () => restore({ version: v.id }, `version ${v.id}`) }, 'Restore'))))
-    const local = (ms: number): string => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 19)
-    const from = h('input', { type: 'datetime-local', step: 1, value: local(Date.now() - 3600 * 1000), 'aria-label': 'First moment' })
-    const to = h('input', { type: 'datetime-local', step: 1, value: local(Date.now()), 'aria-label': 'Second moment' })
+    const local = (ms: number): string => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 23)
+    const from = h('input', { type: 'datetime-local', step: 0.001, value: local(Date.now() - 3600 * 1000), 'aria-label': 'First moment' })
+    const to = h('input', { type: 'datetime-local', step: 0.001, value: local(Date.now()), 'aria-label': 'Second moment' })
     const sides = h('div', { class: 'side' })
+    // A moment the history cannot show is said on its side.
+    const at = async (ms: number): Promise<Uint8Array | string> => {
+      try {
+        return new Uint8Array(await (await getBytes(`${path}/update?at=${ms}`)).arrayBuffer())
+      } catch (error) {
+        if (error instanceof ApiError && !error.unauthorized) return error.message
+        throw error
+      }
+    }
+    // The later state holds the earlier one (history only grows), so what
+    // the later adds to the earlier is exactly what differs.
     const compare = async (): Promise<void> => {
       try {
-        const [a, b] = [new Date(from.value).getTime(), new Date(to.value).getTime()]
-        const [left, right] = await Promise.all([get<Record<string, unknown>>(`${path}/json?at=${a}`), get<Record<string, unknown>>(`${path}/json?at=${b}`)])
+        const [a, b] = [new Date(from.value).getTime(), new Date(to.value).getTime()].sort((x, y) => x - y)
+        const [earlier, later] = await Promise.all([at(a), at(b)])
+        const left = new Y.Doc()
+        const right = new Y.Doc()
+        let changed
+        if (typeof earlier !== 'string') {
+          applyDiff(left, earlier)
+          applyDiff(right, earlier)
+        }
+        if (typeof later !== 'string') changed = applyDiff(right, later)
+        const draw = (state: Uint8Array | string, doc: Y.Doc, marks?: ReturnType<typeof applyDiff>): HTMLElement =>
+          typeof state === 'string' ? h('p', { class: 'muted' }, state) : docTree(doc, typeof earlier === 'string' ? undefined : marks, false)
         clear(sides,
-          h('div', {}, h('h3', {}, when(a)), tree(left, left, false)),
-          h('div', {}, h('h3', {}, when(b), ' ', h('button', { onclick: () => restore({ at: b }, when(b)) }, 'Restore this')), tree(right, left, false)))
+          h('div', {}, h('h3', {}, when(a)), draw(earlier, left)),
+          h('div', {}, h('h3', {}, when(b), ' ', h('button', { onclick: () => restore({ at: b }, when(b)) }, 'Restore this')), draw(later, right, changed)))
       } catch (error) {
         failed(error)
       }
