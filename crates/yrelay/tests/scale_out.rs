@@ -467,3 +467,34 @@ async fn a_load_sees_one_state_while_a_compaction_commits() {
         assert!(content.contains(word), "{word} in {content:?}");
     }
 }
+
+/// The inspector asks one instance: it lists its own connections, and
+/// another instance's through the presence they introduced.
+#[tokio::test]
+async fn one_instance_shows_the_presence_of_another_instances_connections() {
+    let cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let here = connect_to(a, "insp/doc", Doc::new()).await;
+    let there = connect_to(b, "insp/doc", Doc::new()).await;
+    there.set_awareness(&serde_json::json!({ "user": "bea" }));
+    here.wait_for("bea's presence", WAIT, |c| {
+        c.peers().iter().any(|(_, s)| s.contains("bea"))
+    })
+    .await
+    .unwrap();
+
+    let (status, body) = common::http_get(a.addr, "/v1/docs/insp/doc/connections").await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["connections"].as_array().unwrap().len(), 1, "{view}");
+    let presence = &view["presence"][0];
+    assert_eq!(presence["state"]["user"], "bea", "{view}");
+    assert_ne!(presence["instance"], view["instance"], "{view}");
+    let (_, on_b) = common::http_get(b.addr, "/v1/docs/insp/doc/connections").await;
+    let on_b: serde_json::Value = serde_json::from_str(&on_b).unwrap();
+    assert_eq!(presence["instance"], on_b["instance"], "B introduced it");
+    assert_eq!(
+        on_b["connections"][0]["id"], presence["connection"],
+        "through its connection"
+    );
+}

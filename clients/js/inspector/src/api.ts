@@ -90,6 +90,6 @@ export interface Connections {
   live: boolean
   instance?: string
   connections: Array<{ id: string, transport: string, user: string | null, since: number, clients: number[] }>
-  presence: Array<{ clientId: number, clock: number, state: unknown, updatedAt: number, connection: string | null }>
+  presence: Array<{ clientId: number, clock: number, state: unknown, updatedAt: number, connection: string | null, instance: string | null }>
   stateVector: Record<string, number>
 }

@@ -161,12 +161,18 @@ function drawPeople (section: HTMLElement, view: Connections): void {
     h('td', {}, c.transport), h('td', {}, c.user ?? h('span', { class: 'muted' }, 'anonymous')),
     h('td', { class: 'wide' }, when(c.since)),
     h('td', {}, ...c.clients.map(id => h('pre', { 'data-client': id }, `${id}: ${JSON.stringify(presenceOf(id), null, 1)}`)))))
-  const elsewhere = view.presence.filter(p => p.connection === null)
+  // Other instances' connections show through the presence they introduced.
+  const elsewhere = view.presence.filter(p => p.instance !== view.instance)
   const vector = Object.entries(view.stateVector).map(([client, clock]) => `${client}: ${clock}`).join('\n')
   clear(section,
     h('p', { class: 'muted' }, `${view.connections.length} connected to instance ${view.instance ?? ''}`),
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Transport'), h('th', {}, 'User'), h('th', { class: 'wide' }, 'Since'), h('th', {}, 'Presence'))), h('tbody', {}, ...rows)),
-    elsewhere.length ? h('div', {}, h('h3', {}, 'Presence from other instances'), ...elsewhere.map(p => h('pre', {}, `${p.clientId}: ${JSON.stringify(p.state, null, 1)}`))) : null,
+    elsewhere.length
+      ? h('div', {}, h('h3', {}, 'Presence from other instances'),
+        h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Connection'), h('th', {}, 'Presence'))),
+          h('tbody', {}, ...elsewhere.map(p => h('tr', {}, h('td', {}, p.instance ?? 'none (REST)'), h('td', {}, p.connection ?? ''),
+            h('td', {}, h('pre', { 'data-client': p.clientId }, `${p.clientId}: ${JSON.stringify(p.state, null, 1)}`)))))))
+      : null,
     h('details', {}, h('summary', {}, 'State vector'), h('pre', {}, vector || '(empty)')))
 }
 

@@ -85,8 +85,10 @@ pub async fn spaces(
 
 /// `GET /v1/docs/{space}/{doc}/connections` → this instance's connections
 /// to the document (transport, user, since) with the awareness clients each
-/// introduced, every presence state the document holds, and its state
-/// vector; `live: false` (and empty lists) when it is not loaded here.
+/// introduced, every presence state the document holds (with the instance
+/// and connection that introduced it: other instances' connections show
+/// there), and its state vector; `live: false` (and empty lists) when it is
+/// not loaded here.
 pub async fn connections(
     State(app): State<AppState>,
     Path((space, doc)): Path<(String, String)>,
@@ -106,7 +108,11 @@ pub async fn connections(
             let clients: Vec<_> = view
                 .presence
                 .iter()
-                .filter(|p| p.connection == Some(*id) && p.state.is_some())
+                .filter(|p| p.state.is_some())
+                .filter(|p| {
+                    p.origin
+                        .is_some_and(|o| o.instance == view.instance && o.connection == *id)
+                })
                 .map(|p| p.client)
                 .collect();
             serde_json::json!({
@@ -128,7 +134,8 @@ pub async fn connections(
                 "clock": p.clock,
                 "state": state,
                 "updatedAt": p.updated_ms,
-                "connection": p.connection.map(|c| c.to_string()),
+                "connection": p.origin.map(|o| o.connection.to_string()),
+                "instance": p.origin.map(|o| instance_id(o.instance)),
             }))
         })
         .collect();
@@ -139,9 +146,13 @@ pub async fn connections(
         .collect();
     Ok(Json(serde_json::json!({
         "live": true,
-        "instance": format!("{:016x}", view.instance),
+        "instance": instance_id(view.instance),
         "connections": connections,
         "presence": presence,
         "stateVector": state_vector,
     })))
+}
+
+fn instance_id(instance: u64) -> String {
+    format!("{instance:016x}")
 }

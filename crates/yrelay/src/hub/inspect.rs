@@ -9,6 +9,7 @@ use yrelay_protocol::DocAddress;
 use super::live::Seen;
 use super::{DocHub, HubError};
 use crate::store::{DocMeta, SpaceMeta};
+use crate::vocab::Origin;
 
 /// A live document as this instance sees it.
 pub struct LiveView {
@@ -30,8 +31,9 @@ pub struct Presence {
     pub state: Option<String>,
     /// When it was last renewed (ms since the epoch).
     pub updated_ms: u64,
-    /// The connection of this instance that introduced it, if one did.
-    pub connection: Option<u64>,
+    /// The connection that introduced it (on this instance or another), if
+    /// one did.
+    pub origin: Option<Origin>,
 }
 
 impl DocHub {
@@ -76,13 +78,7 @@ impl DocHub {
                 clock: s.clock,
                 state: s.data.as_ref().map(|d| d.to_string()),
                 updated_ms: s.last_updated,
-                connection: state
-                    .awareness_owners
-                    .get(&id.get())
-                    .copied()
-                    .flatten()
-                    .filter(|o| o.instance == instance)
-                    .map(|o| o.connection),
+                origin: state.awareness_owners.get(&id.get()).copied().flatten(),
             })
             .collect();
         let mut state_vector: Vec<_> = {
