@@ -73,7 +73,8 @@ test('an admin inspects a live document, its people and its history, and acts on
     }
   }
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
-  page.on('dialog', dialog => dialog.accept())
+  // Confirmations are accepted; a prompt (rename) is answered.
+  page.on('dialog', dialog => dialog.type() === 'prompt' ? dialog.accept('Harbour notes') : dialog.accept())
   await page.goto(`${server.httpUrl}/inspect/`)
   await page.waitForSelector('h1:text("Sign in")')
   assert.equal(await page.locator('table').count(), 0, 'nothing is shown before signing in')
@@ -87,6 +88,8 @@ test('an admin inspects a live document, its people and its history, and acts on
   // Signed in as an admin: spaces, then the space's documents.
   await page.fill('input[name=token]', ADMIN)
   await page.click('button[type=submit]')
+  await page.waitForSelector('tr:has(a:text-is("acme")) td:text-is("1")')
+  await page.screenshot({ path: artifact('inspector-spaces.png') })
   await page.click('a:text-is("acme")')
   await page.fill('input[type=search]', 'NOT')
   await page.waitForSelector('tr:has(a:text-is("notes")) .tag:text("2 connected")')
@@ -123,6 +126,10 @@ test('an admin inspects a live document, its people and its history, and acts on
   assert.match(await denied, /blocked/)
   await page.click('button:text-is("Unblock")')
   await page.waitForSelector('button:text-is("Block")')
+
+  // Rename (prompted).
+  await page.click('button:text-is("Rename")')
+  await page.waitForSelector('h1:text-is("Harbour notes (notes)")')
 
   // Restore the version (confirmed): the content goes back.
   await page.reload()
