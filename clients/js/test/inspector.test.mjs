@@ -146,6 +146,8 @@ test('an admin inspects a live document, its people and its history, and acts on
   // The instance: both clients' connections, among its metrics.
   await page.goto(`${server.httpUrl}/inspect/#/instance`)
   await page.waitForSelector('.card[data-card="connections · websocket"] .value:text("2")')
+  // A second sample gives the rates and the charts' first lines.
+  await page.waitForSelector('.card[data-card="updates / s"] .value:not(:text("—"))')
   await page.screenshot({ path: artifact('inspector-instance.png'), fullPage: true })
 
   // Delete (confirmed) to the trash, and undelete.
