@@ -54,7 +54,8 @@ test('4.x and 3.x providers, y-websocket and SSE clients converge; every change 
     doc.getArray('items').push([i])
     doc.getText('body').insert(0, `${i} `)
   }
-  const all = (doc) => doc.getArray('items').length === 20
+  // Each round is two updates (the item, then the text): both must be in.
+  const all = (doc) => doc.getArray('items').length === 20 && doc.getText('body').toString().split(' ').length === 21
   await waitFor('convergence', () => all(four.document) && all(three.document) && all(ws.doc),
     [[four.document, 'update'], [three.document, 'update'], [ws.doc, 'update']])
   assert.equal(four.document.getText('body').toString(), ws.doc.getText('body').toString())
