@@ -61,7 +61,7 @@ impl DocHub {
     /// Who is connected to `addr` here and its presence; `None` when the
     /// document is not live on this instance (it is not loaded for this).
     pub fn live_view(&self, addr: &DocAddress) -> Option<LiveView> {
-        let doc = self.inner.lock_docs().get(addr)?.doc.get()?.clone();
+        let doc = self.inner.loaded(addr)?;
         let state = doc.lock();
         let mut connections: Vec<_> = state
             .subscribers

@@ -118,8 +118,8 @@ pub(super) struct Subscriber {
 /// A connection as the inspector lists it.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    /// Its transport (`ws`, `sse`, `socketio`, `hocuspocus`; `rest` for a
-    /// request that reads the replica).
+    /// Its transport (`websocket`, `sse`, `socketio`, `hocuspocus`; `rest`
+    /// for a request that reads the replica).
     pub transport: &'static str,
     /// The signed-in user, if any.
     pub user: Option<Arc<str>>,

@@ -144,13 +144,7 @@ impl DocHub {
             self.notify(addr, DocNotice::Blocked(blocked)).await?;
             // Read your writes here; the notice reaches every instance
             // (this one too, a moment later) through the log.
-            let live = self
-                .inner
-                .lock_docs()
-                .get(addr)
-                .and_then(|s| s.doc.get())
-                .cloned();
-            if let Some(doc) = live {
+            if let Some(doc) = self.inner.loaded(addr) {
                 doc.lock().blocked = blocked;
             }
             tracing::info!(doc = %addr, blocked, "document blocked flag changed");

@@ -396,12 +396,7 @@ impl DocHub {
         clients: &AwarenessClients,
         origin: Origin,
     ) {
-        let doc = self
-            .inner
-            .lock_docs()
-            .get(addr)
-            .and_then(|slot| slot.doc.get().cloned());
-        if let Some(doc) = doc {
+        if let Some(doc) = self.inner.loaded(addr) {
             self.forget_awareness(&doc, clients, origin);
         }
     }
@@ -499,5 +494,10 @@ fn remove_live(docs: &mut HashMap<DocAddress, Arc<Slot>>, doc: &Arc<LiveDoc>) ->
 impl HubInner {
     fn lock_docs(&self) -> std::sync::MutexGuard<'_, HashMap<DocAddress, Arc<Slot>>> {
         self.docs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The document if it is live here (never loads it).
+    fn loaded(&self, addr: &DocAddress) -> Option<Arc<LiveDoc>> {
+        self.lock_docs().get(addr)?.doc.get().cloned()
     }
 }
